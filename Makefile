@@ -1,0 +1,65 @@
+# cri-py: the two commands a newcomer needs are `make run` and `make test`.
+# Everything else here prepares or exercises the lab (tools, registry, images).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(abspath $(VENV))/bin/python
+TOOLS_DIR ?= /var/cache/cri-py/tools
+CRI_API_VERSION ?= v0.37.2
+CRI_TOOLS_VERSION ?= v1.37.0
+KUBERNETES_VERSION ?= v1.37.2
+SOCKET ?= /run/cri-py/cri-py.sock
+
+.PHONY: all venv run test lint typecheck protos protos-check tools registry registry-stop images clean
+
+all: test
+
+# A local virtualenv with cri-py and its dev tools. Re-run when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Start the runtime in the foreground with embedded defaults (as root).
+run: venv
+	$(VENV)/bin/cri-py serve
+
+test: venv
+	$(PY) -m ruff check cri_py tests e2e
+	$(PY) -m mypy --strict cri_py
+	$(PY) -m pytest -q tests
+
+lint: venv
+	$(PY) -m ruff check cri_py tests e2e
+
+typecheck: venv
+	$(PY) -m mypy --strict cri_py
+
+# Vendor api.proto from the k8s.io/cri-api Go module and regenerate the committed stubs.
+protos: venv
+	CRI_API_VERSION=$(CRI_API_VERSION) PYTHON=$(PY) ./protos/update.sh
+
+# Fails when the committed stubs differ from what `make protos` would produce.
+protos-check: protos
+	git diff --exit-code -- protos cri_py/api
+
+# crictl, critest and kubelet, built from the Go module proxy into $(TOOLS_DIR).
+tools:
+	TOOLS_DIR=$(TOOLS_DIR) CRI_TOOLS_VERSION=$(CRI_TOOLS_VERSION) KUBERNETES_VERSION=$(KUBERNETES_VERSION) ./e2e/build-tools.sh
+
+# Debian's docker-registry on 127.0.0.1:5000, storage outside the repo.
+registry:
+	./e2e/registry.sh start
+
+registry-stop:
+	./e2e/registry.sh stop
+
+# The images critest needs, built from Debian packages and pushed to the local registry.
+images: venv registry
+	$(PY) e2e/build_images.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,276 @@
+"""The configuration of cri-py: its schema, embedded defaults, loading and validation.
+
+Sources, lowest to highest precedence: the embedded defaults (the dataclass defaults below), the
+main file (`/etc/cri-py/config.yaml`), drop-ins (`/etc/cri-py/config.d/*.yaml`, lexical order,
+later wins), then command-line flags. Each file is validated on its own so that an error names
+the file and the key; a missing file is fine, a fresh install runs on the defaults alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+from cri_py.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("/etc/cri-py/config.yaml")
+DEFAULT_CONFIG_DIR = Path("/etc/cri-py/config.d")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("logfmt", "json")
+
+
+@dataclass(frozen=True)
+class RegistryHost:
+    """How to reach one registry host (the key in `registries`, e.g. `registry.k8s.io`)."""
+
+    # Endpoints tried in order before the host itself. An endpoint's path, if any, is a
+    # repository prefix on the mirror: `http://127.0.0.1:5000/registry.k8s.io` serves
+    # `registry.k8s.io/pause` as repository `registry.k8s.io/pause`. Image names never change.
+    mirrors: tuple[str, ...] = ()
+    # Talk plain HTTP to the host itself (mirrors say their scheme in their URL).
+    plain_http: bool = False
+    insecure_skip_verify: bool = False
+    ca_file: str = ""
+    username: str = ""
+    password: str = ""
+    # Basic-auth "user:password" in base64, as in a Docker config.json `auth` field.
+    auth: str = ""
+    identity_token: str = ""
+
+
+@dataclass(frozen=True)
+class ImagesConfig:
+    # Images reported with `pinned: true`, never garbage-collected (e.g. a pause image).
+    pinned: tuple[str, ...] = ("registry.k8s.io/pause:3.10",)
+    max_concurrent_downloads: int = 3
+    # A pull fails when no byte arrives for this many seconds; a slow pull does not.
+    progress_timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    cni_conf_dir: str = "/etc/cni/net.d"
+    cni_bin_dirs: tuple[str, ...] = ("/opt/cni/bin", "/usr/lib/cni")
+    # The built-in network, used when no CNI config exists.
+    bridge: str = "cri-py0"
+    subnet: str = "10.88.0.0/16"
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    address: str = "127.0.0.1"
+    port: int = 0  # 0: a random free port
+    idle_timeout_seconds: int = 4 * 3600
+
+
+@dataclass(frozen=True)
+class Config:
+    root_dir: str = "/var/lib/cri-py"
+    run_dir: str = "/run/cri-py"
+    socket: str = "/run/cri-py/cri-py.sock"
+    log_level: str = "info"
+    log_format: str = "logfmt"
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    registries: Mapping[str, RegistryHost] = field(default_factory=dict)
+
+
+# --- building typed values from plain YAML data -------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
+    """Convert one YAML value to the annotated type, or raise ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _build(tp, value, source, key)
+    if origin is tuple:  # tuple[str, ...]
+        if not isinstance(value, list):
+            raise ConfigError(source, key, f"expected a list, got {type(value).__name__}")
+        (item_type, _) = typing.get_args(tp)
+        return tuple(_convert(item_type, v, source, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(source, key, f"expected a mapping, got {type(value).__name__}")
+        (_, value_type) = typing.get_args(tp)
+        return {str(k): _convert(value_type, v, source, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(source, key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(source, key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(source, key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(source, key, f"expected a string, got {value!r}")
+        return value
+    raise ConfigError(source, key, f"unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls: type[T], data: Any, source: str, prefix: str = "") -> T:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, prefix or "<top>", f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(source, dotted, f"unknown key (known: {', '.join(sorted(names))})")
+        kwargs[key] = _convert(hints[key], value, source, dotted)
+    return cls(**kwargs)
+
+
+def _validate(config: Config, source: str) -> None:
+    """Checks of values (not types) that the schema alone cannot express."""
+    for key in ("root_dir", "run_dir", "socket"):
+        if not os.path.isabs(getattr(config, key)):
+            raise ConfigError(source, key, "must be an absolute path")
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError(source, "log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigError(source, "log_format", f"must be one of {', '.join(LOG_FORMATS)}")
+    if not 0 <= config.stream.port <= 65535:
+        raise ConfigError(source, "stream.port", "must be between 0 and 65535")
+    try:
+        ipaddress.ip_address(config.stream.address)
+    except ValueError:
+        raise ConfigError(source, "stream.address", "must be an IP address") from None
+    if config.stream.idle_timeout_seconds <= 0:
+        raise ConfigError(source, "stream.idle_timeout_seconds", "must be positive")
+    try:
+        subnet = ipaddress.ip_network(config.network.subnet)
+    except ValueError as e:
+        raise ConfigError(source, "network.subnet", str(e)) from None
+    if subnet.num_addresses < 4:
+        raise ConfigError(source, "network.subnet", "too small for a bridge and a pod")
+    for key, path in [("network.cni_conf_dir", config.network.cni_conf_dir)] + [
+        (f"network.cni_bin_dirs[{i}]", p) for i, p in enumerate(config.network.cni_bin_dirs)
+    ]:
+        if not os.path.isabs(path):
+            raise ConfigError(source, key, "must be an absolute path")
+    if not 1 <= config.images.max_concurrent_downloads <= 64:
+        raise ConfigError(source, "images.max_concurrent_downloads", "must be between 1 and 64")
+    if config.images.progress_timeout_seconds <= 0:
+        raise ConfigError(source, "images.progress_timeout_seconds", "must be positive")
+    for host, registry in config.registries.items():
+        for i, mirror in enumerate(registry.mirrors):
+            url = urlsplit(mirror)
+            if url.scheme not in ("http", "https") or not url.netloc:
+                raise ConfigError(
+                    source, f"registries.{host}.mirrors[{i}]", "must be an http(s):// URL"
+                )
+        if registry.ca_file and not os.path.isabs(registry.ca_file):
+            raise ConfigError(source, f"registries.{host}.ca_file", "must be an absolute path")
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge of mappings: `top` wins; lists and scalars are replaced, not appended."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_layers(layers: Sequence[tuple[str, Any]]) -> Config:
+    """Builds the effective config from (source name, YAML data) layers, lowest first.
+
+    Pure: no file access. Each layer is validated alone so errors name their source.
+    """
+    merged: dict[str, Any] = {}
+    for source, data in layers:
+        if data is None:
+            continue
+        _validate(_build(Config, data, source), source)
+        merged = _merge(merged, data)
+    config = _build(Config, merged, "<merged>")
+    _validate(config, "<merged>")
+    return config
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        with path.open() as f:
+            return yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), "<syntax>", str(e).replace("\n", " ")) from None
+
+
+def config_sources(config_file: Path, config_dir: Path) -> list[Path]:
+    """The files that exist, in the order they apply."""
+    files = [config_file] if config_file.is_file() else []
+    if config_dir.is_dir():
+        files += sorted(p for p in config_dir.glob("*.yaml") if p.is_file())
+    return files
+
+
+def load(
+    config_file: Path = DEFAULT_CONFIG_FILE,
+    config_dir: Path = DEFAULT_CONFIG_DIR,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Reads the files, applies `overrides` (from flags, as nested data) last."""
+    layers: list[tuple[str, Any]] = [
+        (str(p), _read_yaml(p)) for p in config_sources(config_file, config_dir)
+    ]
+    if overrides:
+        layers.append(("<flags>", dict(overrides)))
+    return parse_layers(layers)
+
+
+def to_data(config: Config) -> dict[str, Any]:
+    """The config as plain data (tuples as lists), ready for YAML or JSON."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, Mapping | types.MappingProxyType):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        return value
+
+    result: dict[str, Any] = plain(config)
+    return result
+
+
+SECRET_KEYS = frozenset({"password", "auth", "identity_token"})
+
+
+def dump(config: Config, redact: bool = True) -> str:
+    """The effective config as YAML; secrets are replaced unless `redact` is false."""
+    data = to_data(config)
+    if redact:
+        for registry in data["registries"].values():
+            for key in SECRET_KEYS:
+                if registry[key]:
+                    registry[key] = "<redacted>"
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,1 @@
+"""Runtime services: node state, sandboxes, containers, recovery, stats."""

@@ -1,0 +1,128 @@
+"""The daemon's life: startup checks, the gRPC server on the unix socket, graceful stop.
+
+Startup refuses, with a message saying why, when not root, when another cri-py holds the run
+dir's lock, or when a live process answers on the socket. A stale socket file is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+import cri_py
+from cri_py.api import api_pb2_grpc as pb_grpc
+from cri_py.config import Config
+from cri_py.errors import StartupError
+from cri_py.log import get_logger
+from cri_py.runtime.node import NodeState
+from cri_py.server.guard import Guarded
+from cri_py.server.images import ImageServicer
+from cri_py.server.runtime import RuntimeServicer
+
+log = get_logger("cri_py.daemon")
+
+# kubelet's own client limit; larger messages (e.g. ExecSync output) are refused by it anyway.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+SOCKET_MODE = 0o660
+STOP_GRACE_SECONDS = 5.0
+
+
+def check_root() -> None:
+    if os.geteuid() != 0:
+        raise StartupError(
+            "cri-py must run as root: it creates namespaces, mounts and cgroups "
+            f"(running as uid {os.geteuid()})"
+        )
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Holds an exclusive lock on `<run_dir>/cri-py.lock` (with our PID in it) while serving."""
+    path = run_dir / "cri-py.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise StartupError(
+                f"another cri-py (pid {holder}) is running with run dir {run_dir}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def claim_socket(path: Path) -> None:
+    """Removes a stale socket file; refuses when a live process is accepting on it."""
+    if not path.exists() and not path.is_symlink():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError as e:
+        if e.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
+            raise StartupError(f"cannot check socket {path}: {e}") from None
+    else:
+        raise StartupError(f"socket {path} is held by a live process; is cri-py already running?")
+    finally:
+        probe.close()
+    path.unlink()
+
+
+def build_server(config: Config, node: NodeState) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+    )
+    runtime = Guarded(
+        RuntimeServicer(config, node), pb_grpc.RuntimeServiceServicer, "runtime.v1.RuntimeService"
+    )
+    images = Guarded(ImageServicer(), pb_grpc.ImageServiceServicer, "runtime.v1.ImageService")
+    pb_grpc.add_RuntimeServiceServicer_to_server(runtime, server)  # type: ignore[arg-type]
+    pb_grpc.add_ImageServiceServicer_to_server(images, server)  # type: ignore[arg-type]
+    return server
+
+
+async def serve(config: Config) -> None:
+    """Runs the daemon until SIGTERM or SIGINT; the socket is removed on the way out."""
+    check_root()
+    # State and sockets are root's alone; the socket itself is opened up to 0660 below.
+    os.umask(0o077)
+    run_dir, root_dir, sock = Path(config.run_dir), Path(config.root_dir), Path(config.socket)
+    for directory in (run_dir, root_dir, sock.parent):
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with run_dir_lock(run_dir):
+        claim_socket(sock)
+        node = NodeState(root_dir)
+        server = build_server(config, node)
+        server.add_insecure_port(f"unix://{sock}")
+        await server.start()
+        try:
+            os.chown(sock, 0, 0)
+            os.chmod(sock, SOCKET_MODE)
+            log.info("serving", version=cri_py.__version__, socket=str(sock), pid=os.getpid())
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            await stop.wait()
+            log.info("stopping", grace_seconds=STOP_GRACE_SECONDS)
+        finally:
+            await server.stop(STOP_GRACE_SECONDS)
+            sock.unlink(missing_ok=True)
+            log.info("stopped")

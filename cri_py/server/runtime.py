@@ -1,0 +1,70 @@
+"""runtime.v1.RuntimeService: the handlers built so far; the rest answer UNIMPLEMENTED."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+import cri_py
+from cri_py.api import api_pb2 as pb
+from cri_py.api import api_pb2_grpc as pb_grpc
+from cri_py.config import Config, to_data
+from cri_py.runtime.node import NETWORK_NOT_BUILT, NodeState, conditions
+
+RUNTIME_NAME = "cri-py"
+# The CRI's own version string for the Version RPC's `version` field (kubelet ignores it).
+KUBELET_API_VERSION = "0.1.0"
+RUNTIME_API_VERSION = "v1"
+
+
+class RuntimeServicer(pb_grpc.RuntimeServiceServicer):
+    def __init__(self, config: Config, node: NodeState) -> None:
+        self._config = config
+        self._node = node
+
+    async def Version(
+        self, request: pb.VersionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.VersionResponse:
+        return pb.VersionResponse(
+            version=KUBELET_API_VERSION,
+            runtime_name=RUNTIME_NAME,
+            runtime_version=cri_py.__version__,
+            runtime_api_version=RUNTIME_API_VERSION,
+        )
+
+    async def Status(
+        self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StatusResponse:
+        status = pb.RuntimeStatus(
+            conditions=[
+                pb.RuntimeCondition(
+                    type=c.type, status=c.status, reason=c.reason, message=c.message
+                )
+                for c in conditions(runtime_ready=True, network=NETWORK_NOT_BUILT)
+            ]
+        )
+        info: dict[str, str] = {}
+        if request.verbose:
+            info["config"] = json.dumps(
+                {**to_data(self._config), "registries": sorted(self._config.registries)}
+            )
+            info["podCIDR"] = self._node.pod_cidr
+        return pb.StatusResponse(
+            status=status,
+            info=info,
+            runtime_handlers=[pb.RuntimeHandler(name="", features=pb.RuntimeHandlerFeatures())],
+        )
+
+    async def RuntimeConfig(
+        self, request: pb.RuntimeConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RuntimeConfigResponse:
+        return pb.RuntimeConfigResponse(
+            linux=pb.LinuxRuntimeConfiguration(cgroup_driver=pb.CgroupDriver.CGROUPFS)
+        )
+
+    async def UpdateRuntimeConfig(
+        self, request: pb.UpdateRuntimeConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateRuntimeConfigResponse:
+        self._node.set_pod_cidr(request.runtime_config.network_config.pod_cidr)
+        return pb.UpdateRuntimeConfigResponse()

@@ -1,0 +1,1 @@
+"""Metadata persistence: atomic files and the state store."""
