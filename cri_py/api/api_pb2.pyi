@@ -50,7 +50,7 @@ class Protocol(_Protocol, metaclass=_ProtocolEnumTypeWrapper): ...
 TCP: Protocol.ValueType  # 0
 UDP: Protocol.ValueType  # 1
 SCTP: Protocol.ValueType  # 2
-Global___Protocol: typing_extensions.TypeAlias = Protocol
+global___Protocol = Protocol
 
 class _MountPropagation:
     ValueType = typing.NewType("ValueType", builtins.int)
@@ -77,7 +77,7 @@ PROPAGATION_BIDIRECTIONAL: MountPropagation.ValueType  # 2
 """Mounts get propagated from the host to the container and from the
 container to the host ("rshared" in Linux).
 """
-Global___MountPropagation: typing_extensions.TypeAlias = MountPropagation
+global___MountPropagation = MountPropagation
 
 class _NamespaceMode:
     ValueType = typing.NewType("ValueType", builtins.int)
@@ -138,7 +138,7 @@ will be made to match that of container target_id.
 For example, a container with a PID namespace of TARGET expects to view
 all of the processes that container target_id can view.
 """
-Global___NamespaceMode: typing_extensions.TypeAlias = NamespaceMode
+global___NamespaceMode = NamespaceMode
 
 class _SupplementalGroupsPolicy:
     ValueType = typing.NewType("ValueType", builtins.int)
@@ -174,7 +174,7 @@ Strict: SupplementalGroupsPolicy.ValueType  # 1
 and FsGroup (specified in SecurityContext) will be used instead of 
 any groups defined in the container image.
 """
-Global___SupplementalGroupsPolicy: typing_extensions.TypeAlias = SupplementalGroupsPolicy
+global___SupplementalGroupsPolicy = SupplementalGroupsPolicy
 
 class _PodSandboxState:
     ValueType = typing.NewType("ValueType", builtins.int)
@@ -189,7 +189,7 @@ class PodSandboxState(_PodSandboxState, metaclass=_PodSandboxStateEnumTypeWrappe
 
 SANDBOX_READY: PodSandboxState.ValueType  # 0
 SANDBOX_NOTREADY: PodSandboxState.ValueType  # 1
-Global___PodSandboxState: typing_extensions.TypeAlias = PodSandboxState
+global___PodSandboxState = PodSandboxState
 
 class _Signal:
     ValueType = typing.NewType("ValueType", builtins.int)
@@ -332,7 +332,7 @@ SIGNAL_SIGRTMAXMINUS3: Signal.ValueType  # 62
 SIGNAL_SIGRTMAXMINUS2: Signal.ValueType  # 63
 SIGNAL_SIGRTMAXMINUS1: Signal.ValueType  # 64
 SIGNAL_SIGRTMAX: Signal.ValueType  # 65
-Global___Signal: typing_extensions.TypeAlias = Signal
+global___Signal = Signal
 
 class _ContainerState:
     ValueType = typing.NewType("ValueType", builtins.int)
@@ -351,7 +351,7 @@ CONTAINER_CREATED: ContainerState.ValueType  # 0
 CONTAINER_RUNNING: ContainerState.ValueType  # 1
 CONTAINER_EXITED: ContainerState.ValueType  # 2
 CONTAINER_UNKNOWN: ContainerState.ValueType  # 3
-Global___ContainerState: typing_extensions.TypeAlias = ContainerState
+global___ContainerState = ContainerState
 
 class _ContainerEventType:
     ValueType = typing.NewType("ValueType", builtins.int)
@@ -378,7 +378,7 @@ CONTAINER_STOPPED_EVENT: ContainerEventType.ValueType  # 2
 """Container stopped"""
 CONTAINER_DELETED_EVENT: ContainerEventType.ValueType  # 3
 """Container deleted"""
-Global___ContainerEventType: typing_extensions.TypeAlias = ContainerEventType
+global___ContainerEventType = ContainerEventType
 
 class _MetricType:
     ValueType = typing.NewType("ValueType", builtins.int)
@@ -393,7 +393,7 @@ class MetricType(_MetricType, metaclass=_MetricTypeEnumTypeWrapper): ...
 
 COUNTER: MetricType.ValueType  # 0
 GAUGE: MetricType.ValueType  # 1
-Global___MetricType: typing_extensions.TypeAlias = MetricType
+global___MetricType = MetricType
 
 class _CgroupDriver:
     ValueType = typing.NewType("ValueType", builtins.int)
@@ -408,7 +408,7 @@ class CgroupDriver(_CgroupDriver, metaclass=_CgroupDriverEnumTypeWrapper): ...
 
 SYSTEMD: CgroupDriver.ValueType  # 0
 CGROUPFS: CgroupDriver.ValueType  # 1
-Global___CgroupDriver: typing_extensions.TypeAlias = CgroupDriver
+global___CgroupDriver = CgroupDriver
 
 @typing.final
 class VersionRequest(google.protobuf.message.Message):
@@ -424,7 +424,7 @@ class VersionRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["version", b"version"]) -> None: ...
 
-Global___VersionRequest: typing_extensions.TypeAlias = VersionRequest
+global___VersionRequest = VersionRequest
 
 @typing.final
 class VersionResponse(google.protobuf.message.Message):
@@ -456,7 +456,7 @@ class VersionResponse(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["runtime_api_version", b"runtime_api_version", "runtime_name", b"runtime_name", "runtime_version", b"runtime_version", "version", b"version"]) -> None: ...
 
-Global___VersionResponse: typing_extensions.TypeAlias = VersionResponse
+global___VersionResponse = VersionResponse
 
 @typing.final
 class DNSConfig(google.protobuf.message.Message):
@@ -490,7 +490,7 @@ class DNSConfig(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["options", b"options", "searches", b"searches", "servers", b"servers"]) -> None: ...
 
-Global___DNSConfig: typing_extensions.TypeAlias = DNSConfig
+global___DNSConfig = DNSConfig
 
 @typing.final
 class PortMapping(google.protobuf.message.Message):
@@ -502,7 +502,7 @@ class PortMapping(google.protobuf.message.Message):
     CONTAINER_PORT_FIELD_NUMBER: builtins.int
     HOST_PORT_FIELD_NUMBER: builtins.int
     HOST_IP_FIELD_NUMBER: builtins.int
-    protocol: Global___Protocol.ValueType
+    protocol: global___Protocol.ValueType
     """Protocol of the port mapping."""
     container_port: builtins.int
     """Port number within the container. Default: 0 (not specified)."""
@@ -523,14 +523,14 @@ class PortMapping(google.protobuf.message.Message):
     def __init__(
         self,
         *,
-        protocol: Global___Protocol.ValueType = ...,
+        protocol: global___Protocol.ValueType = ...,
         container_port: builtins.int = ...,
         host_port: builtins.int = ...,
         host_ip: builtins.str = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["container_port", b"container_port", "host_ip", b"host_ip", "host_port", b"host_port", "protocol", b"protocol"]) -> None: ...
 
-Global___PortMapping: typing_extensions.TypeAlias = PortMapping
+global___PortMapping = PortMapping
 
 @typing.final
 class Mount(google.protobuf.message.Message):
@@ -562,7 +562,7 @@ class Mount(google.protobuf.message.Message):
     """If set, the mount is read-only."""
     selinux_relabel: builtins.bool
     """If set, the mount needs SELinux relabeling."""
-    propagation: Global___MountPropagation.ValueType
+    propagation: global___MountPropagation.ValueType
     """Requested propagation mode."""
     recursive_read_only: builtins.bool
     """If set to true, the mount is made recursive read-only.
@@ -582,15 +582,15 @@ class Mount(google.protobuf.message.Message):
     Introduced in the Image Volume Source KEP beta graduation: https://kep.k8s.io/4639
     """
     @property
-    def uidMappings(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___IDMapping]:
+    def uidMappings(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___IDMapping]:
         """UidMappings specifies the runtime UID mappings for the mount."""
 
     @property
-    def gidMappings(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___IDMapping]:
+    def gidMappings(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___IDMapping]:
         """GidMappings specifies the runtime GID mappings for the mount."""
 
     @property
-    def image(self) -> Global___ImageSpec:
+    def image(self) -> global___ImageSpec:
         """Mount an image reference (image ID, with or without digest), which is a
         special use case for image volume mounts. If this field is set, then
         host_path should be unset. All image mounts are per feature definition
@@ -615,18 +615,18 @@ class Mount(google.protobuf.message.Message):
         host_path: builtins.str = ...,
         readonly: builtins.bool = ...,
         selinux_relabel: builtins.bool = ...,
-        propagation: Global___MountPropagation.ValueType = ...,
-        uidMappings: collections.abc.Iterable[Global___IDMapping] | None = ...,
-        gidMappings: collections.abc.Iterable[Global___IDMapping] | None = ...,
+        propagation: global___MountPropagation.ValueType = ...,
+        uidMappings: collections.abc.Iterable[global___IDMapping] | None = ...,
+        gidMappings: collections.abc.Iterable[global___IDMapping] | None = ...,
         recursive_read_only: builtins.bool = ...,
-        image: Global___ImageSpec | None = ...,
+        image: global___ImageSpec | None = ...,
         image_sub_path: builtins.str = ...,
         mount_options: collections.abc.Iterable[builtins.str] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["image", b"image"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["container_path", b"container_path", "gidMappings", b"gidMappings", "host_path", b"host_path", "image", b"image", "image_sub_path", b"image_sub_path", "mount_options", b"mount_options", "propagation", b"propagation", "readonly", b"readonly", "recursive_read_only", b"recursive_read_only", "selinux_relabel", b"selinux_relabel", "uidMappings", b"uidMappings"]) -> None: ...
 
-Global___Mount: typing_extensions.TypeAlias = Mount
+global___Mount = Mount
 
 @typing.final
 class IDMapping(google.protobuf.message.Message):
@@ -652,7 +652,7 @@ class IDMapping(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["container_id", b"container_id", "host_id", b"host_id", "length", b"length"]) -> None: ...
 
-Global___IDMapping: typing_extensions.TypeAlias = IDMapping
+global___IDMapping = IDMapping
 
 @typing.final
 class UserNamespace(google.protobuf.message.Message):
@@ -663,28 +663,28 @@ class UserNamespace(google.protobuf.message.Message):
     MODE_FIELD_NUMBER: builtins.int
     UIDS_FIELD_NUMBER: builtins.int
     GIDS_FIELD_NUMBER: builtins.int
-    mode: Global___NamespaceMode.ValueType
+    mode: global___NamespaceMode.ValueType
     """Mode is the NamespaceMode for this UserNamespace.
     Note: NamespaceMode for UserNamespace currently supports only POD and NODE, not CONTAINER OR TARGET.
     """
     @property
-    def uids(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___IDMapping]:
+    def uids(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___IDMapping]:
         """Uids specifies the UID mappings for the user namespace."""
 
     @property
-    def gids(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___IDMapping]:
+    def gids(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___IDMapping]:
         """Gids specifies the GID mappings for the user namespace."""
 
     def __init__(
         self,
         *,
-        mode: Global___NamespaceMode.ValueType = ...,
-        uids: collections.abc.Iterable[Global___IDMapping] | None = ...,
-        gids: collections.abc.Iterable[Global___IDMapping] | None = ...,
+        mode: global___NamespaceMode.ValueType = ...,
+        uids: collections.abc.Iterable[global___IDMapping] | None = ...,
+        gids: collections.abc.Iterable[global___IDMapping] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["gids", b"gids", "mode", b"mode", "uids", b"uids"]) -> None: ...
 
-Global___UserNamespace: typing_extensions.TypeAlias = UserNamespace
+global___UserNamespace = UserNamespace
 
 @typing.final
 class NamespaceOption(google.protobuf.message.Message):
@@ -697,18 +697,18 @@ class NamespaceOption(google.protobuf.message.Message):
     IPC_FIELD_NUMBER: builtins.int
     TARGET_ID_FIELD_NUMBER: builtins.int
     USERNS_OPTIONS_FIELD_NUMBER: builtins.int
-    network: Global___NamespaceMode.ValueType
+    network: global___NamespaceMode.ValueType
     """Network namespace for this container/sandbox.
     Note: There is currently no way to set CONTAINER scoped network in the Kubernetes API.
     Namespaces currently set by the kubelet: POD, NODE
     """
-    pid: Global___NamespaceMode.ValueType
+    pid: global___NamespaceMode.ValueType
     """PID namespace for this container/sandbox.
     Note: The CRI default is POD, but the v1.PodSpec default is CONTAINER.
     The kubelet's runtime manager will set this to CONTAINER explicitly for v1 pods.
     Namespaces currently set by the kubelet: POD, CONTAINER, NODE, TARGET
     """
-    ipc: Global___NamespaceMode.ValueType
+    ipc: global___NamespaceMode.ValueType
     """IPC namespace for this container/sandbox.
     Note: There is currently no way to set CONTAINER scoped IPC in the Kubernetes API.
     Namespaces currently set by the kubelet: POD, NODE
@@ -719,7 +719,7 @@ class NamespaceOption(google.protobuf.message.Message):
     for each namespace.
     """
     @property
-    def userns_options(self) -> Global___UserNamespace:
+    def userns_options(self) -> global___UserNamespace:
         """UsernsOptions for this pod sandbox.
         The Kubelet picks the user namespace configuration to use for the pod sandbox.  The mappings
         are specified as part of the UserNamespace struct.  If the struct is nil, then the POD mode
@@ -730,16 +730,16 @@ class NamespaceOption(google.protobuf.message.Message):
     def __init__(
         self,
         *,
-        network: Global___NamespaceMode.ValueType = ...,
-        pid: Global___NamespaceMode.ValueType = ...,
-        ipc: Global___NamespaceMode.ValueType = ...,
+        network: global___NamespaceMode.ValueType = ...,
+        pid: global___NamespaceMode.ValueType = ...,
+        ipc: global___NamespaceMode.ValueType = ...,
         target_id: builtins.str = ...,
-        userns_options: Global___UserNamespace | None = ...,
+        userns_options: global___UserNamespace | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["userns_options", b"userns_options"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["ipc", b"ipc", "network", b"network", "pid", b"pid", "target_id", b"target_id", "userns_options", b"userns_options"]) -> None: ...
 
-Global___NamespaceOption: typing_extensions.TypeAlias = NamespaceOption
+global___NamespaceOption = NamespaceOption
 
 @typing.final
 class Int64Value(google.protobuf.message.Message):
@@ -757,7 +757,7 @@ class Int64Value(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["value", b"value"]) -> None: ...
 
-Global___Int64Value: typing_extensions.TypeAlias = Int64Value
+global___Int64Value = Int64Value
 
 @typing.final
 class LinuxSandboxSecurityContext(google.protobuf.message.Message):
@@ -783,7 +783,7 @@ class LinuxSandboxSecurityContext(google.protobuf.message.Message):
     SECCOMP_PROFILE_PATH_FIELD_NUMBER: builtins.int
     readonly_rootfs: builtins.bool
     """If set, the root filesystem of the sandbox is read-only."""
-    supplemental_groups_policy: Global___SupplementalGroupsPolicy.ValueType
+    supplemental_groups_policy: global___SupplementalGroupsPolicy.ValueType
     """supplemental_groups_policy defines how supplemental groups of the first 
     container processes are calculated.
     Valid values are "Merge" and "Strict".
@@ -805,21 +805,21 @@ class LinuxSandboxSecurityContext(google.protobuf.message.Message):
     Default: "", which is identical with unconfined.
     """
     @property
-    def namespace_options(self) -> Global___NamespaceOption:
+    def namespace_options(self) -> global___NamespaceOption:
         """Configurations for the sandbox's namespaces.
         This will be used only if the PodSandbox uses namespace for isolation.
         """
 
     @property
-    def selinux_options(self) -> Global___SELinuxOption:
+    def selinux_options(self) -> global___SELinuxOption:
         """Optional SELinux context to be applied."""
 
     @property
-    def run_as_user(self) -> Global___Int64Value:
+    def run_as_user(self) -> global___Int64Value:
         """UID to run sandbox processes as, when applicable."""
 
     @property
-    def run_as_group(self) -> Global___Int64Value:
+    def run_as_group(self) -> global___Int64Value:
         """GID to run sandbox processes as, when applicable. run_as_group should only
         be specified when run_as_user is specified; otherwise, the runtime MUST error.
         """
@@ -831,32 +831,32 @@ class LinuxSandboxSecurityContext(google.protobuf.message.Message):
         """
 
     @property
-    def seccomp(self) -> Global___SecurityProfile:
+    def seccomp(self) -> global___SecurityProfile:
         """Seccomp profile for the sandbox."""
 
     @property
-    def apparmor(self) -> Global___SecurityProfile:
+    def apparmor(self) -> global___SecurityProfile:
         """AppArmor profile for the sandbox."""
 
     def __init__(
         self,
         *,
-        namespace_options: Global___NamespaceOption | None = ...,
-        selinux_options: Global___SELinuxOption | None = ...,
-        run_as_user: Global___Int64Value | None = ...,
-        run_as_group: Global___Int64Value | None = ...,
+        namespace_options: global___NamespaceOption | None = ...,
+        selinux_options: global___SELinuxOption | None = ...,
+        run_as_user: global___Int64Value | None = ...,
+        run_as_group: global___Int64Value | None = ...,
         readonly_rootfs: builtins.bool = ...,
         supplemental_groups: collections.abc.Iterable[builtins.int] | None = ...,
-        supplemental_groups_policy: Global___SupplementalGroupsPolicy.ValueType = ...,
+        supplemental_groups_policy: global___SupplementalGroupsPolicy.ValueType = ...,
         privileged: builtins.bool = ...,
-        seccomp: Global___SecurityProfile | None = ...,
-        apparmor: Global___SecurityProfile | None = ...,
+        seccomp: global___SecurityProfile | None = ...,
+        apparmor: global___SecurityProfile | None = ...,
         seccomp_profile_path: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["apparmor", b"apparmor", "namespace_options", b"namespace_options", "run_as_group", b"run_as_group", "run_as_user", b"run_as_user", "seccomp", b"seccomp", "selinux_options", b"selinux_options"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["apparmor", b"apparmor", "namespace_options", b"namespace_options", "privileged", b"privileged", "readonly_rootfs", b"readonly_rootfs", "run_as_group", b"run_as_group", "run_as_user", b"run_as_user", "seccomp", b"seccomp", "seccomp_profile_path", b"seccomp_profile_path", "selinux_options", b"selinux_options", "supplemental_groups", b"supplemental_groups", "supplemental_groups_policy", b"supplemental_groups_policy"]) -> None: ...
 
-Global___LinuxSandboxSecurityContext: typing_extensions.TypeAlias = LinuxSandboxSecurityContext
+global___LinuxSandboxSecurityContext = LinuxSandboxSecurityContext
 
 @typing.final
 class SecurityProfile(google.protobuf.message.Message):
@@ -889,7 +889,7 @@ class SecurityProfile(google.protobuf.message.Message):
 
     PROFILE_TYPE_FIELD_NUMBER: builtins.int
     LOCALHOST_REF_FIELD_NUMBER: builtins.int
-    profile_type: Global___SecurityProfile.ProfileType.ValueType
+    profile_type: global___SecurityProfile.ProfileType.ValueType
     """Indicator which `ProfileType` should be applied."""
     localhost_ref: builtins.str
     """Indicates that a pre-defined profile on the node should be used.
@@ -900,12 +900,12 @@ class SecurityProfile(google.protobuf.message.Message):
     def __init__(
         self,
         *,
-        profile_type: Global___SecurityProfile.ProfileType.ValueType = ...,
+        profile_type: global___SecurityProfile.ProfileType.ValueType = ...,
         localhost_ref: builtins.str = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["localhost_ref", b"localhost_ref", "profile_type", b"profile_type"]) -> None: ...
 
-Global___SecurityProfile: typing_extensions.TypeAlias = SecurityProfile
+global___SecurityProfile = SecurityProfile
 
 @typing.final
 class LinuxPodSandboxConfig(google.protobuf.message.Message):
@@ -942,7 +942,7 @@ class LinuxPodSandboxConfig(google.protobuf.message.Message):
     convert it to systemd semantics if needed.
     """
     @property
-    def security_context(self) -> Global___LinuxSandboxSecurityContext:
+    def security_context(self) -> global___LinuxSandboxSecurityContext:
         """LinuxSandboxSecurityContext holds sandbox security attributes."""
 
     @property
@@ -950,26 +950,26 @@ class LinuxPodSandboxConfig(google.protobuf.message.Message):
         """Sysctls holds linux sysctls config for the sandbox."""
 
     @property
-    def overhead(self) -> Global___LinuxContainerResources:
+    def overhead(self) -> global___LinuxContainerResources:
         """Optional overhead represents the overheads associated with this sandbox"""
 
     @property
-    def resources(self) -> Global___LinuxContainerResources:
+    def resources(self) -> global___LinuxContainerResources:
         """Optional resources represents the sum of container resources for this sandbox"""
 
     def __init__(
         self,
         *,
         cgroup_parent: builtins.str = ...,
-        security_context: Global___LinuxSandboxSecurityContext | None = ...,
+        security_context: global___LinuxSandboxSecurityContext | None = ...,
         sysctls: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
-        overhead: Global___LinuxContainerResources | None = ...,
-        resources: Global___LinuxContainerResources | None = ...,
+        overhead: global___LinuxContainerResources | None = ...,
+        resources: global___LinuxContainerResources | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["overhead", b"overhead", "resources", b"resources", "security_context", b"security_context"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["cgroup_parent", b"cgroup_parent", "overhead", b"overhead", "resources", b"resources", "security_context", b"security_context", "sysctls", b"sysctls"]) -> None: ...
 
-Global___LinuxPodSandboxConfig: typing_extensions.TypeAlias = LinuxPodSandboxConfig
+global___LinuxPodSandboxConfig = LinuxPodSandboxConfig
 
 @typing.final
 class PodSandboxMetadata(google.protobuf.message.Message):
@@ -1003,7 +1003,7 @@ class PodSandboxMetadata(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "name", b"name", "namespace", b"namespace", "uid", b"uid"]) -> None: ...
 
-Global___PodSandboxMetadata: typing_extensions.TypeAlias = PodSandboxMetadata
+global___PodSandboxMetadata = PodSandboxMetadata
 
 @typing.final
 class PodSandboxConfig(google.protobuf.message.Message):
@@ -1071,7 +1071,7 @@ class PodSandboxConfig(google.protobuf.message.Message):
         ContainerConfig.LogPath = `containerName/Instance#.log`
     """
     @property
-    def metadata(self) -> Global___PodSandboxMetadata:
+    def metadata(self) -> global___PodSandboxMetadata:
         """Metadata of the sandbox. This information will uniquely identify the
         sandbox, and the runtime should leverage this to ensure correct
         operation. The runtime may also use this information to improve UX, such
@@ -1079,11 +1079,11 @@ class PodSandboxConfig(google.protobuf.message.Message):
         """
 
     @property
-    def dns_config(self) -> Global___DNSConfig:
+    def dns_config(self) -> global___DNSConfig:
         """DNS config for the sandbox."""
 
     @property
-    def port_mappings(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___PortMapping]:
+    def port_mappings(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___PortMapping]:
         """Port mappings for the sandbox."""
 
     @property
@@ -1111,30 +1111,30 @@ class PodSandboxConfig(google.protobuf.message.Message):
         """
 
     @property
-    def linux(self) -> Global___LinuxPodSandboxConfig:
+    def linux(self) -> global___LinuxPodSandboxConfig:
         """Optional configurations specific to Linux hosts."""
 
     @property
-    def windows(self) -> Global___WindowsPodSandboxConfig:
+    def windows(self) -> global___WindowsPodSandboxConfig:
         """Optional configurations specific to Windows hosts."""
 
     def __init__(
         self,
         *,
-        metadata: Global___PodSandboxMetadata | None = ...,
+        metadata: global___PodSandboxMetadata | None = ...,
         hostname: builtins.str = ...,
         log_directory: builtins.str = ...,
-        dns_config: Global___DNSConfig | None = ...,
-        port_mappings: collections.abc.Iterable[Global___PortMapping] | None = ...,
+        dns_config: global___DNSConfig | None = ...,
+        port_mappings: collections.abc.Iterable[global___PortMapping] | None = ...,
         labels: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
         annotations: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
-        linux: Global___LinuxPodSandboxConfig | None = ...,
-        windows: Global___WindowsPodSandboxConfig | None = ...,
+        linux: global___LinuxPodSandboxConfig | None = ...,
+        windows: global___WindowsPodSandboxConfig | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["dns_config", b"dns_config", "linux", b"linux", "metadata", b"metadata", "windows", b"windows"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["annotations", b"annotations", "dns_config", b"dns_config", "hostname", b"hostname", "labels", b"labels", "linux", b"linux", "log_directory", b"log_directory", "metadata", b"metadata", "port_mappings", b"port_mappings", "windows", b"windows"]) -> None: ...
 
-Global___PodSandboxConfig: typing_extensions.TypeAlias = PodSandboxConfig
+global___PodSandboxConfig = PodSandboxConfig
 
 @typing.final
 class RunPodSandboxRequest(google.protobuf.message.Message):
@@ -1150,19 +1150,19 @@ class RunPodSandboxRequest(google.protobuf.message.Message):
     See https://git.k8s.io/enhancements/keps/sig-node/585-runtime-class
     """
     @property
-    def config(self) -> Global___PodSandboxConfig:
+    def config(self) -> global___PodSandboxConfig:
         """Configuration for creating a PodSandbox."""
 
     def __init__(
         self,
         *,
-        config: Global___PodSandboxConfig | None = ...,
+        config: global___PodSandboxConfig | None = ...,
         runtime_handler: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["config", b"config"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["config", b"config", "runtime_handler", b"runtime_handler"]) -> None: ...
 
-Global___RunPodSandboxRequest: typing_extensions.TypeAlias = RunPodSandboxRequest
+global___RunPodSandboxRequest = RunPodSandboxRequest
 
 @typing.final
 class RunPodSandboxResponse(google.protobuf.message.Message):
@@ -1178,7 +1178,7 @@ class RunPodSandboxResponse(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["pod_sandbox_id", b"pod_sandbox_id"]) -> None: ...
 
-Global___RunPodSandboxResponse: typing_extensions.TypeAlias = RunPodSandboxResponse
+global___RunPodSandboxResponse = RunPodSandboxResponse
 
 @typing.final
 class StopPodSandboxRequest(google.protobuf.message.Message):
@@ -1194,7 +1194,7 @@ class StopPodSandboxRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["pod_sandbox_id", b"pod_sandbox_id"]) -> None: ...
 
-Global___StopPodSandboxRequest: typing_extensions.TypeAlias = StopPodSandboxRequest
+global___StopPodSandboxRequest = StopPodSandboxRequest
 
 @typing.final
 class StopPodSandboxResponse(google.protobuf.message.Message):
@@ -1204,7 +1204,7 @@ class StopPodSandboxResponse(google.protobuf.message.Message):
         self,
     ) -> None: ...
 
-Global___StopPodSandboxResponse: typing_extensions.TypeAlias = StopPodSandboxResponse
+global___StopPodSandboxResponse = StopPodSandboxResponse
 
 @typing.final
 class RemovePodSandboxRequest(google.protobuf.message.Message):
@@ -1220,7 +1220,7 @@ class RemovePodSandboxRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["pod_sandbox_id", b"pod_sandbox_id"]) -> None: ...
 
-Global___RemovePodSandboxRequest: typing_extensions.TypeAlias = RemovePodSandboxRequest
+global___RemovePodSandboxRequest = RemovePodSandboxRequest
 
 @typing.final
 class RemovePodSandboxResponse(google.protobuf.message.Message):
@@ -1230,7 +1230,7 @@ class RemovePodSandboxResponse(google.protobuf.message.Message):
         self,
     ) -> None: ...
 
-Global___RemovePodSandboxResponse: typing_extensions.TypeAlias = RemovePodSandboxResponse
+global___RemovePodSandboxResponse = RemovePodSandboxResponse
 
 @typing.final
 class PodSandboxStatusRequest(google.protobuf.message.Message):
@@ -1250,7 +1250,7 @@ class PodSandboxStatusRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["pod_sandbox_id", b"pod_sandbox_id", "verbose", b"verbose"]) -> None: ...
 
-Global___PodSandboxStatusRequest: typing_extensions.TypeAlias = PodSandboxStatusRequest
+global___PodSandboxStatusRequest = PodSandboxStatusRequest
 
 @typing.final
 class PodIP(google.protobuf.message.Message):
@@ -1268,7 +1268,7 @@ class PodIP(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["ip", b"ip"]) -> None: ...
 
-Global___PodIP: typing_extensions.TypeAlias = PodIP
+global___PodIP = PodIP
 
 @typing.final
 class PodSandboxNetworkStatus(google.protobuf.message.Message):
@@ -1283,18 +1283,18 @@ class PodSandboxNetworkStatus(google.protobuf.message.Message):
     ip: builtins.str
     """IP address of the PodSandbox."""
     @property
-    def additional_ips(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___PodIP]:
+    def additional_ips(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___PodIP]:
         """list of additional ips (not inclusive of PodSandboxNetworkStatus.Ip) of the PodSandBoxNetworkStatus"""
 
     def __init__(
         self,
         *,
         ip: builtins.str = ...,
-        additional_ips: collections.abc.Iterable[Global___PodIP] | None = ...,
+        additional_ips: collections.abc.Iterable[global___PodIP] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["additional_ips", b"additional_ips", "ip", b"ip"]) -> None: ...
 
-Global___PodSandboxNetworkStatus: typing_extensions.TypeAlias = PodSandboxNetworkStatus
+global___PodSandboxNetworkStatus = PodSandboxNetworkStatus
 
 @typing.final
 class Namespace(google.protobuf.message.Message):
@@ -1304,18 +1304,18 @@ class Namespace(google.protobuf.message.Message):
 
     OPTIONS_FIELD_NUMBER: builtins.int
     @property
-    def options(self) -> Global___NamespaceOption:
+    def options(self) -> global___NamespaceOption:
         """Namespace options for Linux namespaces."""
 
     def __init__(
         self,
         *,
-        options: Global___NamespaceOption | None = ...,
+        options: global___NamespaceOption | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["options", b"options"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["options", b"options"]) -> None: ...
 
-Global___Namespace: typing_extensions.TypeAlias = Namespace
+global___Namespace = Namespace
 
 @typing.final
 class LinuxPodSandboxStatus(google.protobuf.message.Message):
@@ -1325,18 +1325,18 @@ class LinuxPodSandboxStatus(google.protobuf.message.Message):
 
     NAMESPACES_FIELD_NUMBER: builtins.int
     @property
-    def namespaces(self) -> Global___Namespace:
+    def namespaces(self) -> global___Namespace:
         """Paths to the sandbox's namespaces."""
 
     def __init__(
         self,
         *,
-        namespaces: Global___Namespace | None = ...,
+        namespaces: global___Namespace | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["namespaces", b"namespaces"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["namespaces", b"namespaces"]) -> None: ...
 
-Global___LinuxPodSandboxStatus: typing_extensions.TypeAlias = LinuxPodSandboxStatus
+global___LinuxPodSandboxStatus = LinuxPodSandboxStatus
 
 @typing.final
 class PodSandboxStatus(google.protobuf.message.Message):
@@ -1387,22 +1387,22 @@ class PodSandboxStatus(google.protobuf.message.Message):
     RUNTIME_HANDLER_FIELD_NUMBER: builtins.int
     id: builtins.str
     """ID of the sandbox."""
-    state: Global___PodSandboxState.ValueType
+    state: global___PodSandboxState.ValueType
     """State of the sandbox."""
     created_at: builtins.int
     """Creation timestamp of the sandbox in nanoseconds. Must be > 0."""
     runtime_handler: builtins.str
     """runtime configuration used for this PodSandbox."""
     @property
-    def metadata(self) -> Global___PodSandboxMetadata:
+    def metadata(self) -> global___PodSandboxMetadata:
         """Metadata of the sandbox."""
 
     @property
-    def network(self) -> Global___PodSandboxNetworkStatus:
+    def network(self) -> global___PodSandboxNetworkStatus:
         """Network contains network status if network is handled by the runtime."""
 
     @property
-    def linux(self) -> Global___LinuxPodSandboxStatus:
+    def linux(self) -> global___LinuxPodSandboxStatus:
         """Linux-specific status to a pod sandbox."""
 
     @property
@@ -1421,11 +1421,11 @@ class PodSandboxStatus(google.protobuf.message.Message):
         self,
         *,
         id: builtins.str = ...,
-        metadata: Global___PodSandboxMetadata | None = ...,
-        state: Global___PodSandboxState.ValueType = ...,
+        metadata: global___PodSandboxMetadata | None = ...,
+        state: global___PodSandboxState.ValueType = ...,
         created_at: builtins.int = ...,
-        network: Global___PodSandboxNetworkStatus | None = ...,
-        linux: Global___LinuxPodSandboxStatus | None = ...,
+        network: global___PodSandboxNetworkStatus | None = ...,
+        linux: global___LinuxPodSandboxStatus | None = ...,
         labels: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
         annotations: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
         runtime_handler: builtins.str = ...,
@@ -1433,7 +1433,7 @@ class PodSandboxStatus(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["linux", b"linux", "metadata", b"metadata", "network", b"network"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["annotations", b"annotations", "created_at", b"created_at", "id", b"id", "labels", b"labels", "linux", b"linux", "metadata", b"metadata", "network", b"network", "runtime_handler", b"runtime_handler", "state", b"state"]) -> None: ...
 
-Global___PodSandboxStatus: typing_extensions.TypeAlias = PodSandboxStatus
+global___PodSandboxStatus = PodSandboxStatus
 
 @typing.final
 class PodSandboxStatusResponse(google.protobuf.message.Message):
@@ -1462,7 +1462,7 @@ class PodSandboxStatusResponse(google.protobuf.message.Message):
     timestamp: builtins.int
     """Timestamp in nanoseconds at which container and pod statuses were recorded"""
     @property
-    def status(self) -> Global___PodSandboxStatus:
+    def status(self) -> global___PodSandboxStatus:
         """Status of the PodSandbox."""
 
     @property
@@ -1474,21 +1474,21 @@ class PodSandboxStatusResponse(google.protobuf.message.Message):
         """
 
     @property
-    def containers_statuses(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___ContainerStatus]:
+    def containers_statuses(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ContainerStatus]:
         """Container statuses"""
 
     def __init__(
         self,
         *,
-        status: Global___PodSandboxStatus | None = ...,
+        status: global___PodSandboxStatus | None = ...,
         info: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
-        containers_statuses: collections.abc.Iterable[Global___ContainerStatus] | None = ...,
+        containers_statuses: collections.abc.Iterable[global___ContainerStatus] | None = ...,
         timestamp: builtins.int = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["status", b"status"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["containers_statuses", b"containers_statuses", "info", b"info", "status", b"status", "timestamp", b"timestamp"]) -> None: ...
 
-Global___PodSandboxStatusResponse: typing_extensions.TypeAlias = PodSandboxStatusResponse
+global___PodSandboxStatusResponse = PodSandboxStatusResponse
 
 @typing.final
 class PodSandboxStateValue(google.protobuf.message.Message):
@@ -1497,16 +1497,16 @@ class PodSandboxStateValue(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     STATE_FIELD_NUMBER: builtins.int
-    state: Global___PodSandboxState.ValueType
+    state: global___PodSandboxState.ValueType
     """State of the sandbox."""
     def __init__(
         self,
         *,
-        state: Global___PodSandboxState.ValueType = ...,
+        state: global___PodSandboxState.ValueType = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["state", b"state"]) -> None: ...
 
-Global___PodSandboxStateValue: typing_extensions.TypeAlias = PodSandboxStateValue
+global___PodSandboxStateValue = PodSandboxStateValue
 
 @typing.final
 class PodSandboxFilter(google.protobuf.message.Message):
@@ -1538,7 +1538,7 @@ class PodSandboxFilter(google.protobuf.message.Message):
     id: builtins.str
     """ID of the sandbox."""
     @property
-    def state(self) -> Global___PodSandboxStateValue:
+    def state(self) -> global___PodSandboxStateValue:
         """State of the sandbox."""
 
     @property
@@ -1552,13 +1552,13 @@ class PodSandboxFilter(google.protobuf.message.Message):
         self,
         *,
         id: builtins.str = ...,
-        state: Global___PodSandboxStateValue | None = ...,
+        state: global___PodSandboxStateValue | None = ...,
         label_selector: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["state", b"state"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["id", b"id", "label_selector", b"label_selector", "state", b"state"]) -> None: ...
 
-Global___PodSandboxFilter: typing_extensions.TypeAlias = PodSandboxFilter
+global___PodSandboxFilter = PodSandboxFilter
 
 @typing.final
 class ListPodSandboxRequest(google.protobuf.message.Message):
@@ -1566,18 +1566,18 @@ class ListPodSandboxRequest(google.protobuf.message.Message):
 
     FILTER_FIELD_NUMBER: builtins.int
     @property
-    def filter(self) -> Global___PodSandboxFilter:
+    def filter(self) -> global___PodSandboxFilter:
         """PodSandboxFilter to filter a list of PodSandboxes."""
 
     def __init__(
         self,
         *,
-        filter: Global___PodSandboxFilter | None = ...,
+        filter: global___PodSandboxFilter | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["filter", b"filter"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["filter", b"filter"]) -> None: ...
 
-Global___ListPodSandboxRequest: typing_extensions.TypeAlias = ListPodSandboxRequest
+global___ListPodSandboxRequest = ListPodSandboxRequest
 
 @typing.final
 class PodSandbox(google.protobuf.message.Message):
@@ -1626,14 +1626,14 @@ class PodSandbox(google.protobuf.message.Message):
     RUNTIME_HANDLER_FIELD_NUMBER: builtins.int
     id: builtins.str
     """ID of the PodSandbox."""
-    state: Global___PodSandboxState.ValueType
+    state: global___PodSandboxState.ValueType
     """State of the PodSandbox."""
     created_at: builtins.int
     """Creation timestamps of the PodSandbox in nanoseconds. Must be > 0."""
     runtime_handler: builtins.str
     """runtime configuration used for this PodSandbox."""
     @property
-    def metadata(self) -> Global___PodSandboxMetadata:
+    def metadata(self) -> global___PodSandboxMetadata:
         """Metadata of the PodSandbox."""
 
     @property
@@ -1652,8 +1652,8 @@ class PodSandbox(google.protobuf.message.Message):
         self,
         *,
         id: builtins.str = ...,
-        metadata: Global___PodSandboxMetadata | None = ...,
-        state: Global___PodSandboxState.ValueType = ...,
+        metadata: global___PodSandboxMetadata | None = ...,
+        state: global___PodSandboxState.ValueType = ...,
         created_at: builtins.int = ...,
         labels: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
         annotations: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
@@ -1662,7 +1662,7 @@ class PodSandbox(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["metadata", b"metadata"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["annotations", b"annotations", "created_at", b"created_at", "id", b"id", "labels", b"labels", "metadata", b"metadata", "runtime_handler", b"runtime_handler", "state", b"state"]) -> None: ...
 
-Global___PodSandbox: typing_extensions.TypeAlias = PodSandbox
+global___PodSandbox = PodSandbox
 
 @typing.final
 class ListPodSandboxResponse(google.protobuf.message.Message):
@@ -1670,17 +1670,17 @@ class ListPodSandboxResponse(google.protobuf.message.Message):
 
     ITEMS_FIELD_NUMBER: builtins.int
     @property
-    def items(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___PodSandbox]:
+    def items(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___PodSandbox]:
         """List of PodSandboxes."""
 
     def __init__(
         self,
         *,
-        items: collections.abc.Iterable[Global___PodSandbox] | None = ...,
+        items: collections.abc.Iterable[global___PodSandbox] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["items", b"items"]) -> None: ...
 
-Global___ListPodSandboxResponse: typing_extensions.TypeAlias = ListPodSandboxResponse
+global___ListPodSandboxResponse = ListPodSandboxResponse
 
 @typing.final
 class StreamPodSandboxesRequest(google.protobuf.message.Message):
@@ -1688,18 +1688,18 @@ class StreamPodSandboxesRequest(google.protobuf.message.Message):
 
     FILTER_FIELD_NUMBER: builtins.int
     @property
-    def filter(self) -> Global___PodSandboxFilter:
+    def filter(self) -> global___PodSandboxFilter:
         """Filter for the list request."""
 
     def __init__(
         self,
         *,
-        filter: Global___PodSandboxFilter | None = ...,
+        filter: global___PodSandboxFilter | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["filter", b"filter"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["filter", b"filter"]) -> None: ...
 
-Global___StreamPodSandboxesRequest: typing_extensions.TypeAlias = StreamPodSandboxesRequest
+global___StreamPodSandboxesRequest = StreamPodSandboxesRequest
 
 @typing.final
 class StreamPodSandboxesResponse(google.protobuf.message.Message):
@@ -1707,17 +1707,17 @@ class StreamPodSandboxesResponse(google.protobuf.message.Message):
 
     POD_SANDBOXES_FIELD_NUMBER: builtins.int
     @property
-    def pod_sandboxes(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___PodSandbox]:
+    def pod_sandboxes(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___PodSandbox]:
         """List of PodSandboxes."""
 
     def __init__(
         self,
         *,
-        pod_sandboxes: collections.abc.Iterable[Global___PodSandbox] | None = ...,
+        pod_sandboxes: collections.abc.Iterable[global___PodSandbox] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["pod_sandboxes", b"pod_sandboxes"]) -> None: ...
 
-Global___StreamPodSandboxesResponse: typing_extensions.TypeAlias = StreamPodSandboxesResponse
+global___StreamPodSandboxesResponse = StreamPodSandboxesResponse
 
 @typing.final
 class PodSandboxStatsRequest(google.protobuf.message.Message):
@@ -1733,7 +1733,7 @@ class PodSandboxStatsRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["pod_sandbox_id", b"pod_sandbox_id"]) -> None: ...
 
-Global___PodSandboxStatsRequest: typing_extensions.TypeAlias = PodSandboxStatsRequest
+global___PodSandboxStatsRequest = PodSandboxStatsRequest
 
 @typing.final
 class PodSandboxStatsResponse(google.protobuf.message.Message):
@@ -1741,16 +1741,16 @@ class PodSandboxStatsResponse(google.protobuf.message.Message):
 
     STATS_FIELD_NUMBER: builtins.int
     @property
-    def stats(self) -> Global___PodSandboxStats: ...
+    def stats(self) -> global___PodSandboxStats: ...
     def __init__(
         self,
         *,
-        stats: Global___PodSandboxStats | None = ...,
+        stats: global___PodSandboxStats | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["stats", b"stats"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["stats", b"stats"]) -> None: ...
 
-Global___PodSandboxStatsResponse: typing_extensions.TypeAlias = PodSandboxStatsResponse
+global___PodSandboxStatsResponse = PodSandboxStatsResponse
 
 @typing.final
 class PodSandboxStatsFilter(google.protobuf.message.Message):
@@ -1795,7 +1795,7 @@ class PodSandboxStatsFilter(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["id", b"id", "label_selector", b"label_selector"]) -> None: ...
 
-Global___PodSandboxStatsFilter: typing_extensions.TypeAlias = PodSandboxStatsFilter
+global___PodSandboxStatsFilter = PodSandboxStatsFilter
 
 @typing.final
 class ListPodSandboxStatsRequest(google.protobuf.message.Message):
@@ -1803,18 +1803,18 @@ class ListPodSandboxStatsRequest(google.protobuf.message.Message):
 
     FILTER_FIELD_NUMBER: builtins.int
     @property
-    def filter(self) -> Global___PodSandboxStatsFilter:
+    def filter(self) -> global___PodSandboxStatsFilter:
         """Filter for the list request."""
 
     def __init__(
         self,
         *,
-        filter: Global___PodSandboxStatsFilter | None = ...,
+        filter: global___PodSandboxStatsFilter | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["filter", b"filter"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["filter", b"filter"]) -> None: ...
 
-Global___ListPodSandboxStatsRequest: typing_extensions.TypeAlias = ListPodSandboxStatsRequest
+global___ListPodSandboxStatsRequest = ListPodSandboxStatsRequest
 
 @typing.final
 class ListPodSandboxStatsResponse(google.protobuf.message.Message):
@@ -1822,17 +1822,17 @@ class ListPodSandboxStatsResponse(google.protobuf.message.Message):
 
     STATS_FIELD_NUMBER: builtins.int
     @property
-    def stats(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___PodSandboxStats]:
+    def stats(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___PodSandboxStats]:
         """Stats of the pod sandbox."""
 
     def __init__(
         self,
         *,
-        stats: collections.abc.Iterable[Global___PodSandboxStats] | None = ...,
+        stats: collections.abc.Iterable[global___PodSandboxStats] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["stats", b"stats"]) -> None: ...
 
-Global___ListPodSandboxStatsResponse: typing_extensions.TypeAlias = ListPodSandboxStatsResponse
+global___ListPodSandboxStatsResponse = ListPodSandboxStatsResponse
 
 @typing.final
 class StreamPodSandboxStatsRequest(google.protobuf.message.Message):
@@ -1840,18 +1840,18 @@ class StreamPodSandboxStatsRequest(google.protobuf.message.Message):
 
     FILTER_FIELD_NUMBER: builtins.int
     @property
-    def filter(self) -> Global___PodSandboxStatsFilter:
+    def filter(self) -> global___PodSandboxStatsFilter:
         """Filter for the list request."""
 
     def __init__(
         self,
         *,
-        filter: Global___PodSandboxStatsFilter | None = ...,
+        filter: global___PodSandboxStatsFilter | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["filter", b"filter"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["filter", b"filter"]) -> None: ...
 
-Global___StreamPodSandboxStatsRequest: typing_extensions.TypeAlias = StreamPodSandboxStatsRequest
+global___StreamPodSandboxStatsRequest = StreamPodSandboxStatsRequest
 
 @typing.final
 class StreamPodSandboxStatsResponse(google.protobuf.message.Message):
@@ -1859,17 +1859,17 @@ class StreamPodSandboxStatsResponse(google.protobuf.message.Message):
 
     POD_SANDBOX_STATS_FIELD_NUMBER: builtins.int
     @property
-    def pod_sandbox_stats(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___PodSandboxStats]:
+    def pod_sandbox_stats(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___PodSandboxStats]:
         """List of pod sandbox stats."""
 
     def __init__(
         self,
         *,
-        pod_sandbox_stats: collections.abc.Iterable[Global___PodSandboxStats] | None = ...,
+        pod_sandbox_stats: collections.abc.Iterable[global___PodSandboxStats] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["pod_sandbox_stats", b"pod_sandbox_stats"]) -> None: ...
 
-Global___StreamPodSandboxStatsResponse: typing_extensions.TypeAlias = StreamPodSandboxStatsResponse
+global___StreamPodSandboxStatsResponse = StreamPodSandboxStatsResponse
 
 @typing.final
 class PodSandboxAttributes(google.protobuf.message.Message):
@@ -1916,7 +1916,7 @@ class PodSandboxAttributes(google.protobuf.message.Message):
     id: builtins.str
     """ID of the pod sandbox."""
     @property
-    def metadata(self) -> Global___PodSandboxMetadata:
+    def metadata(self) -> global___PodSandboxMetadata:
         """Metadata of the pod sandbox."""
 
     @property
@@ -1935,14 +1935,14 @@ class PodSandboxAttributes(google.protobuf.message.Message):
         self,
         *,
         id: builtins.str = ...,
-        metadata: Global___PodSandboxMetadata | None = ...,
+        metadata: global___PodSandboxMetadata | None = ...,
         labels: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
         annotations: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["metadata", b"metadata"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["annotations", b"annotations", "id", b"id", "labels", b"labels", "metadata", b"metadata"]) -> None: ...
 
-Global___PodSandboxAttributes: typing_extensions.TypeAlias = PodSandboxAttributes
+global___PodSandboxAttributes = PodSandboxAttributes
 
 @typing.final
 class PodSandboxStats(google.protobuf.message.Message):
@@ -1956,28 +1956,28 @@ class PodSandboxStats(google.protobuf.message.Message):
     LINUX_FIELD_NUMBER: builtins.int
     WINDOWS_FIELD_NUMBER: builtins.int
     @property
-    def attributes(self) -> Global___PodSandboxAttributes:
+    def attributes(self) -> global___PodSandboxAttributes:
         """Information of the pod."""
 
     @property
-    def linux(self) -> Global___LinuxPodSandboxStats:
+    def linux(self) -> global___LinuxPodSandboxStats:
         """Stats from linux."""
 
     @property
-    def windows(self) -> Global___WindowsPodSandboxStats:
+    def windows(self) -> global___WindowsPodSandboxStats:
         """Stats from windows."""
 
     def __init__(
         self,
         *,
-        attributes: Global___PodSandboxAttributes | None = ...,
-        linux: Global___LinuxPodSandboxStats | None = ...,
-        windows: Global___WindowsPodSandboxStats | None = ...,
+        attributes: global___PodSandboxAttributes | None = ...,
+        linux: global___LinuxPodSandboxStats | None = ...,
+        windows: global___WindowsPodSandboxStats | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["attributes", b"attributes", "linux", b"linux", "windows", b"windows"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["attributes", b"attributes", "linux", b"linux", "windows", b"windows"]) -> None: ...
 
-Global___PodSandboxStats: typing_extensions.TypeAlias = PodSandboxStats
+global___PodSandboxStats = PodSandboxStats
 
 @typing.final
 class LinuxPodSandboxStats(google.protobuf.message.Message):
@@ -1992,43 +1992,43 @@ class LinuxPodSandboxStats(google.protobuf.message.Message):
     CONTAINERS_FIELD_NUMBER: builtins.int
     IO_FIELD_NUMBER: builtins.int
     @property
-    def cpu(self) -> Global___CpuUsage:
+    def cpu(self) -> global___CpuUsage:
         """CPU usage gathered for the pod sandbox."""
 
     @property
-    def memory(self) -> Global___MemoryUsage:
+    def memory(self) -> global___MemoryUsage:
         """Memory usage gathered for the pod sandbox."""
 
     @property
-    def network(self) -> Global___NetworkUsage:
+    def network(self) -> global___NetworkUsage:
         """Network usage gathered for the pod sandbox"""
 
     @property
-    def process(self) -> Global___ProcessUsage:
+    def process(self) -> global___ProcessUsage:
         """Stats pertaining to processes in the pod sandbox."""
 
     @property
-    def containers(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___ContainerStats]:
+    def containers(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ContainerStats]:
         """Stats of containers in the measured pod sandbox."""
 
     @property
-    def io(self) -> Global___IoUsage:
+    def io(self) -> global___IoUsage:
         """IO usage gathered for the pod sandbox."""
 
     def __init__(
         self,
         *,
-        cpu: Global___CpuUsage | None = ...,
-        memory: Global___MemoryUsage | None = ...,
-        network: Global___NetworkUsage | None = ...,
-        process: Global___ProcessUsage | None = ...,
-        containers: collections.abc.Iterable[Global___ContainerStats] | None = ...,
-        io: Global___IoUsage | None = ...,
+        cpu: global___CpuUsage | None = ...,
+        memory: global___MemoryUsage | None = ...,
+        network: global___NetworkUsage | None = ...,
+        process: global___ProcessUsage | None = ...,
+        containers: collections.abc.Iterable[global___ContainerStats] | None = ...,
+        io: global___IoUsage | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["cpu", b"cpu", "io", b"io", "memory", b"memory", "network", b"network", "process", b"process"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["containers", b"containers", "cpu", b"cpu", "io", b"io", "memory", b"memory", "network", b"network", "process", b"process"]) -> None: ...
 
-Global___LinuxPodSandboxStats: typing_extensions.TypeAlias = LinuxPodSandboxStats
+global___LinuxPodSandboxStats = LinuxPodSandboxStats
 
 @typing.final
 class WindowsPodSandboxStats(google.protobuf.message.Message):
@@ -2042,38 +2042,38 @@ class WindowsPodSandboxStats(google.protobuf.message.Message):
     PROCESS_FIELD_NUMBER: builtins.int
     CONTAINERS_FIELD_NUMBER: builtins.int
     @property
-    def cpu(self) -> Global___WindowsCpuUsage:
+    def cpu(self) -> global___WindowsCpuUsage:
         """CPU usage gathered for the pod sandbox."""
 
     @property
-    def memory(self) -> Global___WindowsMemoryUsage:
+    def memory(self) -> global___WindowsMemoryUsage:
         """Memory usage gathered for the pod sandbox."""
 
     @property
-    def network(self) -> Global___WindowsNetworkUsage:
+    def network(self) -> global___WindowsNetworkUsage:
         """Network usage gathered for the pod sandbox"""
 
     @property
-    def process(self) -> Global___WindowsProcessUsage:
+    def process(self) -> global___WindowsProcessUsage:
         """Stats pertaining to processes in the pod sandbox."""
 
     @property
-    def containers(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___WindowsContainerStats]:
+    def containers(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___WindowsContainerStats]:
         """Stats of containers in the measured pod sandbox."""
 
     def __init__(
         self,
         *,
-        cpu: Global___WindowsCpuUsage | None = ...,
-        memory: Global___WindowsMemoryUsage | None = ...,
-        network: Global___WindowsNetworkUsage | None = ...,
-        process: Global___WindowsProcessUsage | None = ...,
-        containers: collections.abc.Iterable[Global___WindowsContainerStats] | None = ...,
+        cpu: global___WindowsCpuUsage | None = ...,
+        memory: global___WindowsMemoryUsage | None = ...,
+        network: global___WindowsNetworkUsage | None = ...,
+        process: global___WindowsProcessUsage | None = ...,
+        containers: collections.abc.Iterable[global___WindowsContainerStats] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["cpu", b"cpu", "memory", b"memory", "network", b"network", "process", b"process"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["containers", b"containers", "cpu", b"cpu", "memory", b"memory", "network", b"network", "process", b"process"]) -> None: ...
 
-Global___WindowsPodSandboxStats: typing_extensions.TypeAlias = WindowsPodSandboxStats
+global___WindowsPodSandboxStats = WindowsPodSandboxStats
 
 @typing.final
 class NetworkUsage(google.protobuf.message.Message):
@@ -2087,24 +2087,24 @@ class NetworkUsage(google.protobuf.message.Message):
     timestamp: builtins.int
     """Timestamp in nanoseconds at which the information were collected. Must be > 0."""
     @property
-    def default_interface(self) -> Global___NetworkInterfaceUsage:
+    def default_interface(self) -> global___NetworkInterfaceUsage:
         """Stats for the default network interface."""
 
     @property
-    def interfaces(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___NetworkInterfaceUsage]:
+    def interfaces(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___NetworkInterfaceUsage]:
         """Stats for all found network interfaces, excluding the default."""
 
     def __init__(
         self,
         *,
         timestamp: builtins.int = ...,
-        default_interface: Global___NetworkInterfaceUsage | None = ...,
-        interfaces: collections.abc.Iterable[Global___NetworkInterfaceUsage] | None = ...,
+        default_interface: global___NetworkInterfaceUsage | None = ...,
+        interfaces: collections.abc.Iterable[global___NetworkInterfaceUsage] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["default_interface", b"default_interface"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["default_interface", b"default_interface", "interfaces", b"interfaces", "timestamp", b"timestamp"]) -> None: ...
 
-Global___NetworkUsage: typing_extensions.TypeAlias = NetworkUsage
+global___NetworkUsage = NetworkUsage
 
 @typing.final
 class WindowsNetworkUsage(google.protobuf.message.Message):
@@ -2118,24 +2118,24 @@ class WindowsNetworkUsage(google.protobuf.message.Message):
     timestamp: builtins.int
     """Timestamp in nanoseconds at which the information were collected. Must be > 0."""
     @property
-    def default_interface(self) -> Global___WindowsNetworkInterfaceUsage:
+    def default_interface(self) -> global___WindowsNetworkInterfaceUsage:
         """Stats for the default network interface."""
 
     @property
-    def interfaces(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___WindowsNetworkInterfaceUsage]:
+    def interfaces(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___WindowsNetworkInterfaceUsage]:
         """Stats for all found network interfaces, excluding the default."""
 
     def __init__(
         self,
         *,
         timestamp: builtins.int = ...,
-        default_interface: Global___WindowsNetworkInterfaceUsage | None = ...,
-        interfaces: collections.abc.Iterable[Global___WindowsNetworkInterfaceUsage] | None = ...,
+        default_interface: global___WindowsNetworkInterfaceUsage | None = ...,
+        interfaces: collections.abc.Iterable[global___WindowsNetworkInterfaceUsage] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["default_interface", b"default_interface"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["default_interface", b"default_interface", "interfaces", b"interfaces", "timestamp", b"timestamp"]) -> None: ...
 
-Global___WindowsNetworkUsage: typing_extensions.TypeAlias = WindowsNetworkUsage
+global___WindowsNetworkUsage = WindowsNetworkUsage
 
 @typing.final
 class NetworkInterfaceUsage(google.protobuf.message.Message):
@@ -2151,34 +2151,34 @@ class NetworkInterfaceUsage(google.protobuf.message.Message):
     name: builtins.str
     """The name of the network interface."""
     @property
-    def rx_bytes(self) -> Global___UInt64Value:
+    def rx_bytes(self) -> global___UInt64Value:
         """Cumulative count of bytes received."""
 
     @property
-    def rx_errors(self) -> Global___UInt64Value:
+    def rx_errors(self) -> global___UInt64Value:
         """Cumulative count of receive errors encountered."""
 
     @property
-    def tx_bytes(self) -> Global___UInt64Value:
+    def tx_bytes(self) -> global___UInt64Value:
         """Cumulative count of bytes transmitted."""
 
     @property
-    def tx_errors(self) -> Global___UInt64Value:
+    def tx_errors(self) -> global___UInt64Value:
         """Cumulative count of transmit errors encountered."""
 
     def __init__(
         self,
         *,
         name: builtins.str = ...,
-        rx_bytes: Global___UInt64Value | None = ...,
-        rx_errors: Global___UInt64Value | None = ...,
-        tx_bytes: Global___UInt64Value | None = ...,
-        tx_errors: Global___UInt64Value | None = ...,
+        rx_bytes: global___UInt64Value | None = ...,
+        rx_errors: global___UInt64Value | None = ...,
+        tx_bytes: global___UInt64Value | None = ...,
+        tx_errors: global___UInt64Value | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["rx_bytes", b"rx_bytes", "rx_errors", b"rx_errors", "tx_bytes", b"tx_bytes", "tx_errors", b"tx_errors"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["name", b"name", "rx_bytes", b"rx_bytes", "rx_errors", b"rx_errors", "tx_bytes", b"tx_bytes", "tx_errors", b"tx_errors"]) -> None: ...
 
-Global___NetworkInterfaceUsage: typing_extensions.TypeAlias = NetworkInterfaceUsage
+global___NetworkInterfaceUsage = NetworkInterfaceUsage
 
 @typing.final
 class WindowsNetworkInterfaceUsage(google.protobuf.message.Message):
@@ -2194,34 +2194,34 @@ class WindowsNetworkInterfaceUsage(google.protobuf.message.Message):
     name: builtins.str
     """The name of the network interface."""
     @property
-    def rx_bytes(self) -> Global___UInt64Value:
+    def rx_bytes(self) -> global___UInt64Value:
         """Cumulative count of bytes received."""
 
     @property
-    def rx_packets_dropped(self) -> Global___UInt64Value:
+    def rx_packets_dropped(self) -> global___UInt64Value:
         """Cumulative count of receive errors encountered."""
 
     @property
-    def tx_bytes(self) -> Global___UInt64Value:
+    def tx_bytes(self) -> global___UInt64Value:
         """Cumulative count of bytes transmitted."""
 
     @property
-    def tx_packets_dropped(self) -> Global___UInt64Value:
+    def tx_packets_dropped(self) -> global___UInt64Value:
         """Cumulative count of transmit errors encountered."""
 
     def __init__(
         self,
         *,
         name: builtins.str = ...,
-        rx_bytes: Global___UInt64Value | None = ...,
-        rx_packets_dropped: Global___UInt64Value | None = ...,
-        tx_bytes: Global___UInt64Value | None = ...,
-        tx_packets_dropped: Global___UInt64Value | None = ...,
+        rx_bytes: global___UInt64Value | None = ...,
+        rx_packets_dropped: global___UInt64Value | None = ...,
+        tx_bytes: global___UInt64Value | None = ...,
+        tx_packets_dropped: global___UInt64Value | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["rx_bytes", b"rx_bytes", "rx_packets_dropped", b"rx_packets_dropped", "tx_bytes", b"tx_bytes", "tx_packets_dropped", b"tx_packets_dropped"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["name", b"name", "rx_bytes", b"rx_bytes", "rx_packets_dropped", b"rx_packets_dropped", "tx_bytes", b"tx_bytes", "tx_packets_dropped", b"tx_packets_dropped"]) -> None: ...
 
-Global___WindowsNetworkInterfaceUsage: typing_extensions.TypeAlias = WindowsNetworkInterfaceUsage
+global___WindowsNetworkInterfaceUsage = WindowsNetworkInterfaceUsage
 
 @typing.final
 class ProcessUsage(google.protobuf.message.Message):
@@ -2234,19 +2234,19 @@ class ProcessUsage(google.protobuf.message.Message):
     timestamp: builtins.int
     """Timestamp in nanoseconds at which the information were collected. Must be > 0."""
     @property
-    def process_count(self) -> Global___UInt64Value:
+    def process_count(self) -> global___UInt64Value:
         """Number of processes."""
 
     def __init__(
         self,
         *,
         timestamp: builtins.int = ...,
-        process_count: Global___UInt64Value | None = ...,
+        process_count: global___UInt64Value | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["process_count", b"process_count"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["process_count", b"process_count", "timestamp", b"timestamp"]) -> None: ...
 
-Global___ProcessUsage: typing_extensions.TypeAlias = ProcessUsage
+global___ProcessUsage = ProcessUsage
 
 @typing.final
 class WindowsProcessUsage(google.protobuf.message.Message):
@@ -2259,19 +2259,19 @@ class WindowsProcessUsage(google.protobuf.message.Message):
     timestamp: builtins.int
     """Timestamp in nanoseconds at which the information were collected. Must be > 0."""
     @property
-    def process_count(self) -> Global___UInt64Value:
+    def process_count(self) -> global___UInt64Value:
         """Number of processes."""
 
     def __init__(
         self,
         *,
         timestamp: builtins.int = ...,
-        process_count: Global___UInt64Value | None = ...,
+        process_count: global___UInt64Value | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["process_count", b"process_count"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["process_count", b"process_count", "timestamp", b"timestamp"]) -> None: ...
 
-Global___WindowsProcessUsage: typing_extensions.TypeAlias = WindowsProcessUsage
+global___WindowsProcessUsage = WindowsProcessUsage
 
 @typing.final
 class ImageSpec(google.protobuf.message.Message):
@@ -2333,7 +2333,7 @@ class ImageSpec(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["annotations", b"annotations", "image", b"image", "image_ref", b"image_ref", "runtime_handler", b"runtime_handler", "user_specified_image", b"user_specified_image"]) -> None: ...
 
-Global___ImageSpec: typing_extensions.TypeAlias = ImageSpec
+global___ImageSpec = ImageSpec
 
 @typing.final
 class KeyValue(google.protobuf.message.Message):
@@ -2351,7 +2351,7 @@ class KeyValue(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
 
-Global___KeyValue: typing_extensions.TypeAlias = KeyValue
+global___KeyValue = KeyValue
 
 @typing.final
 class LinuxContainerResources(google.protobuf.message.Message):
@@ -2404,7 +2404,7 @@ class LinuxContainerResources(google.protobuf.message.Message):
     memory_swap_limit_in_bytes: builtins.int
     """Memory swap limit in bytes. Default 0 (not specified)."""
     @property
-    def hugepage_limits(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___HugepageLimit]:
+    def hugepage_limits(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___HugepageLimit]:
         """List of HugepageLimits to limit the HugeTLB usage of container per page size. Default: nil (not specified)."""
 
     @property
@@ -2424,13 +2424,13 @@ class LinuxContainerResources(google.protobuf.message.Message):
         oom_score_adj: builtins.int = ...,
         cpuset_cpus: builtins.str = ...,
         cpuset_mems: builtins.str = ...,
-        hugepage_limits: collections.abc.Iterable[Global___HugepageLimit] | None = ...,
+        hugepage_limits: collections.abc.Iterable[global___HugepageLimit] | None = ...,
         unified: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
         memory_swap_limit_in_bytes: builtins.int = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["cpu_period", b"cpu_period", "cpu_quota", b"cpu_quota", "cpu_shares", b"cpu_shares", "cpuset_cpus", b"cpuset_cpus", "cpuset_mems", b"cpuset_mems", "hugepage_limits", b"hugepage_limits", "memory_limit_in_bytes", b"memory_limit_in_bytes", "memory_swap_limit_in_bytes", b"memory_swap_limit_in_bytes", "oom_score_adj", b"oom_score_adj", "unified", b"unified"]) -> None: ...
 
-Global___LinuxContainerResources: typing_extensions.TypeAlias = LinuxContainerResources
+global___LinuxContainerResources = LinuxContainerResources
 
 @typing.final
 class HugepageLimit(google.protobuf.message.Message):
@@ -2457,7 +2457,7 @@ class HugepageLimit(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["limit", b"limit", "page_size", b"page_size"]) -> None: ...
 
-Global___HugepageLimit: typing_extensions.TypeAlias = HugepageLimit
+global___HugepageLimit = HugepageLimit
 
 @typing.final
 class SELinuxOption(google.protobuf.message.Message):
@@ -2483,7 +2483,7 @@ class SELinuxOption(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["level", b"level", "role", b"role", "type", b"type", "user", b"user"]) -> None: ...
 
-Global___SELinuxOption: typing_extensions.TypeAlias = SELinuxOption
+global___SELinuxOption = SELinuxOption
 
 @typing.final
 class Capability(google.protobuf.message.Message):
@@ -2523,7 +2523,7 @@ class Capability(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["add_ambient_capabilities", b"add_ambient_capabilities", "add_capabilities", b"add_capabilities", "drop_capabilities", b"drop_capabilities"]) -> None: ...
 
-Global___Capability: typing_extensions.TypeAlias = Capability
+global___Capability = Capability
 
 @typing.final
 class LinuxContainerSecurityContext(google.protobuf.message.Message):
@@ -2574,7 +2574,7 @@ class LinuxContainerSecurityContext(google.protobuf.message.Message):
     """
     readonly_rootfs: builtins.bool
     """If set, the root filesystem of the container is read-only."""
-    supplemental_groups_policy: Global___SupplementalGroupsPolicy.ValueType
+    supplemental_groups_policy: global___SupplementalGroupsPolicy.ValueType
     """supplemental_groups_policy defines how supplemental groups of the first 
     container processes are calculated.
     Valid values are "Merge" and "Strict".
@@ -2601,27 +2601,27 @@ class LinuxContainerSecurityContext(google.protobuf.message.Message):
     Default: "", which is identical with unconfined.
     """
     @property
-    def capabilities(self) -> Global___Capability:
+    def capabilities(self) -> global___Capability:
         """Capabilities to add or drop."""
 
     @property
-    def namespace_options(self) -> Global___NamespaceOption:
+    def namespace_options(self) -> global___NamespaceOption:
         """Configurations for the container's namespaces.
         Only used if the container uses namespace for isolation.
         """
 
     @property
-    def selinux_options(self) -> Global___SELinuxOption:
+    def selinux_options(self) -> global___SELinuxOption:
         """SELinux context to be optionally applied."""
 
     @property
-    def run_as_user(self) -> Global___Int64Value:
+    def run_as_user(self) -> global___Int64Value:
         """UID to run the container process as. Only one of run_as_user and
         run_as_username can be specified at a time.
         """
 
     @property
-    def run_as_group(self) -> Global___Int64Value:
+    def run_as_group(self) -> global___Int64Value:
         """GID to run the container process as. run_as_group should only be specified
         when run_as_user or run_as_username is specified; otherwise, the runtime
         MUST error.
@@ -2646,38 +2646,38 @@ class LinuxContainerSecurityContext(google.protobuf.message.Message):
         """
 
     @property
-    def seccomp(self) -> Global___SecurityProfile:
+    def seccomp(self) -> global___SecurityProfile:
         """Seccomp profile for the container."""
 
     @property
-    def apparmor(self) -> Global___SecurityProfile:
+    def apparmor(self) -> global___SecurityProfile:
         """AppArmor profile for the container."""
 
     def __init__(
         self,
         *,
-        capabilities: Global___Capability | None = ...,
+        capabilities: global___Capability | None = ...,
         privileged: builtins.bool = ...,
-        namespace_options: Global___NamespaceOption | None = ...,
-        selinux_options: Global___SELinuxOption | None = ...,
-        run_as_user: Global___Int64Value | None = ...,
-        run_as_group: Global___Int64Value | None = ...,
+        namespace_options: global___NamespaceOption | None = ...,
+        selinux_options: global___SELinuxOption | None = ...,
+        run_as_user: global___Int64Value | None = ...,
+        run_as_group: global___Int64Value | None = ...,
         run_as_username: builtins.str = ...,
         readonly_rootfs: builtins.bool = ...,
         supplemental_groups: collections.abc.Iterable[builtins.int] | None = ...,
-        supplemental_groups_policy: Global___SupplementalGroupsPolicy.ValueType = ...,
+        supplemental_groups_policy: global___SupplementalGroupsPolicy.ValueType = ...,
         no_new_privs: builtins.bool = ...,
         masked_paths: collections.abc.Iterable[builtins.str] | None = ...,
         readonly_paths: collections.abc.Iterable[builtins.str] | None = ...,
-        seccomp: Global___SecurityProfile | None = ...,
-        apparmor: Global___SecurityProfile | None = ...,
+        seccomp: global___SecurityProfile | None = ...,
+        apparmor: global___SecurityProfile | None = ...,
         apparmor_profile: builtins.str = ...,
         seccomp_profile_path: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["apparmor", b"apparmor", "capabilities", b"capabilities", "namespace_options", b"namespace_options", "run_as_group", b"run_as_group", "run_as_user", b"run_as_user", "seccomp", b"seccomp", "selinux_options", b"selinux_options"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["apparmor", b"apparmor", "apparmor_profile", b"apparmor_profile", "capabilities", b"capabilities", "masked_paths", b"masked_paths", "namespace_options", b"namespace_options", "no_new_privs", b"no_new_privs", "privileged", b"privileged", "readonly_paths", b"readonly_paths", "readonly_rootfs", b"readonly_rootfs", "run_as_group", b"run_as_group", "run_as_user", b"run_as_user", "run_as_username", b"run_as_username", "seccomp", b"seccomp", "seccomp_profile_path", b"seccomp_profile_path", "selinux_options", b"selinux_options", "supplemental_groups", b"supplemental_groups", "supplemental_groups_policy", b"supplemental_groups_policy"]) -> None: ...
 
-Global___LinuxContainerSecurityContext: typing_extensions.TypeAlias = LinuxContainerSecurityContext
+global___LinuxContainerSecurityContext = LinuxContainerSecurityContext
 
 @typing.final
 class LinuxContainerConfig(google.protobuf.message.Message):
@@ -2690,23 +2690,23 @@ class LinuxContainerConfig(google.protobuf.message.Message):
     RESOURCES_FIELD_NUMBER: builtins.int
     SECURITY_CONTEXT_FIELD_NUMBER: builtins.int
     @property
-    def resources(self) -> Global___LinuxContainerResources:
+    def resources(self) -> global___LinuxContainerResources:
         """Resources specification for the container."""
 
     @property
-    def security_context(self) -> Global___LinuxContainerSecurityContext:
+    def security_context(self) -> global___LinuxContainerSecurityContext:
         """LinuxContainerSecurityContext configuration for the container."""
 
     def __init__(
         self,
         *,
-        resources: Global___LinuxContainerResources | None = ...,
-        security_context: Global___LinuxContainerSecurityContext | None = ...,
+        resources: global___LinuxContainerResources | None = ...,
+        security_context: global___LinuxContainerSecurityContext | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["resources", b"resources", "security_context", b"security_context"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["resources", b"resources", "security_context", b"security_context"]) -> None: ...
 
-Global___LinuxContainerConfig: typing_extensions.TypeAlias = LinuxContainerConfig
+global___LinuxContainerConfig = LinuxContainerConfig
 
 @typing.final
 class LinuxContainerUser(google.protobuf.message.Message):
@@ -2732,7 +2732,7 @@ class LinuxContainerUser(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["gid", b"gid", "supplemental_groups", b"supplemental_groups", "uid", b"uid"]) -> None: ...
 
-Global___LinuxContainerUser: typing_extensions.TypeAlias = LinuxContainerUser
+global___LinuxContainerUser = LinuxContainerUser
 
 @typing.final
 class WindowsNamespaceOption(google.protobuf.message.Message):
@@ -2741,18 +2741,18 @@ class WindowsNamespaceOption(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     NETWORK_FIELD_NUMBER: builtins.int
-    network: Global___NamespaceMode.ValueType
+    network: global___NamespaceMode.ValueType
     """Network namespace for this container/sandbox.
     This is currently never set by the kubelet
     """
     def __init__(
         self,
         *,
-        network: Global___NamespaceMode.ValueType = ...,
+        network: global___NamespaceMode.ValueType = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["network", b"network"]) -> None: ...
 
-Global___WindowsNamespaceOption: typing_extensions.TypeAlias = WindowsNamespaceOption
+global___WindowsNamespaceOption = WindowsNamespaceOption
 
 @typing.final
 class WindowsSandboxSecurityContext(google.protobuf.message.Message):
@@ -2777,7 +2777,7 @@ class WindowsSandboxSecurityContext(google.protobuf.message.Message):
     host_process: builtins.bool
     """Indicates whether the container requested to run as a HostProcess container."""
     @property
-    def namespace_options(self) -> Global___WindowsNamespaceOption:
+    def namespace_options(self) -> global___WindowsNamespaceOption:
         """Configuration for the sandbox's namespaces"""
 
     def __init__(
@@ -2786,12 +2786,12 @@ class WindowsSandboxSecurityContext(google.protobuf.message.Message):
         run_as_username: builtins.str = ...,
         credential_spec: builtins.str = ...,
         host_process: builtins.bool = ...,
-        namespace_options: Global___WindowsNamespaceOption | None = ...,
+        namespace_options: global___WindowsNamespaceOption | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["namespace_options", b"namespace_options"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["credential_spec", b"credential_spec", "host_process", b"host_process", "namespace_options", b"namespace_options", "run_as_username", b"run_as_username"]) -> None: ...
 
-Global___WindowsSandboxSecurityContext: typing_extensions.TypeAlias = WindowsSandboxSecurityContext
+global___WindowsSandboxSecurityContext = WindowsSandboxSecurityContext
 
 @typing.final
 class WindowsPodSandboxConfig(google.protobuf.message.Message):
@@ -2803,18 +2803,18 @@ class WindowsPodSandboxConfig(google.protobuf.message.Message):
 
     SECURITY_CONTEXT_FIELD_NUMBER: builtins.int
     @property
-    def security_context(self) -> Global___WindowsSandboxSecurityContext:
+    def security_context(self) -> global___WindowsSandboxSecurityContext:
         """WindowsSandboxSecurityContext holds sandbox security attributes."""
 
     def __init__(
         self,
         *,
-        security_context: Global___WindowsSandboxSecurityContext | None = ...,
+        security_context: global___WindowsSandboxSecurityContext | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["security_context", b"security_context"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["security_context", b"security_context"]) -> None: ...
 
-Global___WindowsPodSandboxConfig: typing_extensions.TypeAlias = WindowsPodSandboxConfig
+global___WindowsPodSandboxConfig = WindowsPodSandboxConfig
 
 @typing.final
 class WindowsContainerSecurityContext(google.protobuf.message.Message):
@@ -2843,7 +2843,7 @@ class WindowsContainerSecurityContext(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["credential_spec", b"credential_spec", "host_process", b"host_process", "run_as_username", b"run_as_username"]) -> None: ...
 
-Global___WindowsContainerSecurityContext: typing_extensions.TypeAlias = WindowsContainerSecurityContext
+global___WindowsContainerSecurityContext = WindowsContainerSecurityContext
 
 @typing.final
 class WindowsContainerConfig(google.protobuf.message.Message):
@@ -2856,23 +2856,23 @@ class WindowsContainerConfig(google.protobuf.message.Message):
     RESOURCES_FIELD_NUMBER: builtins.int
     SECURITY_CONTEXT_FIELD_NUMBER: builtins.int
     @property
-    def resources(self) -> Global___WindowsContainerResources:
+    def resources(self) -> global___WindowsContainerResources:
         """Resources specification for the container."""
 
     @property
-    def security_context(self) -> Global___WindowsContainerSecurityContext:
+    def security_context(self) -> global___WindowsContainerSecurityContext:
         """WindowsContainerSecurityContext configuration for the container."""
 
     def __init__(
         self,
         *,
-        resources: Global___WindowsContainerResources | None = ...,
-        security_context: Global___WindowsContainerSecurityContext | None = ...,
+        resources: global___WindowsContainerResources | None = ...,
+        security_context: global___WindowsContainerSecurityContext | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["resources", b"resources", "security_context", b"security_context"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["resources", b"resources", "security_context", b"security_context"]) -> None: ...
 
-Global___WindowsContainerConfig: typing_extensions.TypeAlias = WindowsContainerConfig
+global___WindowsContainerConfig = WindowsContainerConfig
 
 @typing.final
 class WindowsContainerResources(google.protobuf.message.Message):
@@ -2899,7 +2899,7 @@ class WindowsContainerResources(google.protobuf.message.Message):
     rootfs_size_in_bytes: builtins.int
     """Specifies the size of the rootfs / scratch space in bytes to be configured for this container. Default: 0 (not specified)."""
     @property
-    def affinity_cpus(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___WindowsCpuGroupAffinity]:
+    def affinity_cpus(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___WindowsCpuGroupAffinity]:
         """Optionally specifies the set of CPUs to affinitize for this container."""
 
     def __init__(
@@ -2910,11 +2910,11 @@ class WindowsContainerResources(google.protobuf.message.Message):
         cpu_maximum: builtins.int = ...,
         memory_limit_in_bytes: builtins.int = ...,
         rootfs_size_in_bytes: builtins.int = ...,
-        affinity_cpus: collections.abc.Iterable[Global___WindowsCpuGroupAffinity] | None = ...,
+        affinity_cpus: collections.abc.Iterable[global___WindowsCpuGroupAffinity] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["affinity_cpus", b"affinity_cpus", "cpu_count", b"cpu_count", "cpu_maximum", b"cpu_maximum", "cpu_shares", b"cpu_shares", "memory_limit_in_bytes", b"memory_limit_in_bytes", "rootfs_size_in_bytes", b"rootfs_size_in_bytes"]) -> None: ...
 
-Global___WindowsContainerResources: typing_extensions.TypeAlias = WindowsContainerResources
+global___WindowsContainerResources = WindowsContainerResources
 
 @typing.final
 class WindowsCpuGroupAffinity(google.protobuf.message.Message):
@@ -2941,7 +2941,7 @@ class WindowsCpuGroupAffinity(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["cpu_group", b"cpu_group", "cpu_mask", b"cpu_mask"]) -> None: ...
 
-Global___WindowsCpuGroupAffinity: typing_extensions.TypeAlias = WindowsCpuGroupAffinity
+global___WindowsCpuGroupAffinity = WindowsCpuGroupAffinity
 
 @typing.final
 class ContainerMetadata(google.protobuf.message.Message):
@@ -2968,7 +2968,7 @@ class ContainerMetadata(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "name", b"name"]) -> None: ...
 
-Global___ContainerMetadata: typing_extensions.TypeAlias = ContainerMetadata
+global___ContainerMetadata = ContainerMetadata
 
 @typing.final
 class Device(google.protobuf.message.Message):
@@ -2998,7 +2998,7 @@ class Device(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["container_path", b"container_path", "host_path", b"host_path", "permissions", b"permissions"]) -> None: ...
 
-Global___Device: typing_extensions.TypeAlias = Device
+global___Device = Device
 
 @typing.final
 class CDIDevice(google.protobuf.message.Message):
@@ -3020,7 +3020,7 @@ class CDIDevice(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["name", b"name"]) -> None: ...
 
-Global___CDIDevice: typing_extensions.TypeAlias = CDIDevice
+global___CDIDevice = CDIDevice
 
 @typing.final
 class ContainerConfig(google.protobuf.message.Message):
@@ -3095,10 +3095,10 @@ class ContainerConfig(google.protobuf.message.Message):
     """
     stdin_once: builtins.bool
     tty: builtins.bool
-    stop_signal: Global___Signal.ValueType
+    stop_signal: global___Signal.ValueType
     """The custom stop signal for the container"""
     @property
-    def metadata(self) -> Global___ContainerMetadata:
+    def metadata(self) -> global___ContainerMetadata:
         """Metadata of the container. This information will uniquely identify the
         container, and the runtime should leverage this to ensure correct
         operation. The runtime may also use this information to improve UX, such
@@ -3106,7 +3106,7 @@ class ContainerConfig(google.protobuf.message.Message):
         """
 
     @property
-    def image(self) -> Global___ImageSpec:
+    def image(self) -> global___ImageSpec:
         """Image to use."""
 
     @property
@@ -3118,15 +3118,15 @@ class ContainerConfig(google.protobuf.message.Message):
         """Args for the Command (i.e., command for docker)"""
 
     @property
-    def envs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___KeyValue]:
+    def envs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___KeyValue]:
         """List of environment variable to set in the container."""
 
     @property
-    def mounts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Mount]:
+    def mounts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Mount]:
         """Mounts for the container."""
 
     @property
-    def devices(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Device]:
+    def devices(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Device]:
         """Devices for the container."""
 
     @property
@@ -3154,43 +3154,43 @@ class ContainerConfig(google.protobuf.message.Message):
         """
 
     @property
-    def linux(self) -> Global___LinuxContainerConfig:
+    def linux(self) -> global___LinuxContainerConfig:
         """Configuration specific to Linux containers."""
 
     @property
-    def windows(self) -> Global___WindowsContainerConfig:
+    def windows(self) -> global___WindowsContainerConfig:
         """Configuration specific to Windows containers."""
 
     @property
-    def CDI_devices(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___CDIDevice]:
+    def CDI_devices(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___CDIDevice]:
         """CDI devices for the container."""
 
     def __init__(
         self,
         *,
-        metadata: Global___ContainerMetadata | None = ...,
-        image: Global___ImageSpec | None = ...,
+        metadata: global___ContainerMetadata | None = ...,
+        image: global___ImageSpec | None = ...,
         command: collections.abc.Iterable[builtins.str] | None = ...,
         args: collections.abc.Iterable[builtins.str] | None = ...,
         working_dir: builtins.str = ...,
-        envs: collections.abc.Iterable[Global___KeyValue] | None = ...,
-        mounts: collections.abc.Iterable[Global___Mount] | None = ...,
-        devices: collections.abc.Iterable[Global___Device] | None = ...,
+        envs: collections.abc.Iterable[global___KeyValue] | None = ...,
+        mounts: collections.abc.Iterable[global___Mount] | None = ...,
+        devices: collections.abc.Iterable[global___Device] | None = ...,
         labels: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
         annotations: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
         log_path: builtins.str = ...,
         stdin: builtins.bool = ...,
         stdin_once: builtins.bool = ...,
         tty: builtins.bool = ...,
-        linux: Global___LinuxContainerConfig | None = ...,
-        windows: Global___WindowsContainerConfig | None = ...,
-        CDI_devices: collections.abc.Iterable[Global___CDIDevice] | None = ...,
-        stop_signal: Global___Signal.ValueType = ...,
+        linux: global___LinuxContainerConfig | None = ...,
+        windows: global___WindowsContainerConfig | None = ...,
+        CDI_devices: collections.abc.Iterable[global___CDIDevice] | None = ...,
+        stop_signal: global___Signal.ValueType = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["image", b"image", "linux", b"linux", "metadata", b"metadata", "windows", b"windows"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["CDI_devices", b"CDI_devices", "annotations", b"annotations", "args", b"args", "command", b"command", "devices", b"devices", "envs", b"envs", "image", b"image", "labels", b"labels", "linux", b"linux", "log_path", b"log_path", "metadata", b"metadata", "mounts", b"mounts", "stdin", b"stdin", "stdin_once", b"stdin_once", "stop_signal", b"stop_signal", "tty", b"tty", "windows", b"windows", "working_dir", b"working_dir"]) -> None: ...
 
-Global___ContainerConfig: typing_extensions.TypeAlias = ContainerConfig
+global___ContainerConfig = ContainerConfig
 
 @typing.final
 class CreateContainerRequest(google.protobuf.message.Message):
@@ -3202,11 +3202,11 @@ class CreateContainerRequest(google.protobuf.message.Message):
     pod_sandbox_id: builtins.str
     """ID of the PodSandbox in which the container should be created."""
     @property
-    def config(self) -> Global___ContainerConfig:
+    def config(self) -> global___ContainerConfig:
         """Config of the container."""
 
     @property
-    def sandbox_config(self) -> Global___PodSandboxConfig:
+    def sandbox_config(self) -> global___PodSandboxConfig:
         """Config of the PodSandbox. This is the same config that was passed
         to RunPodSandboxRequest to create the PodSandbox. It is passed again
         here just for easy reference. The PodSandboxConfig is immutable and
@@ -3217,13 +3217,13 @@ class CreateContainerRequest(google.protobuf.message.Message):
         self,
         *,
         pod_sandbox_id: builtins.str = ...,
-        config: Global___ContainerConfig | None = ...,
-        sandbox_config: Global___PodSandboxConfig | None = ...,
+        config: global___ContainerConfig | None = ...,
+        sandbox_config: global___PodSandboxConfig | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["config", b"config", "sandbox_config", b"sandbox_config"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["config", b"config", "pod_sandbox_id", b"pod_sandbox_id", "sandbox_config", b"sandbox_config"]) -> None: ...
 
-Global___CreateContainerRequest: typing_extensions.TypeAlias = CreateContainerRequest
+global___CreateContainerRequest = CreateContainerRequest
 
 @typing.final
 class CreateContainerResponse(google.protobuf.message.Message):
@@ -3239,7 +3239,7 @@ class CreateContainerResponse(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["container_id", b"container_id"]) -> None: ...
 
-Global___CreateContainerResponse: typing_extensions.TypeAlias = CreateContainerResponse
+global___CreateContainerResponse = CreateContainerResponse
 
 @typing.final
 class StartContainerRequest(google.protobuf.message.Message):
@@ -3255,7 +3255,7 @@ class StartContainerRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["container_id", b"container_id"]) -> None: ...
 
-Global___StartContainerRequest: typing_extensions.TypeAlias = StartContainerRequest
+global___StartContainerRequest = StartContainerRequest
 
 @typing.final
 class StartContainerResponse(google.protobuf.message.Message):
@@ -3265,7 +3265,7 @@ class StartContainerResponse(google.protobuf.message.Message):
         self,
     ) -> None: ...
 
-Global___StartContainerResponse: typing_extensions.TypeAlias = StartContainerResponse
+global___StartContainerResponse = StartContainerResponse
 
 @typing.final
 class StopContainerRequest(google.protobuf.message.Message):
@@ -3287,7 +3287,7 @@ class StopContainerRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["container_id", b"container_id", "timeout", b"timeout"]) -> None: ...
 
-Global___StopContainerRequest: typing_extensions.TypeAlias = StopContainerRequest
+global___StopContainerRequest = StopContainerRequest
 
 @typing.final
 class StopContainerResponse(google.protobuf.message.Message):
@@ -3297,7 +3297,7 @@ class StopContainerResponse(google.protobuf.message.Message):
         self,
     ) -> None: ...
 
-Global___StopContainerResponse: typing_extensions.TypeAlias = StopContainerResponse
+global___StopContainerResponse = StopContainerResponse
 
 @typing.final
 class RemoveContainerRequest(google.protobuf.message.Message):
@@ -3313,7 +3313,7 @@ class RemoveContainerRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["container_id", b"container_id"]) -> None: ...
 
-Global___RemoveContainerRequest: typing_extensions.TypeAlias = RemoveContainerRequest
+global___RemoveContainerRequest = RemoveContainerRequest
 
 @typing.final
 class RemoveContainerResponse(google.protobuf.message.Message):
@@ -3323,7 +3323,7 @@ class RemoveContainerResponse(google.protobuf.message.Message):
         self,
     ) -> None: ...
 
-Global___RemoveContainerResponse: typing_extensions.TypeAlias = RemoveContainerResponse
+global___RemoveContainerResponse = RemoveContainerResponse
 
 @typing.final
 class ContainerStateValue(google.protobuf.message.Message):
@@ -3332,16 +3332,16 @@ class ContainerStateValue(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     STATE_FIELD_NUMBER: builtins.int
-    state: Global___ContainerState.ValueType
+    state: global___ContainerState.ValueType
     """State of the container."""
     def __init__(
         self,
         *,
-        state: Global___ContainerState.ValueType = ...,
+        state: global___ContainerState.ValueType = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["state", b"state"]) -> None: ...
 
-Global___ContainerStateValue: typing_extensions.TypeAlias = ContainerStateValue
+global___ContainerStateValue = ContainerStateValue
 
 @typing.final
 class ContainerFilter(google.protobuf.message.Message):
@@ -3376,7 +3376,7 @@ class ContainerFilter(google.protobuf.message.Message):
     pod_sandbox_id: builtins.str
     """ID of the PodSandbox."""
     @property
-    def state(self) -> Global___ContainerStateValue:
+    def state(self) -> global___ContainerStateValue:
         """State of the container."""
 
     @property
@@ -3390,14 +3390,14 @@ class ContainerFilter(google.protobuf.message.Message):
         self,
         *,
         id: builtins.str = ...,
-        state: Global___ContainerStateValue | None = ...,
+        state: global___ContainerStateValue | None = ...,
         pod_sandbox_id: builtins.str = ...,
         label_selector: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["state", b"state"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["id", b"id", "label_selector", b"label_selector", "pod_sandbox_id", b"pod_sandbox_id", "state", b"state"]) -> None: ...
 
-Global___ContainerFilter: typing_extensions.TypeAlias = ContainerFilter
+global___ContainerFilter = ContainerFilter
 
 @typing.final
 class ListContainersRequest(google.protobuf.message.Message):
@@ -3405,16 +3405,16 @@ class ListContainersRequest(google.protobuf.message.Message):
 
     FILTER_FIELD_NUMBER: builtins.int
     @property
-    def filter(self) -> Global___ContainerFilter: ...
+    def filter(self) -> global___ContainerFilter: ...
     def __init__(
         self,
         *,
-        filter: Global___ContainerFilter | None = ...,
+        filter: global___ContainerFilter | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["filter", b"filter"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["filter", b"filter"]) -> None: ...
 
-Global___ListContainersRequest: typing_extensions.TypeAlias = ListContainersRequest
+global___ListContainersRequest = ListContainersRequest
 
 @typing.final
 class Container(google.protobuf.message.Message):
@@ -3474,7 +3474,7 @@ class Container(google.protobuf.message.Message):
     """ID of the sandbox to which this container belongs."""
     image_ref: builtins.str
     """Digested reference to the image in use."""
-    state: Global___ContainerState.ValueType
+    state: global___ContainerState.ValueType
     """State of the container."""
     created_at: builtins.int
     """Creation time of the container in nanoseconds."""
@@ -3486,11 +3486,11 @@ class Container(google.protobuf.message.Message):
     to the same image.
     """
     @property
-    def metadata(self) -> Global___ContainerMetadata:
+    def metadata(self) -> global___ContainerMetadata:
         """Metadata of the container."""
 
     @property
-    def image(self) -> Global___ImageSpec:
+    def image(self) -> global___ImageSpec:
         """Spec of the image."""
 
     @property
@@ -3510,10 +3510,10 @@ class Container(google.protobuf.message.Message):
         *,
         id: builtins.str = ...,
         pod_sandbox_id: builtins.str = ...,
-        metadata: Global___ContainerMetadata | None = ...,
-        image: Global___ImageSpec | None = ...,
+        metadata: global___ContainerMetadata | None = ...,
+        image: global___ImageSpec | None = ...,
         image_ref: builtins.str = ...,
-        state: Global___ContainerState.ValueType = ...,
+        state: global___ContainerState.ValueType = ...,
         created_at: builtins.int = ...,
         labels: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
         annotations: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
@@ -3522,7 +3522,7 @@ class Container(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["image", b"image", "metadata", b"metadata"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["annotations", b"annotations", "created_at", b"created_at", "id", b"id", "image", b"image", "image_id", b"image_id", "image_ref", b"image_ref", "labels", b"labels", "metadata", b"metadata", "pod_sandbox_id", b"pod_sandbox_id", "state", b"state"]) -> None: ...
 
-Global___Container: typing_extensions.TypeAlias = Container
+global___Container = Container
 
 @typing.final
 class ListContainersResponse(google.protobuf.message.Message):
@@ -3530,17 +3530,17 @@ class ListContainersResponse(google.protobuf.message.Message):
 
     CONTAINERS_FIELD_NUMBER: builtins.int
     @property
-    def containers(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Container]:
+    def containers(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Container]:
         """List of containers."""
 
     def __init__(
         self,
         *,
-        containers: collections.abc.Iterable[Global___Container] | None = ...,
+        containers: collections.abc.Iterable[global___Container] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["containers", b"containers"]) -> None: ...
 
-Global___ListContainersResponse: typing_extensions.TypeAlias = ListContainersResponse
+global___ListContainersResponse = ListContainersResponse
 
 @typing.final
 class StreamContainersRequest(google.protobuf.message.Message):
@@ -3548,18 +3548,18 @@ class StreamContainersRequest(google.protobuf.message.Message):
 
     FILTER_FIELD_NUMBER: builtins.int
     @property
-    def filter(self) -> Global___ContainerFilter:
+    def filter(self) -> global___ContainerFilter:
         """Filter for the list request."""
 
     def __init__(
         self,
         *,
-        filter: Global___ContainerFilter | None = ...,
+        filter: global___ContainerFilter | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["filter", b"filter"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["filter", b"filter"]) -> None: ...
 
-Global___StreamContainersRequest: typing_extensions.TypeAlias = StreamContainersRequest
+global___StreamContainersRequest = StreamContainersRequest
 
 @typing.final
 class StreamContainersResponse(google.protobuf.message.Message):
@@ -3567,17 +3567,17 @@ class StreamContainersResponse(google.protobuf.message.Message):
 
     CONTAINERS_FIELD_NUMBER: builtins.int
     @property
-    def containers(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Container]:
+    def containers(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Container]:
         """List of containers."""
 
     def __init__(
         self,
         *,
-        containers: collections.abc.Iterable[Global___Container] | None = ...,
+        containers: collections.abc.Iterable[global___Container] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["containers", b"containers"]) -> None: ...
 
-Global___StreamContainersResponse: typing_extensions.TypeAlias = StreamContainersResponse
+global___StreamContainersResponse = StreamContainersResponse
 
 @typing.final
 class ContainerStatusRequest(google.protobuf.message.Message):
@@ -3597,7 +3597,7 @@ class ContainerStatusRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["container_id", b"container_id", "verbose", b"verbose"]) -> None: ...
 
-Global___ContainerStatusRequest: typing_extensions.TypeAlias = ContainerStatusRequest
+global___ContainerStatusRequest = ContainerStatusRequest
 
 @typing.final
 class ContainerStatus(google.protobuf.message.Message):
@@ -3658,7 +3658,7 @@ class ContainerStatus(google.protobuf.message.Message):
     STOP_SIGNAL_FIELD_NUMBER: builtins.int
     id: builtins.str
     """ID of the container."""
-    state: Global___ContainerState.ValueType
+    state: global___ContainerState.ValueType
     """Status of the container."""
     created_at: builtins.int
     """Creation time of the container in nanoseconds."""
@@ -3687,14 +3687,14 @@ class ContainerStatus(google.protobuf.message.Message):
     This value MUST always match `PullImageResponse.image_ref` when referring
     to the same image.
     """
-    stop_signal: Global___Signal.ValueType
+    stop_signal: global___Signal.ValueType
     """Returns the stop signal used by the container runtime to terminate the container"""
     @property
-    def metadata(self) -> Global___ContainerMetadata:
+    def metadata(self) -> global___ContainerMetadata:
         """Metadata of the container."""
 
     @property
-    def image(self) -> Global___ImageSpec:
+    def image(self) -> global___ImageSpec:
         """Spec of the image."""
 
     @property
@@ -3710,44 +3710,44 @@ class ContainerStatus(google.protobuf.message.Message):
         """
 
     @property
-    def mounts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Mount]:
+    def mounts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Mount]:
         """Mounts for the container."""
 
     @property
-    def resources(self) -> Global___ContainerResources:
+    def resources(self) -> global___ContainerResources:
         """Resource limits configuration of the container."""
 
     @property
-    def user(self) -> Global___ContainerUser:
+    def user(self) -> global___ContainerUser:
         """User identities initially attached to the container"""
 
     def __init__(
         self,
         *,
         id: builtins.str = ...,
-        metadata: Global___ContainerMetadata | None = ...,
-        state: Global___ContainerState.ValueType = ...,
+        metadata: global___ContainerMetadata | None = ...,
+        state: global___ContainerState.ValueType = ...,
         created_at: builtins.int = ...,
         started_at: builtins.int = ...,
         finished_at: builtins.int = ...,
         exit_code: builtins.int = ...,
-        image: Global___ImageSpec | None = ...,
+        image: global___ImageSpec | None = ...,
         image_ref: builtins.str = ...,
         reason: builtins.str = ...,
         message: builtins.str = ...,
         labels: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
         annotations: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
-        mounts: collections.abc.Iterable[Global___Mount] | None = ...,
+        mounts: collections.abc.Iterable[global___Mount] | None = ...,
         log_path: builtins.str = ...,
-        resources: Global___ContainerResources | None = ...,
+        resources: global___ContainerResources | None = ...,
         image_id: builtins.str = ...,
-        user: Global___ContainerUser | None = ...,
-        stop_signal: Global___Signal.ValueType = ...,
+        user: global___ContainerUser | None = ...,
+        stop_signal: global___Signal.ValueType = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["image", b"image", "metadata", b"metadata", "resources", b"resources", "user", b"user"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["annotations", b"annotations", "created_at", b"created_at", "exit_code", b"exit_code", "finished_at", b"finished_at", "id", b"id", "image", b"image", "image_id", b"image_id", "image_ref", b"image_ref", "labels", b"labels", "log_path", b"log_path", "message", b"message", "metadata", b"metadata", "mounts", b"mounts", "reason", b"reason", "resources", b"resources", "started_at", b"started_at", "state", b"state", "stop_signal", b"stop_signal", "user", b"user"]) -> None: ...
 
-Global___ContainerStatus: typing_extensions.TypeAlias = ContainerStatus
+global___ContainerStatus = ContainerStatus
 
 @typing.final
 class ContainerStatusResponse(google.protobuf.message.Message):
@@ -3772,7 +3772,7 @@ class ContainerStatusResponse(google.protobuf.message.Message):
     STATUS_FIELD_NUMBER: builtins.int
     INFO_FIELD_NUMBER: builtins.int
     @property
-    def status(self) -> Global___ContainerStatus:
+    def status(self) -> global___ContainerStatus:
         """Status of the container."""
 
     @property
@@ -3786,13 +3786,13 @@ class ContainerStatusResponse(google.protobuf.message.Message):
     def __init__(
         self,
         *,
-        status: Global___ContainerStatus | None = ...,
+        status: global___ContainerStatus | None = ...,
         info: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["status", b"status"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["info", b"info", "status", b"status"]) -> None: ...
 
-Global___ContainerStatusResponse: typing_extensions.TypeAlias = ContainerStatusResponse
+global___ContainerStatusResponse = ContainerStatusResponse
 
 @typing.final
 class ContainerResources(google.protobuf.message.Message):
@@ -3803,23 +3803,23 @@ class ContainerResources(google.protobuf.message.Message):
     LINUX_FIELD_NUMBER: builtins.int
     WINDOWS_FIELD_NUMBER: builtins.int
     @property
-    def linux(self) -> Global___LinuxContainerResources:
+    def linux(self) -> global___LinuxContainerResources:
         """Resource limits configuration specific to Linux container."""
 
     @property
-    def windows(self) -> Global___WindowsContainerResources:
+    def windows(self) -> global___WindowsContainerResources:
         """Resource limits configuration specific to Windows container."""
 
     def __init__(
         self,
         *,
-        linux: Global___LinuxContainerResources | None = ...,
-        windows: Global___WindowsContainerResources | None = ...,
+        linux: global___LinuxContainerResources | None = ...,
+        windows: global___WindowsContainerResources | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["linux", b"linux", "windows", b"windows"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["linux", b"linux", "windows", b"windows"]) -> None: ...
 
-Global___ContainerResources: typing_extensions.TypeAlias = ContainerResources
+global___ContainerResources = ContainerResources
 
 @typing.final
 class ContainerUser(google.protobuf.message.Message):
@@ -3827,7 +3827,7 @@ class ContainerUser(google.protobuf.message.Message):
 
     LINUX_FIELD_NUMBER: builtins.int
     @property
-    def linux(self) -> Global___LinuxContainerUser:
+    def linux(self) -> global___LinuxContainerUser:
         """User identities initially attached to first process in the Linux container.
         Note that the actual running identity can be changed if the process has enough privilege to do so.
         """
@@ -3835,12 +3835,12 @@ class ContainerUser(google.protobuf.message.Message):
     def __init__(
         self,
         *,
-        linux: Global___LinuxContainerUser | None = ...,
+        linux: global___LinuxContainerUser | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["linux", b"linux"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["linux", b"linux"]) -> None: ...
 
-Global___ContainerUser: typing_extensions.TypeAlias = ContainerUser
+global___ContainerUser = ContainerUser
 
 @typing.final
 class UpdateContainerResourcesRequest(google.protobuf.message.Message):
@@ -3869,11 +3869,11 @@ class UpdateContainerResourcesRequest(google.protobuf.message.Message):
     container_id: builtins.str
     """ID of the container to update."""
     @property
-    def linux(self) -> Global___LinuxContainerResources:
+    def linux(self) -> global___LinuxContainerResources:
         """Resource configuration specific to Linux containers."""
 
     @property
-    def windows(self) -> Global___WindowsContainerResources:
+    def windows(self) -> global___WindowsContainerResources:
         """Resource configuration specific to Windows containers."""
 
     @property
@@ -3887,14 +3887,14 @@ class UpdateContainerResourcesRequest(google.protobuf.message.Message):
         self,
         *,
         container_id: builtins.str = ...,
-        linux: Global___LinuxContainerResources | None = ...,
-        windows: Global___WindowsContainerResources | None = ...,
+        linux: global___LinuxContainerResources | None = ...,
+        windows: global___WindowsContainerResources | None = ...,
         annotations: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["linux", b"linux", "windows", b"windows"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["annotations", b"annotations", "container_id", b"container_id", "linux", b"linux", "windows", b"windows"]) -> None: ...
 
-Global___UpdateContainerResourcesRequest: typing_extensions.TypeAlias = UpdateContainerResourcesRequest
+global___UpdateContainerResourcesRequest = UpdateContainerResourcesRequest
 
 @typing.final
 class UpdateContainerResourcesResponse(google.protobuf.message.Message):
@@ -3904,7 +3904,7 @@ class UpdateContainerResourcesResponse(google.protobuf.message.Message):
         self,
     ) -> None: ...
 
-Global___UpdateContainerResourcesResponse: typing_extensions.TypeAlias = UpdateContainerResourcesResponse
+global___UpdateContainerResourcesResponse = UpdateContainerResourcesResponse
 
 @typing.final
 class ExecSyncRequest(google.protobuf.message.Message):
@@ -3930,7 +3930,7 @@ class ExecSyncRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["cmd", b"cmd", "container_id", b"container_id", "timeout", b"timeout"]) -> None: ...
 
-Global___ExecSyncRequest: typing_extensions.TypeAlias = ExecSyncRequest
+global___ExecSyncRequest = ExecSyncRequest
 
 @typing.final
 class ExecSyncResponse(google.protobuf.message.Message):
@@ -3964,7 +3964,7 @@ class ExecSyncResponse(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["exit_code", b"exit_code", "stderr", b"stderr", "stdout", b"stdout"]) -> None: ...
 
-Global___ExecSyncResponse: typing_extensions.TypeAlias = ExecSyncResponse
+global___ExecSyncResponse = ExecSyncResponse
 
 @typing.final
 class ExecRequest(google.protobuf.message.Message):
@@ -4011,7 +4011,7 @@ class ExecRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["cmd", b"cmd", "container_id", b"container_id", "stderr", b"stderr", "stdin", b"stdin", "stdout", b"stdout", "tty", b"tty"]) -> None: ...
 
-Global___ExecRequest: typing_extensions.TypeAlias = ExecRequest
+global___ExecRequest = ExecRequest
 
 @typing.final
 class ExecResponse(google.protobuf.message.Message):
@@ -4027,7 +4027,7 @@ class ExecResponse(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["url", b"url"]) -> None: ...
 
-Global___ExecResponse: typing_extensions.TypeAlias = ExecResponse
+global___ExecResponse = ExecResponse
 
 @typing.final
 class AttachRequest(google.protobuf.message.Message):
@@ -4070,7 +4070,7 @@ class AttachRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["container_id", b"container_id", "stderr", b"stderr", "stdin", b"stdin", "stdout", b"stdout", "tty", b"tty"]) -> None: ...
 
-Global___AttachRequest: typing_extensions.TypeAlias = AttachRequest
+global___AttachRequest = AttachRequest
 
 @typing.final
 class AttachResponse(google.protobuf.message.Message):
@@ -4086,7 +4086,7 @@ class AttachResponse(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["url", b"url"]) -> None: ...
 
-Global___AttachResponse: typing_extensions.TypeAlias = AttachResponse
+global___AttachResponse = AttachResponse
 
 @typing.final
 class PortForwardRequest(google.protobuf.message.Message):
@@ -4108,7 +4108,7 @@ class PortForwardRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["pod_sandbox_id", b"pod_sandbox_id", "port", b"port"]) -> None: ...
 
-Global___PortForwardRequest: typing_extensions.TypeAlias = PortForwardRequest
+global___PortForwardRequest = PortForwardRequest
 
 @typing.final
 class PortForwardResponse(google.protobuf.message.Message):
@@ -4124,7 +4124,7 @@ class PortForwardResponse(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["url", b"url"]) -> None: ...
 
-Global___PortForwardResponse: typing_extensions.TypeAlias = PortForwardResponse
+global___PortForwardResponse = PortForwardResponse
 
 @typing.final
 class ImageFilter(google.protobuf.message.Message):
@@ -4132,18 +4132,18 @@ class ImageFilter(google.protobuf.message.Message):
 
     IMAGE_FIELD_NUMBER: builtins.int
     @property
-    def image(self) -> Global___ImageSpec:
+    def image(self) -> global___ImageSpec:
         """Spec of the image."""
 
     def __init__(
         self,
         *,
-        image: Global___ImageSpec | None = ...,
+        image: global___ImageSpec | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["image", b"image"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["image", b"image"]) -> None: ...
 
-Global___ImageFilter: typing_extensions.TypeAlias = ImageFilter
+global___ImageFilter = ImageFilter
 
 @typing.final
 class ListImagesRequest(google.protobuf.message.Message):
@@ -4151,18 +4151,18 @@ class ListImagesRequest(google.protobuf.message.Message):
 
     FILTER_FIELD_NUMBER: builtins.int
     @property
-    def filter(self) -> Global___ImageFilter:
+    def filter(self) -> global___ImageFilter:
         """Filter to list images."""
 
     def __init__(
         self,
         *,
-        filter: Global___ImageFilter | None = ...,
+        filter: global___ImageFilter | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["filter", b"filter"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["filter", b"filter"]) -> None: ...
 
-Global___ListImagesRequest: typing_extensions.TypeAlias = ListImagesRequest
+global___ListImagesRequest = ListImagesRequest
 
 @typing.final
 class Image(google.protobuf.message.Message):
@@ -4205,14 +4205,14 @@ class Image(google.protobuf.message.Message):
         """Digests by which this image is known."""
 
     @property
-    def uid(self) -> Global___Int64Value:
+    def uid(self) -> global___Int64Value:
         """UID that will run the command(s). This is used as a default if no user is
         specified when creating the container. UID and the following user name
         are mutually exclusive.
         """
 
     @property
-    def spec(self) -> Global___ImageSpec:
+    def spec(self) -> global___ImageSpec:
         """ImageSpec for image which includes annotations"""
 
     def __init__(
@@ -4222,15 +4222,15 @@ class Image(google.protobuf.message.Message):
         repo_tags: collections.abc.Iterable[builtins.str] | None = ...,
         repo_digests: collections.abc.Iterable[builtins.str] | None = ...,
         size: builtins.int = ...,
-        uid: Global___Int64Value | None = ...,
+        uid: global___Int64Value | None = ...,
         username: builtins.str = ...,
-        spec: Global___ImageSpec | None = ...,
+        spec: global___ImageSpec | None = ...,
         pinned: builtins.bool = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["spec", b"spec", "uid", b"uid"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["id", b"id", "pinned", b"pinned", "repo_digests", b"repo_digests", "repo_tags", b"repo_tags", "size", b"size", "spec", b"spec", "uid", b"uid", "username", b"username"]) -> None: ...
 
-Global___Image: typing_extensions.TypeAlias = Image
+global___Image = Image
 
 @typing.final
 class ListImagesResponse(google.protobuf.message.Message):
@@ -4238,17 +4238,17 @@ class ListImagesResponse(google.protobuf.message.Message):
 
     IMAGES_FIELD_NUMBER: builtins.int
     @property
-    def images(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Image]:
+    def images(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Image]:
         """List of images."""
 
     def __init__(
         self,
         *,
-        images: collections.abc.Iterable[Global___Image] | None = ...,
+        images: collections.abc.Iterable[global___Image] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["images", b"images"]) -> None: ...
 
-Global___ListImagesResponse: typing_extensions.TypeAlias = ListImagesResponse
+global___ListImagesResponse = ListImagesResponse
 
 @typing.final
 class StreamImagesRequest(google.protobuf.message.Message):
@@ -4256,18 +4256,18 @@ class StreamImagesRequest(google.protobuf.message.Message):
 
     FILTER_FIELD_NUMBER: builtins.int
     @property
-    def filter(self) -> Global___ImageFilter:
+    def filter(self) -> global___ImageFilter:
         """Filter to list images."""
 
     def __init__(
         self,
         *,
-        filter: Global___ImageFilter | None = ...,
+        filter: global___ImageFilter | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["filter", b"filter"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["filter", b"filter"]) -> None: ...
 
-Global___StreamImagesRequest: typing_extensions.TypeAlias = StreamImagesRequest
+global___StreamImagesRequest = StreamImagesRequest
 
 @typing.final
 class StreamImagesResponse(google.protobuf.message.Message):
@@ -4275,17 +4275,17 @@ class StreamImagesResponse(google.protobuf.message.Message):
 
     IMAGES_FIELD_NUMBER: builtins.int
     @property
-    def images(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Image]:
+    def images(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Image]:
         """List of images."""
 
     def __init__(
         self,
         *,
-        images: collections.abc.Iterable[Global___Image] | None = ...,
+        images: collections.abc.Iterable[global___Image] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["images", b"images"]) -> None: ...
 
-Global___StreamImagesResponse: typing_extensions.TypeAlias = StreamImagesResponse
+global___StreamImagesResponse = StreamImagesResponse
 
 @typing.final
 class ImageStatusRequest(google.protobuf.message.Message):
@@ -4296,19 +4296,19 @@ class ImageStatusRequest(google.protobuf.message.Message):
     verbose: builtins.bool
     """Verbose indicates whether to return extra information about the image."""
     @property
-    def image(self) -> Global___ImageSpec:
+    def image(self) -> global___ImageSpec:
         """Spec of the image."""
 
     def __init__(
         self,
         *,
-        image: Global___ImageSpec | None = ...,
+        image: global___ImageSpec | None = ...,
         verbose: builtins.bool = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["image", b"image"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["image", b"image", "verbose", b"verbose"]) -> None: ...
 
-Global___ImageStatusRequest: typing_extensions.TypeAlias = ImageStatusRequest
+global___ImageStatusRequest = ImageStatusRequest
 
 @typing.final
 class ImageStatusResponse(google.protobuf.message.Message):
@@ -4333,7 +4333,7 @@ class ImageStatusResponse(google.protobuf.message.Message):
     IMAGE_FIELD_NUMBER: builtins.int
     INFO_FIELD_NUMBER: builtins.int
     @property
-    def image(self) -> Global___Image:
+    def image(self) -> global___Image:
         """Status of the image."""
 
     @property
@@ -4347,13 +4347,13 @@ class ImageStatusResponse(google.protobuf.message.Message):
     def __init__(
         self,
         *,
-        image: Global___Image | None = ...,
+        image: global___Image | None = ...,
         info: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["image", b"image"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["image", b"image", "info", b"info"]) -> None: ...
 
-Global___ImageStatusResponse: typing_extensions.TypeAlias = ImageStatusResponse
+global___ImageStatusResponse = ImageStatusResponse
 
 @typing.final
 class AuthConfig(google.protobuf.message.Message):
@@ -4389,7 +4389,7 @@ class AuthConfig(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["auth", b"auth", "identity_token", b"identity_token", "password", b"password", "registry_token", b"registry_token", "server_address", b"server_address", "username", b"username"]) -> None: ...
 
-Global___AuthConfig: typing_extensions.TypeAlias = AuthConfig
+global___AuthConfig = AuthConfig
 
 @typing.final
 class PullImageRequest(google.protobuf.message.Message):
@@ -4399,28 +4399,28 @@ class PullImageRequest(google.protobuf.message.Message):
     AUTH_FIELD_NUMBER: builtins.int
     SANDBOX_CONFIG_FIELD_NUMBER: builtins.int
     @property
-    def image(self) -> Global___ImageSpec:
+    def image(self) -> global___ImageSpec:
         """Spec of the image."""
 
     @property
-    def auth(self) -> Global___AuthConfig:
+    def auth(self) -> global___AuthConfig:
         """Authentication configuration for pulling the image."""
 
     @property
-    def sandbox_config(self) -> Global___PodSandboxConfig:
+    def sandbox_config(self) -> global___PodSandboxConfig:
         """Config of the PodSandbox, which is used to pull image in PodSandbox context."""
 
     def __init__(
         self,
         *,
-        image: Global___ImageSpec | None = ...,
-        auth: Global___AuthConfig | None = ...,
-        sandbox_config: Global___PodSandboxConfig | None = ...,
+        image: global___ImageSpec | None = ...,
+        auth: global___AuthConfig | None = ...,
+        sandbox_config: global___PodSandboxConfig | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["auth", b"auth", "image", b"image", "sandbox_config", b"sandbox_config"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["auth", b"auth", "image", b"image", "sandbox_config", b"sandbox_config"]) -> None: ...
 
-Global___PullImageRequest: typing_extensions.TypeAlias = PullImageRequest
+global___PullImageRequest = PullImageRequest
 
 @typing.final
 class PullImageResponse(google.protobuf.message.Message):
@@ -4449,7 +4449,7 @@ class PullImageResponse(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["image_ref", b"image_ref"]) -> None: ...
 
-Global___PullImageResponse: typing_extensions.TypeAlias = PullImageResponse
+global___PullImageResponse = PullImageResponse
 
 @typing.final
 class RemoveImageRequest(google.protobuf.message.Message):
@@ -4457,18 +4457,18 @@ class RemoveImageRequest(google.protobuf.message.Message):
 
     IMAGE_FIELD_NUMBER: builtins.int
     @property
-    def image(self) -> Global___ImageSpec:
+    def image(self) -> global___ImageSpec:
         """Spec of the image to remove."""
 
     def __init__(
         self,
         *,
-        image: Global___ImageSpec | None = ...,
+        image: global___ImageSpec | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["image", b"image"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["image", b"image"]) -> None: ...
 
-Global___RemoveImageRequest: typing_extensions.TypeAlias = RemoveImageRequest
+global___RemoveImageRequest = RemoveImageRequest
 
 @typing.final
 class RemoveImageResponse(google.protobuf.message.Message):
@@ -4478,7 +4478,7 @@ class RemoveImageResponse(google.protobuf.message.Message):
         self,
     ) -> None: ...
 
-Global___RemoveImageResponse: typing_extensions.TypeAlias = RemoveImageResponse
+global___RemoveImageResponse = RemoveImageResponse
 
 @typing.final
 class NetworkConfig(google.protobuf.message.Message):
@@ -4496,7 +4496,7 @@ class NetworkConfig(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["pod_cidr", b"pod_cidr"]) -> None: ...
 
-Global___NetworkConfig: typing_extensions.TypeAlias = NetworkConfig
+global___NetworkConfig = NetworkConfig
 
 @typing.final
 class RuntimeConfig(google.protobuf.message.Message):
@@ -4504,16 +4504,16 @@ class RuntimeConfig(google.protobuf.message.Message):
 
     NETWORK_CONFIG_FIELD_NUMBER: builtins.int
     @property
-    def network_config(self) -> Global___NetworkConfig: ...
+    def network_config(self) -> global___NetworkConfig: ...
     def __init__(
         self,
         *,
-        network_config: Global___NetworkConfig | None = ...,
+        network_config: global___NetworkConfig | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["network_config", b"network_config"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["network_config", b"network_config"]) -> None: ...
 
-Global___RuntimeConfig: typing_extensions.TypeAlias = RuntimeConfig
+global___RuntimeConfig = RuntimeConfig
 
 @typing.final
 class UpdateRuntimeConfigRequest(google.protobuf.message.Message):
@@ -4521,16 +4521,16 @@ class UpdateRuntimeConfigRequest(google.protobuf.message.Message):
 
     RUNTIME_CONFIG_FIELD_NUMBER: builtins.int
     @property
-    def runtime_config(self) -> Global___RuntimeConfig: ...
+    def runtime_config(self) -> global___RuntimeConfig: ...
     def __init__(
         self,
         *,
-        runtime_config: Global___RuntimeConfig | None = ...,
+        runtime_config: global___RuntimeConfig | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["runtime_config", b"runtime_config"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["runtime_config", b"runtime_config"]) -> None: ...
 
-Global___UpdateRuntimeConfigRequest: typing_extensions.TypeAlias = UpdateRuntimeConfigRequest
+global___UpdateRuntimeConfigRequest = UpdateRuntimeConfigRequest
 
 @typing.final
 class UpdateRuntimeConfigResponse(google.protobuf.message.Message):
@@ -4540,7 +4540,7 @@ class UpdateRuntimeConfigResponse(google.protobuf.message.Message):
         self,
     ) -> None: ...
 
-Global___UpdateRuntimeConfigResponse: typing_extensions.TypeAlias = UpdateRuntimeConfigResponse
+global___UpdateRuntimeConfigResponse = UpdateRuntimeConfigResponse
 
 @typing.final
 class RuntimeCondition(google.protobuf.message.Message):
@@ -4583,7 +4583,7 @@ class RuntimeCondition(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["message", b"message", "reason", b"reason", "status", b"status", "type", b"type"]) -> None: ...
 
-Global___RuntimeCondition: typing_extensions.TypeAlias = RuntimeCondition
+global___RuntimeCondition = RuntimeCondition
 
 @typing.final
 class RuntimeStatus(google.protobuf.message.Message):
@@ -4593,17 +4593,17 @@ class RuntimeStatus(google.protobuf.message.Message):
 
     CONDITIONS_FIELD_NUMBER: builtins.int
     @property
-    def conditions(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___RuntimeCondition]:
+    def conditions(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___RuntimeCondition]:
         """List of current observed runtime conditions."""
 
     def __init__(
         self,
         *,
-        conditions: collections.abc.Iterable[Global___RuntimeCondition] | None = ...,
+        conditions: collections.abc.Iterable[global___RuntimeCondition] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["conditions", b"conditions"]) -> None: ...
 
-Global___RuntimeStatus: typing_extensions.TypeAlias = RuntimeStatus
+global___RuntimeStatus = RuntimeStatus
 
 @typing.final
 class StatusRequest(google.protobuf.message.Message):
@@ -4619,7 +4619,7 @@ class StatusRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["verbose", b"verbose"]) -> None: ...
 
-Global___StatusRequest: typing_extensions.TypeAlias = StatusRequest
+global___StatusRequest = StatusRequest
 
 @typing.final
 class RuntimeHandlerFeatures(google.protobuf.message.Message):
@@ -4647,7 +4647,7 @@ class RuntimeHandlerFeatures(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["recursive_read_only_mounts", b"recursive_read_only_mounts", "user_namespaces", b"user_namespaces"]) -> None: ...
 
-Global___RuntimeHandlerFeatures: typing_extensions.TypeAlias = RuntimeHandlerFeatures
+global___RuntimeHandlerFeatures = RuntimeHandlerFeatures
 
 @typing.final
 class RuntimeHandler(google.protobuf.message.Message):
@@ -4660,19 +4660,19 @@ class RuntimeHandler(google.protobuf.message.Message):
     An empty string denotes the default handler.
     """
     @property
-    def features(self) -> Global___RuntimeHandlerFeatures:
+    def features(self) -> global___RuntimeHandlerFeatures:
         """Supported features."""
 
     def __init__(
         self,
         *,
         name: builtins.str = ...,
-        features: Global___RuntimeHandlerFeatures | None = ...,
+        features: global___RuntimeHandlerFeatures | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["features", b"features"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["features", b"features", "name", b"name"]) -> None: ...
 
-Global___RuntimeHandler: typing_extensions.TypeAlias = RuntimeHandler
+global___RuntimeHandler = RuntimeHandler
 
 @typing.final
 class RuntimeFeatures(google.protobuf.message.Message):
@@ -4705,7 +4705,7 @@ class RuntimeFeatures(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["mount_options", b"mount_options", "supplemental_groups_policy", b"supplemental_groups_policy", "user_namespaces_host_network", b"user_namespaces_host_network"]) -> None: ...
 
-Global___RuntimeFeatures: typing_extensions.TypeAlias = RuntimeFeatures
+global___RuntimeFeatures = RuntimeFeatures
 
 @typing.final
 class StatusResponse(google.protobuf.message.Message):
@@ -4732,7 +4732,7 @@ class StatusResponse(google.protobuf.message.Message):
     RUNTIME_HANDLERS_FIELD_NUMBER: builtins.int
     FEATURES_FIELD_NUMBER: builtins.int
     @property
-    def status(self) -> Global___RuntimeStatus:
+    def status(self) -> global___RuntimeStatus:
         """Status of the Runtime."""
 
     @property
@@ -4744,11 +4744,11 @@ class StatusResponse(google.protobuf.message.Message):
         """
 
     @property
-    def runtime_handlers(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___RuntimeHandler]:
+    def runtime_handlers(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___RuntimeHandler]:
         """Runtime handlers."""
 
     @property
-    def features(self) -> Global___RuntimeFeatures:
+    def features(self) -> global___RuntimeFeatures:
         """features describes the set of features implemented by the CRI implementation.
         This field is supposed to propagate to NodeFeatures in Kubernetes API.
         """
@@ -4756,15 +4756,15 @@ class StatusResponse(google.protobuf.message.Message):
     def __init__(
         self,
         *,
-        status: Global___RuntimeStatus | None = ...,
+        status: global___RuntimeStatus | None = ...,
         info: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
-        runtime_handlers: collections.abc.Iterable[Global___RuntimeHandler] | None = ...,
-        features: Global___RuntimeFeatures | None = ...,
+        runtime_handlers: collections.abc.Iterable[global___RuntimeHandler] | None = ...,
+        features: global___RuntimeFeatures | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["features", b"features", "status", b"status"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["features", b"features", "info", b"info", "runtime_handlers", b"runtime_handlers", "status", b"status"]) -> None: ...
 
-Global___StatusResponse: typing_extensions.TypeAlias = StatusResponse
+global___StatusResponse = StatusResponse
 
 @typing.final
 class ImageFsInfoRequest(google.protobuf.message.Message):
@@ -4774,7 +4774,7 @@ class ImageFsInfoRequest(google.protobuf.message.Message):
         self,
     ) -> None: ...
 
-Global___ImageFsInfoRequest: typing_extensions.TypeAlias = ImageFsInfoRequest
+global___ImageFsInfoRequest = ImageFsInfoRequest
 
 @typing.final
 class UInt64Value(google.protobuf.message.Message):
@@ -4792,7 +4792,7 @@ class UInt64Value(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["value", b"value"]) -> None: ...
 
-Global___UInt64Value: typing_extensions.TypeAlias = UInt64Value
+global___UInt64Value = UInt64Value
 
 @typing.final
 class FilesystemIdentifier(google.protobuf.message.Message):
@@ -4810,7 +4810,7 @@ class FilesystemIdentifier(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["mountpoint", b"mountpoint"]) -> None: ...
 
-Global___FilesystemIdentifier: typing_extensions.TypeAlias = FilesystemIdentifier
+global___FilesystemIdentifier = FilesystemIdentifier
 
 @typing.final
 class FilesystemUsage(google.protobuf.message.Message):
@@ -4825,18 +4825,18 @@ class FilesystemUsage(google.protobuf.message.Message):
     timestamp: builtins.int
     """Timestamp in nanoseconds at which the information were collected. Must be > 0."""
     @property
-    def fs_id(self) -> Global___FilesystemIdentifier:
+    def fs_id(self) -> global___FilesystemIdentifier:
         """The unique identifier of the filesystem."""
 
     @property
-    def used_bytes(self) -> Global___UInt64Value:
+    def used_bytes(self) -> global___UInt64Value:
         """UsedBytes represents the bytes used for images on the filesystem.
         This may differ from the total bytes used on the filesystem and may not
         equal CapacityBytes - AvailableBytes.
         """
 
     @property
-    def inodes_used(self) -> Global___UInt64Value:
+    def inodes_used(self) -> global___UInt64Value:
         """InodesUsed represents the inodes used by the images.
         This may not equal InodesCapacity - InodesAvailable because the underlying
         filesystem may also be used for purposes other than storing images.
@@ -4846,14 +4846,14 @@ class FilesystemUsage(google.protobuf.message.Message):
         self,
         *,
         timestamp: builtins.int = ...,
-        fs_id: Global___FilesystemIdentifier | None = ...,
-        used_bytes: Global___UInt64Value | None = ...,
-        inodes_used: Global___UInt64Value | None = ...,
+        fs_id: global___FilesystemIdentifier | None = ...,
+        used_bytes: global___UInt64Value | None = ...,
+        inodes_used: global___UInt64Value | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["fs_id", b"fs_id", "inodes_used", b"inodes_used", "used_bytes", b"used_bytes"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["fs_id", b"fs_id", "inodes_used", b"inodes_used", "timestamp", b"timestamp", "used_bytes", b"used_bytes"]) -> None: ...
 
-Global___FilesystemUsage: typing_extensions.TypeAlias = FilesystemUsage
+global___FilesystemUsage = FilesystemUsage
 
 @typing.final
 class WindowsFilesystemUsage(google.protobuf.message.Message):
@@ -4867,11 +4867,11 @@ class WindowsFilesystemUsage(google.protobuf.message.Message):
     timestamp: builtins.int
     """Timestamp in nanoseconds at which the information were collected. Must be > 0."""
     @property
-    def fs_id(self) -> Global___FilesystemIdentifier:
+    def fs_id(self) -> global___FilesystemIdentifier:
         """The unique identifier of the filesystem."""
 
     @property
-    def used_bytes(self) -> Global___UInt64Value:
+    def used_bytes(self) -> global___UInt64Value:
         """UsedBytes represents the bytes used for images on the filesystem.
         This may differ from the total bytes used on the filesystem and may not
         equal CapacityBytes - AvailableBytes.
@@ -4881,13 +4881,13 @@ class WindowsFilesystemUsage(google.protobuf.message.Message):
         self,
         *,
         timestamp: builtins.int = ...,
-        fs_id: Global___FilesystemIdentifier | None = ...,
-        used_bytes: Global___UInt64Value | None = ...,
+        fs_id: global___FilesystemIdentifier | None = ...,
+        used_bytes: global___UInt64Value | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["fs_id", b"fs_id", "used_bytes", b"used_bytes"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["fs_id", b"fs_id", "timestamp", b"timestamp", "used_bytes", b"used_bytes"]) -> None: ...
 
-Global___WindowsFilesystemUsage: typing_extensions.TypeAlias = WindowsFilesystemUsage
+global___WindowsFilesystemUsage = WindowsFilesystemUsage
 
 @typing.final
 class ImageFsInfoResponse(google.protobuf.message.Message):
@@ -4896,11 +4896,11 @@ class ImageFsInfoResponse(google.protobuf.message.Message):
     IMAGE_FILESYSTEMS_FIELD_NUMBER: builtins.int
     CONTAINER_FILESYSTEMS_FIELD_NUMBER: builtins.int
     @property
-    def image_filesystems(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___FilesystemUsage]:
+    def image_filesystems(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___FilesystemUsage]:
         """Information of image filesystem(s)."""
 
     @property
-    def container_filesystems(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___FilesystemUsage]:
+    def container_filesystems(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___FilesystemUsage]:
         """Information of container filesystem(s).
         This is an optional field, may be used for example if container and image
         storage are separated.
@@ -4910,12 +4910,12 @@ class ImageFsInfoResponse(google.protobuf.message.Message):
     def __init__(
         self,
         *,
-        image_filesystems: collections.abc.Iterable[Global___FilesystemUsage] | None = ...,
-        container_filesystems: collections.abc.Iterable[Global___FilesystemUsage] | None = ...,
+        image_filesystems: collections.abc.Iterable[global___FilesystemUsage] | None = ...,
+        container_filesystems: collections.abc.Iterable[global___FilesystemUsage] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["container_filesystems", b"container_filesystems", "image_filesystems", b"image_filesystems"]) -> None: ...
 
-Global___ImageFsInfoResponse: typing_extensions.TypeAlias = ImageFsInfoResponse
+global___ImageFsInfoResponse = ImageFsInfoResponse
 
 @typing.final
 class ContainerStatsRequest(google.protobuf.message.Message):
@@ -4931,7 +4931,7 @@ class ContainerStatsRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["container_id", b"container_id"]) -> None: ...
 
-Global___ContainerStatsRequest: typing_extensions.TypeAlias = ContainerStatsRequest
+global___ContainerStatsRequest = ContainerStatsRequest
 
 @typing.final
 class ContainerStatsResponse(google.protobuf.message.Message):
@@ -4939,18 +4939,18 @@ class ContainerStatsResponse(google.protobuf.message.Message):
 
     STATS_FIELD_NUMBER: builtins.int
     @property
-    def stats(self) -> Global___ContainerStats:
+    def stats(self) -> global___ContainerStats:
         """Stats of the container."""
 
     def __init__(
         self,
         *,
-        stats: Global___ContainerStats | None = ...,
+        stats: global___ContainerStats | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["stats", b"stats"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["stats", b"stats"]) -> None: ...
 
-Global___ContainerStatsResponse: typing_extensions.TypeAlias = ContainerStatsResponse
+global___ContainerStatsResponse = ContainerStatsResponse
 
 @typing.final
 class ListContainerStatsRequest(google.protobuf.message.Message):
@@ -4958,18 +4958,18 @@ class ListContainerStatsRequest(google.protobuf.message.Message):
 
     FILTER_FIELD_NUMBER: builtins.int
     @property
-    def filter(self) -> Global___ContainerStatsFilter:
+    def filter(self) -> global___ContainerStatsFilter:
         """Filter for the list request."""
 
     def __init__(
         self,
         *,
-        filter: Global___ContainerStatsFilter | None = ...,
+        filter: global___ContainerStatsFilter | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["filter", b"filter"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["filter", b"filter"]) -> None: ...
 
-Global___ListContainerStatsRequest: typing_extensions.TypeAlias = ListContainerStatsRequest
+global___ListContainerStatsRequest = ListContainerStatsRequest
 
 @typing.final
 class ContainerStatsFilter(google.protobuf.message.Message):
@@ -5018,7 +5018,7 @@ class ContainerStatsFilter(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["id", b"id", "label_selector", b"label_selector", "pod_sandbox_id", b"pod_sandbox_id"]) -> None: ...
 
-Global___ContainerStatsFilter: typing_extensions.TypeAlias = ContainerStatsFilter
+global___ContainerStatsFilter = ContainerStatsFilter
 
 @typing.final
 class ListContainerStatsResponse(google.protobuf.message.Message):
@@ -5026,17 +5026,17 @@ class ListContainerStatsResponse(google.protobuf.message.Message):
 
     STATS_FIELD_NUMBER: builtins.int
     @property
-    def stats(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___ContainerStats]:
+    def stats(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ContainerStats]:
         """Stats of the container."""
 
     def __init__(
         self,
         *,
-        stats: collections.abc.Iterable[Global___ContainerStats] | None = ...,
+        stats: collections.abc.Iterable[global___ContainerStats] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["stats", b"stats"]) -> None: ...
 
-Global___ListContainerStatsResponse: typing_extensions.TypeAlias = ListContainerStatsResponse
+global___ListContainerStatsResponse = ListContainerStatsResponse
 
 @typing.final
 class StreamContainerStatsRequest(google.protobuf.message.Message):
@@ -5044,18 +5044,18 @@ class StreamContainerStatsRequest(google.protobuf.message.Message):
 
     FILTER_FIELD_NUMBER: builtins.int
     @property
-    def filter(self) -> Global___ContainerStatsFilter:
+    def filter(self) -> global___ContainerStatsFilter:
         """Filter for the list request."""
 
     def __init__(
         self,
         *,
-        filter: Global___ContainerStatsFilter | None = ...,
+        filter: global___ContainerStatsFilter | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["filter", b"filter"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["filter", b"filter"]) -> None: ...
 
-Global___StreamContainerStatsRequest: typing_extensions.TypeAlias = StreamContainerStatsRequest
+global___StreamContainerStatsRequest = StreamContainerStatsRequest
 
 @typing.final
 class StreamContainerStatsResponse(google.protobuf.message.Message):
@@ -5063,17 +5063,17 @@ class StreamContainerStatsResponse(google.protobuf.message.Message):
 
     CONTAINER_STATS_FIELD_NUMBER: builtins.int
     @property
-    def container_stats(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___ContainerStats]:
+    def container_stats(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ContainerStats]:
         """List of container stats."""
 
     def __init__(
         self,
         *,
-        container_stats: collections.abc.Iterable[Global___ContainerStats] | None = ...,
+        container_stats: collections.abc.Iterable[global___ContainerStats] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["container_stats", b"container_stats"]) -> None: ...
 
-Global___StreamContainerStatsResponse: typing_extensions.TypeAlias = StreamContainerStatsResponse
+global___StreamContainerStatsResponse = StreamContainerStatsResponse
 
 @typing.final
 class ContainerAttributes(google.protobuf.message.Message):
@@ -5120,7 +5120,7 @@ class ContainerAttributes(google.protobuf.message.Message):
     id: builtins.str
     """ID of the container."""
     @property
-    def metadata(self) -> Global___ContainerMetadata:
+    def metadata(self) -> global___ContainerMetadata:
         """Metadata of the container."""
 
     @property
@@ -5139,14 +5139,14 @@ class ContainerAttributes(google.protobuf.message.Message):
         self,
         *,
         id: builtins.str = ...,
-        metadata: Global___ContainerMetadata | None = ...,
+        metadata: global___ContainerMetadata | None = ...,
         labels: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
         annotations: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["metadata", b"metadata"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["annotations", b"annotations", "id", b"id", "labels", b"labels", "metadata", b"metadata"]) -> None: ...
 
-Global___ContainerAttributes: typing_extensions.TypeAlias = ContainerAttributes
+global___ContainerAttributes = ContainerAttributes
 
 @typing.final
 class ContainerStats(google.protobuf.message.Message):
@@ -5161,43 +5161,43 @@ class ContainerStats(google.protobuf.message.Message):
     SWAP_FIELD_NUMBER: builtins.int
     IO_FIELD_NUMBER: builtins.int
     @property
-    def attributes(self) -> Global___ContainerAttributes:
+    def attributes(self) -> global___ContainerAttributes:
         """Information of the container."""
 
     @property
-    def cpu(self) -> Global___CpuUsage:
+    def cpu(self) -> global___CpuUsage:
         """CPU usage gathered from the container."""
 
     @property
-    def memory(self) -> Global___MemoryUsage:
+    def memory(self) -> global___MemoryUsage:
         """Memory usage gathered from the container."""
 
     @property
-    def writable_layer(self) -> Global___FilesystemUsage:
+    def writable_layer(self) -> global___FilesystemUsage:
         """Usage of the writable layer."""
 
     @property
-    def swap(self) -> Global___SwapUsage:
+    def swap(self) -> global___SwapUsage:
         """Swap usage gathered from the container."""
 
     @property
-    def io(self) -> Global___IoUsage:
+    def io(self) -> global___IoUsage:
         """IO usage gathered from the container."""
 
     def __init__(
         self,
         *,
-        attributes: Global___ContainerAttributes | None = ...,
-        cpu: Global___CpuUsage | None = ...,
-        memory: Global___MemoryUsage | None = ...,
-        writable_layer: Global___FilesystemUsage | None = ...,
-        swap: Global___SwapUsage | None = ...,
-        io: Global___IoUsage | None = ...,
+        attributes: global___ContainerAttributes | None = ...,
+        cpu: global___CpuUsage | None = ...,
+        memory: global___MemoryUsage | None = ...,
+        writable_layer: global___FilesystemUsage | None = ...,
+        swap: global___SwapUsage | None = ...,
+        io: global___IoUsage | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["attributes", b"attributes", "cpu", b"cpu", "io", b"io", "memory", b"memory", "swap", b"swap", "writable_layer", b"writable_layer"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["attributes", b"attributes", "cpu", b"cpu", "io", b"io", "memory", b"memory", "swap", b"swap", "writable_layer", b"writable_layer"]) -> None: ...
 
-Global___ContainerStats: typing_extensions.TypeAlias = ContainerStats
+global___ContainerStats = ContainerStats
 
 @typing.final
 class WindowsContainerStats(google.protobuf.message.Message):
@@ -5210,33 +5210,33 @@ class WindowsContainerStats(google.protobuf.message.Message):
     MEMORY_FIELD_NUMBER: builtins.int
     WRITABLE_LAYER_FIELD_NUMBER: builtins.int
     @property
-    def attributes(self) -> Global___ContainerAttributes:
+    def attributes(self) -> global___ContainerAttributes:
         """Information of the container."""
 
     @property
-    def cpu(self) -> Global___WindowsCpuUsage:
+    def cpu(self) -> global___WindowsCpuUsage:
         """CPU usage gathered from the container."""
 
     @property
-    def memory(self) -> Global___WindowsMemoryUsage:
+    def memory(self) -> global___WindowsMemoryUsage:
         """Memory usage gathered from the container."""
 
     @property
-    def writable_layer(self) -> Global___WindowsFilesystemUsage:
+    def writable_layer(self) -> global___WindowsFilesystemUsage:
         """Usage of the writable layer."""
 
     def __init__(
         self,
         *,
-        attributes: Global___ContainerAttributes | None = ...,
-        cpu: Global___WindowsCpuUsage | None = ...,
-        memory: Global___WindowsMemoryUsage | None = ...,
-        writable_layer: Global___WindowsFilesystemUsage | None = ...,
+        attributes: global___ContainerAttributes | None = ...,
+        cpu: global___WindowsCpuUsage | None = ...,
+        memory: global___WindowsMemoryUsage | None = ...,
+        writable_layer: global___WindowsFilesystemUsage | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["attributes", b"attributes", "cpu", b"cpu", "memory", b"memory", "writable_layer", b"writable_layer"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["attributes", b"attributes", "cpu", b"cpu", "memory", b"memory", "writable_layer", b"writable_layer"]) -> None: ...
 
-Global___WindowsContainerStats: typing_extensions.TypeAlias = WindowsContainerStats
+global___WindowsContainerStats = WindowsContainerStats
 
 @typing.final
 class PsiStats(google.protobuf.message.Message):
@@ -5247,23 +5247,23 @@ class PsiStats(google.protobuf.message.Message):
     FULL_FIELD_NUMBER: builtins.int
     SOME_FIELD_NUMBER: builtins.int
     @property
-    def Full(self) -> Global___PsiData:
+    def Full(self) -> global___PsiData:
         """PSI data for all tasks in the cgroup."""
 
     @property
-    def Some(self) -> Global___PsiData:
+    def Some(self) -> global___PsiData:
         """PSI data for some tasks in the cgroup."""
 
     def __init__(
         self,
         *,
-        Full: Global___PsiData | None = ...,
-        Some: Global___PsiData | None = ...,
+        Full: global___PsiData | None = ...,
+        Some: global___PsiData | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["Full", b"Full", "Some", b"Some"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["Full", b"Full", "Some", b"Some"]) -> None: ...
 
-Global___PsiStats: typing_extensions.TypeAlias = PsiStats
+global___PsiStats = PsiStats
 
 @typing.final
 class PsiData(google.protobuf.message.Message):
@@ -5295,7 +5295,7 @@ class PsiData(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["Avg10", b"Avg10", "Avg300", b"Avg300", "Avg60", b"Avg60", "Total", b"Total"]) -> None: ...
 
-Global___PsiData: typing_extensions.TypeAlias = PsiData
+global___PsiData = PsiData
 
 @typing.final
 class CpuUsage(google.protobuf.message.Message):
@@ -5310,31 +5310,31 @@ class CpuUsage(google.protobuf.message.Message):
     timestamp: builtins.int
     """Timestamp in nanoseconds at which the information were collected. Must be > 0."""
     @property
-    def usage_core_nano_seconds(self) -> Global___UInt64Value:
+    def usage_core_nano_seconds(self) -> global___UInt64Value:
         """Cumulative CPU usage (sum across all cores) since object creation."""
 
     @property
-    def usage_nano_cores(self) -> Global___UInt64Value:
+    def usage_nano_cores(self) -> global___UInt64Value:
         """Total CPU usage (sum of all cores) averaged over the sample window.
         The "core" unit can be interpreted as CPU core-nanoseconds per second.
         """
 
     @property
-    def psi(self) -> Global___PsiStats:
+    def psi(self) -> global___PsiStats:
         """CPU PSI statistics."""
 
     def __init__(
         self,
         *,
         timestamp: builtins.int = ...,
-        usage_core_nano_seconds: Global___UInt64Value | None = ...,
-        usage_nano_cores: Global___UInt64Value | None = ...,
-        psi: Global___PsiStats | None = ...,
+        usage_core_nano_seconds: global___UInt64Value | None = ...,
+        usage_nano_cores: global___UInt64Value | None = ...,
+        psi: global___PsiStats | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["psi", b"psi", "usage_core_nano_seconds", b"usage_core_nano_seconds", "usage_nano_cores", b"usage_nano_cores"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["psi", b"psi", "timestamp", b"timestamp", "usage_core_nano_seconds", b"usage_core_nano_seconds", "usage_nano_cores", b"usage_nano_cores"]) -> None: ...
 
-Global___CpuUsage: typing_extensions.TypeAlias = CpuUsage
+global___CpuUsage = CpuUsage
 
 @typing.final
 class WindowsCpuUsage(google.protobuf.message.Message):
@@ -5348,11 +5348,11 @@ class WindowsCpuUsage(google.protobuf.message.Message):
     timestamp: builtins.int
     """Timestamp in nanoseconds at which the information were collected. Must be > 0."""
     @property
-    def usage_core_nano_seconds(self) -> Global___UInt64Value:
+    def usage_core_nano_seconds(self) -> global___UInt64Value:
         """Cumulative CPU usage (sum across all cores) since object creation."""
 
     @property
-    def usage_nano_cores(self) -> Global___UInt64Value:
+    def usage_nano_cores(self) -> global___UInt64Value:
         """Total CPU usage (sum of all cores) averaged over the sample window.
         The "core" unit can be interpreted as CPU core-nanoseconds per second.
         """
@@ -5361,13 +5361,13 @@ class WindowsCpuUsage(google.protobuf.message.Message):
         self,
         *,
         timestamp: builtins.int = ...,
-        usage_core_nano_seconds: Global___UInt64Value | None = ...,
-        usage_nano_cores: Global___UInt64Value | None = ...,
+        usage_core_nano_seconds: global___UInt64Value | None = ...,
+        usage_nano_cores: global___UInt64Value | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["usage_core_nano_seconds", b"usage_core_nano_seconds", "usage_nano_cores", b"usage_nano_cores"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["timestamp", b"timestamp", "usage_core_nano_seconds", b"usage_core_nano_seconds", "usage_nano_cores", b"usage_nano_cores"]) -> None: ...
 
-Global___WindowsCpuUsage: typing_extensions.TypeAlias = WindowsCpuUsage
+global___WindowsCpuUsage = WindowsCpuUsage
 
 @typing.final
 class MemoryUsage(google.protobuf.message.Message):
@@ -5386,49 +5386,49 @@ class MemoryUsage(google.protobuf.message.Message):
     timestamp: builtins.int
     """Timestamp in nanoseconds at which the information were collected. Must be > 0."""
     @property
-    def working_set_bytes(self) -> Global___UInt64Value:
+    def working_set_bytes(self) -> global___UInt64Value:
         """The amount of working set memory in bytes."""
 
     @property
-    def available_bytes(self) -> Global___UInt64Value:
+    def available_bytes(self) -> global___UInt64Value:
         """Available memory for use. This is defined as the memory limit - workingSetBytes."""
 
     @property
-    def usage_bytes(self) -> Global___UInt64Value:
+    def usage_bytes(self) -> global___UInt64Value:
         """Total memory in use. This includes all memory regardless of when it was accessed."""
 
     @property
-    def rss_bytes(self) -> Global___UInt64Value:
+    def rss_bytes(self) -> global___UInt64Value:
         """The amount of anonymous and swap cache memory (includes transparent hugepages)."""
 
     @property
-    def page_faults(self) -> Global___UInt64Value:
+    def page_faults(self) -> global___UInt64Value:
         """Cumulative number of minor page faults."""
 
     @property
-    def major_page_faults(self) -> Global___UInt64Value:
+    def major_page_faults(self) -> global___UInt64Value:
         """Cumulative number of major page faults."""
 
     @property
-    def psi(self) -> Global___PsiStats:
+    def psi(self) -> global___PsiStats:
         """Memory PSI statistics."""
 
     def __init__(
         self,
         *,
         timestamp: builtins.int = ...,
-        working_set_bytes: Global___UInt64Value | None = ...,
-        available_bytes: Global___UInt64Value | None = ...,
-        usage_bytes: Global___UInt64Value | None = ...,
-        rss_bytes: Global___UInt64Value | None = ...,
-        page_faults: Global___UInt64Value | None = ...,
-        major_page_faults: Global___UInt64Value | None = ...,
-        psi: Global___PsiStats | None = ...,
+        working_set_bytes: global___UInt64Value | None = ...,
+        available_bytes: global___UInt64Value | None = ...,
+        usage_bytes: global___UInt64Value | None = ...,
+        rss_bytes: global___UInt64Value | None = ...,
+        page_faults: global___UInt64Value | None = ...,
+        major_page_faults: global___UInt64Value | None = ...,
+        psi: global___PsiStats | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["available_bytes", b"available_bytes", "major_page_faults", b"major_page_faults", "page_faults", b"page_faults", "psi", b"psi", "rss_bytes", b"rss_bytes", "usage_bytes", b"usage_bytes", "working_set_bytes", b"working_set_bytes"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["available_bytes", b"available_bytes", "major_page_faults", b"major_page_faults", "page_faults", b"page_faults", "psi", b"psi", "rss_bytes", b"rss_bytes", "timestamp", b"timestamp", "usage_bytes", b"usage_bytes", "working_set_bytes", b"working_set_bytes"]) -> None: ...
 
-Global___MemoryUsage: typing_extensions.TypeAlias = MemoryUsage
+global___MemoryUsage = MemoryUsage
 
 @typing.final
 class IoUsage(google.protobuf.message.Message):
@@ -5439,19 +5439,19 @@ class IoUsage(google.protobuf.message.Message):
     timestamp: builtins.int
     """Timestamp in nanoseconds at which the information were collected. Must be > 0."""
     @property
-    def psi(self) -> Global___PsiStats:
+    def psi(self) -> global___PsiStats:
         """IO PSI statistics."""
 
     def __init__(
         self,
         *,
         timestamp: builtins.int = ...,
-        psi: Global___PsiStats | None = ...,
+        psi: global___PsiStats | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["psi", b"psi"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["psi", b"psi", "timestamp", b"timestamp"]) -> None: ...
 
-Global___IoUsage: typing_extensions.TypeAlias = IoUsage
+global___IoUsage = IoUsage
 
 @typing.final
 class SwapUsage(google.protobuf.message.Message):
@@ -5463,24 +5463,24 @@ class SwapUsage(google.protobuf.message.Message):
     timestamp: builtins.int
     """Timestamp in nanoseconds at which the information were collected. Must be > 0."""
     @property
-    def swap_available_bytes(self) -> Global___UInt64Value:
+    def swap_available_bytes(self) -> global___UInt64Value:
         """Available swap for use. This is defined as the swap limit - swapUsageBytes."""
 
     @property
-    def swap_usage_bytes(self) -> Global___UInt64Value:
+    def swap_usage_bytes(self) -> global___UInt64Value:
         """Total memory in use. This includes all memory regardless of when it was accessed."""
 
     def __init__(
         self,
         *,
         timestamp: builtins.int = ...,
-        swap_available_bytes: Global___UInt64Value | None = ...,
-        swap_usage_bytes: Global___UInt64Value | None = ...,
+        swap_available_bytes: global___UInt64Value | None = ...,
+        swap_usage_bytes: global___UInt64Value | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["swap_available_bytes", b"swap_available_bytes", "swap_usage_bytes", b"swap_usage_bytes"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["swap_available_bytes", b"swap_available_bytes", "swap_usage_bytes", b"swap_usage_bytes", "timestamp", b"timestamp"]) -> None: ...
 
-Global___SwapUsage: typing_extensions.TypeAlias = SwapUsage
+global___SwapUsage = SwapUsage
 
 @typing.final
 class WindowsMemoryUsage(google.protobuf.message.Message):
@@ -5496,34 +5496,34 @@ class WindowsMemoryUsage(google.protobuf.message.Message):
     timestamp: builtins.int
     """Timestamp in nanoseconds at which the information were collected. Must be > 0."""
     @property
-    def working_set_bytes(self) -> Global___UInt64Value:
+    def working_set_bytes(self) -> global___UInt64Value:
         """The amount of working set memory in bytes."""
 
     @property
-    def available_bytes(self) -> Global___UInt64Value:
+    def available_bytes(self) -> global___UInt64Value:
         """Available memory for use. This is defined as the memory limit - commit_memory_bytes."""
 
     @property
-    def page_faults(self) -> Global___UInt64Value:
+    def page_faults(self) -> global___UInt64Value:
         """Cumulative number of page faults."""
 
     @property
-    def commit_memory_bytes(self) -> Global___UInt64Value:
+    def commit_memory_bytes(self) -> global___UInt64Value:
         """Total commit memory in use. Commit memory is total of physical and virtual memory in use."""
 
     def __init__(
         self,
         *,
         timestamp: builtins.int = ...,
-        working_set_bytes: Global___UInt64Value | None = ...,
-        available_bytes: Global___UInt64Value | None = ...,
-        page_faults: Global___UInt64Value | None = ...,
-        commit_memory_bytes: Global___UInt64Value | None = ...,
+        working_set_bytes: global___UInt64Value | None = ...,
+        available_bytes: global___UInt64Value | None = ...,
+        page_faults: global___UInt64Value | None = ...,
+        commit_memory_bytes: global___UInt64Value | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["available_bytes", b"available_bytes", "commit_memory_bytes", b"commit_memory_bytes", "page_faults", b"page_faults", "working_set_bytes", b"working_set_bytes"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["available_bytes", b"available_bytes", "commit_memory_bytes", b"commit_memory_bytes", "page_faults", b"page_faults", "timestamp", b"timestamp", "working_set_bytes", b"working_set_bytes"]) -> None: ...
 
-Global___WindowsMemoryUsage: typing_extensions.TypeAlias = WindowsMemoryUsage
+global___WindowsMemoryUsage = WindowsMemoryUsage
 
 @typing.final
 class ReopenContainerLogRequest(google.protobuf.message.Message):
@@ -5539,7 +5539,7 @@ class ReopenContainerLogRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["container_id", b"container_id"]) -> None: ...
 
-Global___ReopenContainerLogRequest: typing_extensions.TypeAlias = ReopenContainerLogRequest
+global___ReopenContainerLogRequest = ReopenContainerLogRequest
 
 @typing.final
 class ReopenContainerLogResponse(google.protobuf.message.Message):
@@ -5549,7 +5549,7 @@ class ReopenContainerLogResponse(google.protobuf.message.Message):
         self,
     ) -> None: ...
 
-Global___ReopenContainerLogResponse: typing_extensions.TypeAlias = ReopenContainerLogResponse
+global___ReopenContainerLogResponse = ReopenContainerLogResponse
 
 @typing.final
 class CheckpointContainerRequest(google.protobuf.message.Message):
@@ -5576,7 +5576,7 @@ class CheckpointContainerRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["container_id", b"container_id", "location", b"location", "timeout", b"timeout"]) -> None: ...
 
-Global___CheckpointContainerRequest: typing_extensions.TypeAlias = CheckpointContainerRequest
+global___CheckpointContainerRequest = CheckpointContainerRequest
 
 @typing.final
 class CheckpointContainerResponse(google.protobuf.message.Message):
@@ -5586,7 +5586,7 @@ class CheckpointContainerResponse(google.protobuf.message.Message):
         self,
     ) -> None: ...
 
-Global___CheckpointContainerResponse: typing_extensions.TypeAlias = CheckpointContainerResponse
+global___CheckpointContainerResponse = CheckpointContainerResponse
 
 @typing.final
 class CheckpointPodRequest(google.protobuf.message.Message):
@@ -5653,7 +5653,7 @@ class CheckpointPodRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["container_ids", b"container_ids", "options", b"options", "output_path", b"output_path", "pod_sandbox_id", b"pod_sandbox_id"]) -> None: ...
 
-Global___CheckpointPodRequest: typing_extensions.TypeAlias = CheckpointPodRequest
+global___CheckpointPodRequest = CheckpointPodRequest
 
 @typing.final
 class CheckpointPodResponse(google.protobuf.message.Message):
@@ -5668,7 +5668,7 @@ class CheckpointPodResponse(google.protobuf.message.Message):
         self,
     ) -> None: ...
 
-Global___CheckpointPodResponse: typing_extensions.TypeAlias = CheckpointPodResponse
+global___CheckpointPodResponse = CheckpointPodResponse
 
 @typing.final
 class RestorePodRequest(google.protobuf.message.Message):
@@ -5709,7 +5709,7 @@ class RestorePodRequest(google.protobuf.message.Message):
     RunPodSandboxRequest. The runtime must reject an unknown non-empty handler.
     """
     @property
-    def config(self) -> Global___PodSandboxConfig:
+    def config(self) -> global___PodSandboxConfig:
         """Pod sandbox configuration supplied by the kubelet, with node-local restore-time
         updates (new Pod UID, cgroup parent path, log directory). Pod-spec equality between
         the live Pod and status.checkpointedPodTemplate of the referenced PodCheckpoint is
@@ -5728,7 +5728,7 @@ class RestorePodRequest(google.protobuf.message.Message):
         """
 
     @property
-    def container_configs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___ContainerConfig]:
+    def container_configs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ContainerConfig]:
         """Complete restore-time configurations for all containers represented by
         the checkpoint. The list must be non-empty. Every entry must have a
         non-empty, unique metadata name, and those names must be the exact set of
@@ -5747,15 +5747,15 @@ class RestorePodRequest(google.protobuf.message.Message):
         self,
         *,
         checkpoint_path: builtins.str = ...,
-        config: Global___PodSandboxConfig | None = ...,
+        config: global___PodSandboxConfig | None = ...,
         runtime_handler: builtins.str = ...,
         options: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
-        container_configs: collections.abc.Iterable[Global___ContainerConfig] | None = ...,
+        container_configs: collections.abc.Iterable[global___ContainerConfig] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["config", b"config"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["checkpoint_path", b"checkpoint_path", "config", b"config", "container_configs", b"container_configs", "options", b"options", "runtime_handler", b"runtime_handler"]) -> None: ...
 
-Global___RestorePodRequest: typing_extensions.TypeAlias = RestorePodRequest
+global___RestorePodRequest = RestorePodRequest
 
 @typing.final
 class RestoredContainer(google.protobuf.message.Message):
@@ -5777,7 +5777,7 @@ class RestoredContainer(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["container_id", b"container_id", "name", b"name"]) -> None: ...
 
-Global___RestoredContainer: typing_extensions.TypeAlias = RestoredContainer
+global___RestoredContainer = RestoredContainer
 
 @typing.final
 class RestorePodResponse(google.protobuf.message.Message):
@@ -5788,7 +5788,7 @@ class RestorePodResponse(google.protobuf.message.Message):
     pod_sandbox_id: builtins.str
     """Non-empty ID of the restored pod sandbox."""
     @property
-    def restored_containers(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___RestoredContainer]:
+    def restored_containers(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___RestoredContainer]:
         """Restored containers in CREATED state, without having executed the
         restored process (see RestorePod). This must contain exactly one entry
         for every request.container_configs entry. Names and container IDs
@@ -5799,11 +5799,11 @@ class RestorePodResponse(google.protobuf.message.Message):
         self,
         *,
         pod_sandbox_id: builtins.str = ...,
-        restored_containers: collections.abc.Iterable[Global___RestoredContainer] | None = ...,
+        restored_containers: collections.abc.Iterable[global___RestoredContainer] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["pod_sandbox_id", b"pod_sandbox_id", "restored_containers", b"restored_containers"]) -> None: ...
 
-Global___RestorePodResponse: typing_extensions.TypeAlias = RestorePodResponse
+global___RestorePodResponse = RestorePodResponse
 
 @typing.final
 class GetEventsRequest(google.protobuf.message.Message):
@@ -5813,7 +5813,7 @@ class GetEventsRequest(google.protobuf.message.Message):
         self,
     ) -> None: ...
 
-Global___GetEventsRequest: typing_extensions.TypeAlias = GetEventsRequest
+global___GetEventsRequest = GetEventsRequest
 
 @typing.final
 class ContainerEventResponse(google.protobuf.message.Message):
@@ -5826,31 +5826,31 @@ class ContainerEventResponse(google.protobuf.message.Message):
     CONTAINERS_STATUSES_FIELD_NUMBER: builtins.int
     container_id: builtins.str
     """ID of the container"""
-    container_event_type: Global___ContainerEventType.ValueType
+    container_event_type: global___ContainerEventType.ValueType
     """Type of the container event"""
     created_at: builtins.int
     """Creation timestamp in nanoseconds of this event"""
     @property
-    def pod_sandbox_status(self) -> Global___PodSandboxStatus:
+    def pod_sandbox_status(self) -> global___PodSandboxStatus:
         """Sandbox status"""
 
     @property
-    def containers_statuses(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___ContainerStatus]:
+    def containers_statuses(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ContainerStatus]:
         """Container statuses"""
 
     def __init__(
         self,
         *,
         container_id: builtins.str = ...,
-        container_event_type: Global___ContainerEventType.ValueType = ...,
+        container_event_type: global___ContainerEventType.ValueType = ...,
         created_at: builtins.int = ...,
-        pod_sandbox_status: Global___PodSandboxStatus | None = ...,
-        containers_statuses: collections.abc.Iterable[Global___ContainerStatus] | None = ...,
+        pod_sandbox_status: global___PodSandboxStatus | None = ...,
+        containers_statuses: collections.abc.Iterable[global___ContainerStatus] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["pod_sandbox_status", b"pod_sandbox_status"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["container_event_type", b"container_event_type", "container_id", b"container_id", "containers_statuses", b"containers_statuses", "created_at", b"created_at", "pod_sandbox_status", b"pod_sandbox_status"]) -> None: ...
 
-Global___ContainerEventResponse: typing_extensions.TypeAlias = ContainerEventResponse
+global___ContainerEventResponse = ContainerEventResponse
 
 @typing.final
 class ListMetricDescriptorsRequest(google.protobuf.message.Message):
@@ -5860,7 +5860,7 @@ class ListMetricDescriptorsRequest(google.protobuf.message.Message):
         self,
     ) -> None: ...
 
-Global___ListMetricDescriptorsRequest: typing_extensions.TypeAlias = ListMetricDescriptorsRequest
+global___ListMetricDescriptorsRequest = ListMetricDescriptorsRequest
 
 @typing.final
 class ListMetricDescriptorsResponse(google.protobuf.message.Message):
@@ -5868,15 +5868,15 @@ class ListMetricDescriptorsResponse(google.protobuf.message.Message):
 
     DESCRIPTORS_FIELD_NUMBER: builtins.int
     @property
-    def descriptors(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___MetricDescriptor]: ...
+    def descriptors(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___MetricDescriptor]: ...
     def __init__(
         self,
         *,
-        descriptors: collections.abc.Iterable[Global___MetricDescriptor] | None = ...,
+        descriptors: collections.abc.Iterable[global___MetricDescriptor] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["descriptors", b"descriptors"]) -> None: ...
 
-Global___ListMetricDescriptorsResponse: typing_extensions.TypeAlias = ListMetricDescriptorsResponse
+global___ListMetricDescriptorsResponse = ListMetricDescriptorsResponse
 
 @typing.final
 class MetricDescriptor(google.protobuf.message.Message):
@@ -5907,7 +5907,7 @@ class MetricDescriptor(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["help", b"help", "label_keys", b"label_keys", "name", b"name"]) -> None: ...
 
-Global___MetricDescriptor: typing_extensions.TypeAlias = MetricDescriptor
+global___MetricDescriptor = MetricDescriptor
 
 @typing.final
 class ListPodSandboxMetricsRequest(google.protobuf.message.Message):
@@ -5917,7 +5917,7 @@ class ListPodSandboxMetricsRequest(google.protobuf.message.Message):
         self,
     ) -> None: ...
 
-Global___ListPodSandboxMetricsRequest: typing_extensions.TypeAlias = ListPodSandboxMetricsRequest
+global___ListPodSandboxMetricsRequest = ListPodSandboxMetricsRequest
 
 @typing.final
 class ListPodSandboxMetricsResponse(google.protobuf.message.Message):
@@ -5925,15 +5925,15 @@ class ListPodSandboxMetricsResponse(google.protobuf.message.Message):
 
     POD_METRICS_FIELD_NUMBER: builtins.int
     @property
-    def pod_metrics(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___PodSandboxMetrics]: ...
+    def pod_metrics(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___PodSandboxMetrics]: ...
     def __init__(
         self,
         *,
-        pod_metrics: collections.abc.Iterable[Global___PodSandboxMetrics] | None = ...,
+        pod_metrics: collections.abc.Iterable[global___PodSandboxMetrics] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["pod_metrics", b"pod_metrics"]) -> None: ...
 
-Global___ListPodSandboxMetricsResponse: typing_extensions.TypeAlias = ListPodSandboxMetricsResponse
+global___ListPodSandboxMetricsResponse = ListPodSandboxMetricsResponse
 
 @typing.final
 class StreamPodSandboxMetricsRequest(google.protobuf.message.Message):
@@ -5943,7 +5943,7 @@ class StreamPodSandboxMetricsRequest(google.protobuf.message.Message):
         self,
     ) -> None: ...
 
-Global___StreamPodSandboxMetricsRequest: typing_extensions.TypeAlias = StreamPodSandboxMetricsRequest
+global___StreamPodSandboxMetricsRequest = StreamPodSandboxMetricsRequest
 
 @typing.final
 class StreamPodSandboxMetricsResponse(google.protobuf.message.Message):
@@ -5951,17 +5951,17 @@ class StreamPodSandboxMetricsResponse(google.protobuf.message.Message):
 
     POD_SANDBOX_METRICS_FIELD_NUMBER: builtins.int
     @property
-    def pod_sandbox_metrics(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___PodSandboxMetrics]:
+    def pod_sandbox_metrics(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___PodSandboxMetrics]:
         """List of pod sandbox metrics."""
 
     def __init__(
         self,
         *,
-        pod_sandbox_metrics: collections.abc.Iterable[Global___PodSandboxMetrics] | None = ...,
+        pod_sandbox_metrics: collections.abc.Iterable[global___PodSandboxMetrics] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["pod_sandbox_metrics", b"pod_sandbox_metrics"]) -> None: ...
 
-Global___StreamPodSandboxMetricsResponse: typing_extensions.TypeAlias = StreamPodSandboxMetricsResponse
+global___StreamPodSandboxMetricsResponse = StreamPodSandboxMetricsResponse
 
 @typing.final
 class PodSandboxMetrics(google.protobuf.message.Message):
@@ -5972,19 +5972,19 @@ class PodSandboxMetrics(google.protobuf.message.Message):
     CONTAINER_METRICS_FIELD_NUMBER: builtins.int
     pod_sandbox_id: builtins.str
     @property
-    def metrics(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Metric]: ...
+    def metrics(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Metric]: ...
     @property
-    def container_metrics(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___ContainerMetrics]: ...
+    def container_metrics(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ContainerMetrics]: ...
     def __init__(
         self,
         *,
         pod_sandbox_id: builtins.str = ...,
-        metrics: collections.abc.Iterable[Global___Metric] | None = ...,
-        container_metrics: collections.abc.Iterable[Global___ContainerMetrics] | None = ...,
+        metrics: collections.abc.Iterable[global___Metric] | None = ...,
+        container_metrics: collections.abc.Iterable[global___ContainerMetrics] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["container_metrics", b"container_metrics", "metrics", b"metrics", "pod_sandbox_id", b"pod_sandbox_id"]) -> None: ...
 
-Global___PodSandboxMetrics: typing_extensions.TypeAlias = PodSandboxMetrics
+global___PodSandboxMetrics = PodSandboxMetrics
 
 @typing.final
 class ContainerMetrics(google.protobuf.message.Message):
@@ -5994,16 +5994,16 @@ class ContainerMetrics(google.protobuf.message.Message):
     METRICS_FIELD_NUMBER: builtins.int
     container_id: builtins.str
     @property
-    def metrics(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Metric]: ...
+    def metrics(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Metric]: ...
     def __init__(
         self,
         *,
         container_id: builtins.str = ...,
-        metrics: collections.abc.Iterable[Global___Metric] | None = ...,
+        metrics: collections.abc.Iterable[global___Metric] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["container_id", b"container_id", "metrics", b"metrics"]) -> None: ...
 
-Global___ContainerMetrics: typing_extensions.TypeAlias = ContainerMetrics
+global___ContainerMetrics = ContainerMetrics
 
 @typing.final
 class Metric(google.protobuf.message.Message):
@@ -6022,7 +6022,7 @@ class Metric(google.protobuf.message.Message):
     """Timestamp should be 0 if the metric was gathered live.
     If it was cached, the Timestamp should reflect the time in nanoseconds it was collected.
     """
-    metric_type: Global___MetricType.ValueType
+    metric_type: global___MetricType.ValueType
     @property
     def label_values(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
         """The corresponding LabelValues to the LabelKeys defined in the MetricDescriptor.
@@ -6031,20 +6031,20 @@ class Metric(google.protobuf.message.Message):
         """
 
     @property
-    def value(self) -> Global___UInt64Value: ...
+    def value(self) -> global___UInt64Value: ...
     def __init__(
         self,
         *,
         name: builtins.str = ...,
         timestamp: builtins.int = ...,
-        metric_type: Global___MetricType.ValueType = ...,
+        metric_type: global___MetricType.ValueType = ...,
         label_values: collections.abc.Iterable[builtins.str] | None = ...,
-        value: Global___UInt64Value | None = ...,
+        value: global___UInt64Value | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["value", b"value"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["label_values", b"label_values", "metric_type", b"metric_type", "name", b"name", "timestamp", b"timestamp", "value", b"value"]) -> None: ...
 
-Global___Metric: typing_extensions.TypeAlias = Metric
+global___Metric = Metric
 
 @typing.final
 class RuntimeConfigRequest(google.protobuf.message.Message):
@@ -6054,7 +6054,7 @@ class RuntimeConfigRequest(google.protobuf.message.Message):
         self,
     ) -> None: ...
 
-Global___RuntimeConfigRequest: typing_extensions.TypeAlias = RuntimeConfigRequest
+global___RuntimeConfigRequest = RuntimeConfigRequest
 
 @typing.final
 class RuntimeConfigResponse(google.protobuf.message.Message):
@@ -6062,7 +6062,7 @@ class RuntimeConfigResponse(google.protobuf.message.Message):
 
     LINUX_FIELD_NUMBER: builtins.int
     @property
-    def linux(self) -> Global___LinuxRuntimeConfiguration:
+    def linux(self) -> global___LinuxRuntimeConfiguration:
         """Configuration information for Linux-based runtimes. This field contains
         global runtime configuration options that are not specific to runtime
         handlers.
@@ -6071,19 +6071,19 @@ class RuntimeConfigResponse(google.protobuf.message.Message):
     def __init__(
         self,
         *,
-        linux: Global___LinuxRuntimeConfiguration | None = ...,
+        linux: global___LinuxRuntimeConfiguration | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["linux", b"linux"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["linux", b"linux"]) -> None: ...
 
-Global___RuntimeConfigResponse: typing_extensions.TypeAlias = RuntimeConfigResponse
+global___RuntimeConfigResponse = RuntimeConfigResponse
 
 @typing.final
 class LinuxRuntimeConfiguration(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     CGROUP_DRIVER_FIELD_NUMBER: builtins.int
-    cgroup_driver: Global___CgroupDriver.ValueType
+    cgroup_driver: global___CgroupDriver.ValueType
     """Cgroup driver to use
     Note: this field should not change for the lifecycle of the Kubelet,
     or while there are running containers.
@@ -6095,11 +6095,11 @@ class LinuxRuntimeConfiguration(google.protobuf.message.Message):
     def __init__(
         self,
         *,
-        cgroup_driver: Global___CgroupDriver.ValueType = ...,
+        cgroup_driver: global___CgroupDriver.ValueType = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["cgroup_driver", b"cgroup_driver"]) -> None: ...
 
-Global___LinuxRuntimeConfiguration: typing_extensions.TypeAlias = LinuxRuntimeConfiguration
+global___LinuxRuntimeConfiguration = LinuxRuntimeConfiguration
 
 @typing.final
 class UpdatePodSandboxResourcesRequest(google.protobuf.message.Message):
@@ -6111,24 +6111,24 @@ class UpdatePodSandboxResourcesRequest(google.protobuf.message.Message):
     pod_sandbox_id: builtins.str
     """ID of the PodSandbox to update."""
     @property
-    def overhead(self) -> Global___LinuxContainerResources:
+    def overhead(self) -> global___LinuxContainerResources:
         """Optional overhead represents the overheads associated with this sandbox"""
 
     @property
-    def resources(self) -> Global___LinuxContainerResources:
+    def resources(self) -> global___LinuxContainerResources:
         """Optional resources represents the sum of container resources for this sandbox"""
 
     def __init__(
         self,
         *,
         pod_sandbox_id: builtins.str = ...,
-        overhead: Global___LinuxContainerResources | None = ...,
-        resources: Global___LinuxContainerResources | None = ...,
+        overhead: global___LinuxContainerResources | None = ...,
+        resources: global___LinuxContainerResources | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["overhead", b"overhead", "resources", b"resources"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["overhead", b"overhead", "pod_sandbox_id", b"pod_sandbox_id", "resources", b"resources"]) -> None: ...
 
-Global___UpdatePodSandboxResourcesRequest: typing_extensions.TypeAlias = UpdatePodSandboxResourcesRequest
+global___UpdatePodSandboxResourcesRequest = UpdatePodSandboxResourcesRequest
 
 @typing.final
 class UpdatePodSandboxResourcesResponse(google.protobuf.message.Message):
@@ -6138,4 +6138,4 @@ class UpdatePodSandboxResourcesResponse(google.protobuf.message.Message):
         self,
     ) -> None: ...
 
-Global___UpdatePodSandboxResourcesResponse: typing_extensions.TypeAlias = UpdatePodSandboxResourcesResponse
+global___UpdatePodSandboxResourcesResponse = UpdatePodSandboxResourcesResponse

@@ -24,13 +24,7 @@ import collections.abc
 import cri_py.api.api_pb2
 import grpc
 import grpc.aio
-import sys
 import typing
-
-if sys.version_info >= (3, 13):
-    import typing as typing_extensions
-else:
-    import typing_extensions
 
 _T = typing.TypeVar("_T")
 
@@ -39,916 +33,28 @@ class _MaybeAsyncIterator(collections.abc.AsyncIterator[_T], collections.abc.Ite
 class _ServicerContext(grpc.ServicerContext, grpc.aio.ServicerContext):  # type: ignore[misc, type-arg]
     ...
 
-GRPC_GENERATED_VERSION: str
-GRPC_VERSION: str
-_RuntimeServiceVersionType = typing_extensions.TypeVar(
-    '_RuntimeServiceVersionType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.VersionRequest,
-        cri_py.api.api_pb2.VersionResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.VersionRequest,
-        cri_py.api.api_pb2.VersionResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.VersionRequest,
-        cri_py.api.api_pb2.VersionResponse,
-    ],
-)
-
-_RuntimeServiceRunPodSandboxType = typing_extensions.TypeVar(
-    '_RuntimeServiceRunPodSandboxType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.RunPodSandboxRequest,
-        cri_py.api.api_pb2.RunPodSandboxResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.RunPodSandboxRequest,
-        cri_py.api.api_pb2.RunPodSandboxResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.RunPodSandboxRequest,
-        cri_py.api.api_pb2.RunPodSandboxResponse,
-    ],
-)
-
-_RuntimeServiceStopPodSandboxType = typing_extensions.TypeVar(
-    '_RuntimeServiceStopPodSandboxType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.StopPodSandboxRequest,
-        cri_py.api.api_pb2.StopPodSandboxResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.StopPodSandboxRequest,
-        cri_py.api.api_pb2.StopPodSandboxResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.StopPodSandboxRequest,
-        cri_py.api.api_pb2.StopPodSandboxResponse,
-    ],
-)
-
-_RuntimeServiceRemovePodSandboxType = typing_extensions.TypeVar(
-    '_RuntimeServiceRemovePodSandboxType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.RemovePodSandboxRequest,
-        cri_py.api.api_pb2.RemovePodSandboxResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.RemovePodSandboxRequest,
-        cri_py.api.api_pb2.RemovePodSandboxResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.RemovePodSandboxRequest,
-        cri_py.api.api_pb2.RemovePodSandboxResponse,
-    ],
-)
-
-_RuntimeServicePodSandboxStatusType = typing_extensions.TypeVar(
-    '_RuntimeServicePodSandboxStatusType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.PodSandboxStatusRequest,
-        cri_py.api.api_pb2.PodSandboxStatusResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.PodSandboxStatusRequest,
-        cri_py.api.api_pb2.PodSandboxStatusResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.PodSandboxStatusRequest,
-        cri_py.api.api_pb2.PodSandboxStatusResponse,
-    ],
-)
-
-_RuntimeServiceListPodSandboxType = typing_extensions.TypeVar(
-    '_RuntimeServiceListPodSandboxType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListPodSandboxRequest,
-        cri_py.api.api_pb2.ListPodSandboxResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListPodSandboxRequest,
-        cri_py.api.api_pb2.ListPodSandboxResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListPodSandboxRequest,
-        cri_py.api.api_pb2.ListPodSandboxResponse,
-    ],
-)
-
-_RuntimeServiceStreamPodSandboxesType = typing_extensions.TypeVar(
-    '_RuntimeServiceStreamPodSandboxesType',
-    grpc.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.StreamPodSandboxesRequest,
-        cri_py.api.api_pb2.StreamPodSandboxesResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.StreamPodSandboxesRequest,
-        cri_py.api.api_pb2.StreamPodSandboxesResponse,
-    ],
-    default=grpc.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.StreamPodSandboxesRequest,
-        cri_py.api.api_pb2.StreamPodSandboxesResponse,
-    ],
-)
-
-_RuntimeServiceCreateContainerType = typing_extensions.TypeVar(
-    '_RuntimeServiceCreateContainerType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.CreateContainerRequest,
-        cri_py.api.api_pb2.CreateContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.CreateContainerRequest,
-        cri_py.api.api_pb2.CreateContainerResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.CreateContainerRequest,
-        cri_py.api.api_pb2.CreateContainerResponse,
-    ],
-)
-
-_RuntimeServiceStartContainerType = typing_extensions.TypeVar(
-    '_RuntimeServiceStartContainerType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.StartContainerRequest,
-        cri_py.api.api_pb2.StartContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.StartContainerRequest,
-        cri_py.api.api_pb2.StartContainerResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.StartContainerRequest,
-        cri_py.api.api_pb2.StartContainerResponse,
-    ],
-)
-
-_RuntimeServiceStopContainerType = typing_extensions.TypeVar(
-    '_RuntimeServiceStopContainerType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.StopContainerRequest,
-        cri_py.api.api_pb2.StopContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.StopContainerRequest,
-        cri_py.api.api_pb2.StopContainerResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.StopContainerRequest,
-        cri_py.api.api_pb2.StopContainerResponse,
-    ],
-)
-
-_RuntimeServiceRemoveContainerType = typing_extensions.TypeVar(
-    '_RuntimeServiceRemoveContainerType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.RemoveContainerRequest,
-        cri_py.api.api_pb2.RemoveContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.RemoveContainerRequest,
-        cri_py.api.api_pb2.RemoveContainerResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.RemoveContainerRequest,
-        cri_py.api.api_pb2.RemoveContainerResponse,
-    ],
-)
-
-_RuntimeServiceListContainersType = typing_extensions.TypeVar(
-    '_RuntimeServiceListContainersType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListContainersRequest,
-        cri_py.api.api_pb2.ListContainersResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListContainersRequest,
-        cri_py.api.api_pb2.ListContainersResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListContainersRequest,
-        cri_py.api.api_pb2.ListContainersResponse,
-    ],
-)
-
-_RuntimeServiceStreamContainersType = typing_extensions.TypeVar(
-    '_RuntimeServiceStreamContainersType',
-    grpc.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.StreamContainersRequest,
-        cri_py.api.api_pb2.StreamContainersResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.StreamContainersRequest,
-        cri_py.api.api_pb2.StreamContainersResponse,
-    ],
-    default=grpc.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.StreamContainersRequest,
-        cri_py.api.api_pb2.StreamContainersResponse,
-    ],
-)
-
-_RuntimeServiceContainerStatusType = typing_extensions.TypeVar(
-    '_RuntimeServiceContainerStatusType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ContainerStatusRequest,
-        cri_py.api.api_pb2.ContainerStatusResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ContainerStatusRequest,
-        cri_py.api.api_pb2.ContainerStatusResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ContainerStatusRequest,
-        cri_py.api.api_pb2.ContainerStatusResponse,
-    ],
-)
-
-_RuntimeServiceUpdateContainerResourcesType = typing_extensions.TypeVar(
-    '_RuntimeServiceUpdateContainerResourcesType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.UpdateContainerResourcesRequest,
-        cri_py.api.api_pb2.UpdateContainerResourcesResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.UpdateContainerResourcesRequest,
-        cri_py.api.api_pb2.UpdateContainerResourcesResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.UpdateContainerResourcesRequest,
-        cri_py.api.api_pb2.UpdateContainerResourcesResponse,
-    ],
-)
-
-_RuntimeServiceReopenContainerLogType = typing_extensions.TypeVar(
-    '_RuntimeServiceReopenContainerLogType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ReopenContainerLogRequest,
-        cri_py.api.api_pb2.ReopenContainerLogResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ReopenContainerLogRequest,
-        cri_py.api.api_pb2.ReopenContainerLogResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ReopenContainerLogRequest,
-        cri_py.api.api_pb2.ReopenContainerLogResponse,
-    ],
-)
-
-_RuntimeServiceExecSyncType = typing_extensions.TypeVar(
-    '_RuntimeServiceExecSyncType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ExecSyncRequest,
-        cri_py.api.api_pb2.ExecSyncResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ExecSyncRequest,
-        cri_py.api.api_pb2.ExecSyncResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ExecSyncRequest,
-        cri_py.api.api_pb2.ExecSyncResponse,
-    ],
-)
-
-_RuntimeServiceExecType = typing_extensions.TypeVar(
-    '_RuntimeServiceExecType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ExecRequest,
-        cri_py.api.api_pb2.ExecResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ExecRequest,
-        cri_py.api.api_pb2.ExecResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ExecRequest,
-        cri_py.api.api_pb2.ExecResponse,
-    ],
-)
-
-_RuntimeServiceAttachType = typing_extensions.TypeVar(
-    '_RuntimeServiceAttachType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.AttachRequest,
-        cri_py.api.api_pb2.AttachResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.AttachRequest,
-        cri_py.api.api_pb2.AttachResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.AttachRequest,
-        cri_py.api.api_pb2.AttachResponse,
-    ],
-)
-
-_RuntimeServicePortForwardType = typing_extensions.TypeVar(
-    '_RuntimeServicePortForwardType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.PortForwardRequest,
-        cri_py.api.api_pb2.PortForwardResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.PortForwardRequest,
-        cri_py.api.api_pb2.PortForwardResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.PortForwardRequest,
-        cri_py.api.api_pb2.PortForwardResponse,
-    ],
-)
-
-_RuntimeServiceContainerStatsType = typing_extensions.TypeVar(
-    '_RuntimeServiceContainerStatsType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ContainerStatsRequest,
-        cri_py.api.api_pb2.ContainerStatsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ContainerStatsRequest,
-        cri_py.api.api_pb2.ContainerStatsResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ContainerStatsRequest,
-        cri_py.api.api_pb2.ContainerStatsResponse,
-    ],
-)
-
-_RuntimeServiceListContainerStatsType = typing_extensions.TypeVar(
-    '_RuntimeServiceListContainerStatsType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListContainerStatsRequest,
-        cri_py.api.api_pb2.ListContainerStatsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListContainerStatsRequest,
-        cri_py.api.api_pb2.ListContainerStatsResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListContainerStatsRequest,
-        cri_py.api.api_pb2.ListContainerStatsResponse,
-    ],
-)
-
-_RuntimeServiceStreamContainerStatsType = typing_extensions.TypeVar(
-    '_RuntimeServiceStreamContainerStatsType',
-    grpc.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.StreamContainerStatsRequest,
-        cri_py.api.api_pb2.StreamContainerStatsResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.StreamContainerStatsRequest,
-        cri_py.api.api_pb2.StreamContainerStatsResponse,
-    ],
-    default=grpc.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.StreamContainerStatsRequest,
-        cri_py.api.api_pb2.StreamContainerStatsResponse,
-    ],
-)
-
-_RuntimeServicePodSandboxStatsType = typing_extensions.TypeVar(
-    '_RuntimeServicePodSandboxStatsType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.PodSandboxStatsRequest,
-        cri_py.api.api_pb2.PodSandboxStatsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.PodSandboxStatsRequest,
-        cri_py.api.api_pb2.PodSandboxStatsResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.PodSandboxStatsRequest,
-        cri_py.api.api_pb2.PodSandboxStatsResponse,
-    ],
-)
-
-_RuntimeServiceListPodSandboxStatsType = typing_extensions.TypeVar(
-    '_RuntimeServiceListPodSandboxStatsType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListPodSandboxStatsRequest,
-        cri_py.api.api_pb2.ListPodSandboxStatsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListPodSandboxStatsRequest,
-        cri_py.api.api_pb2.ListPodSandboxStatsResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListPodSandboxStatsRequest,
-        cri_py.api.api_pb2.ListPodSandboxStatsResponse,
-    ],
-)
-
-_RuntimeServiceStreamPodSandboxStatsType = typing_extensions.TypeVar(
-    '_RuntimeServiceStreamPodSandboxStatsType',
-    grpc.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.StreamPodSandboxStatsRequest,
-        cri_py.api.api_pb2.StreamPodSandboxStatsResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.StreamPodSandboxStatsRequest,
-        cri_py.api.api_pb2.StreamPodSandboxStatsResponse,
-    ],
-    default=grpc.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.StreamPodSandboxStatsRequest,
-        cri_py.api.api_pb2.StreamPodSandboxStatsResponse,
-    ],
-)
-
-_RuntimeServiceUpdateRuntimeConfigType = typing_extensions.TypeVar(
-    '_RuntimeServiceUpdateRuntimeConfigType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.UpdateRuntimeConfigRequest,
-        cri_py.api.api_pb2.UpdateRuntimeConfigResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.UpdateRuntimeConfigRequest,
-        cri_py.api.api_pb2.UpdateRuntimeConfigResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.UpdateRuntimeConfigRequest,
-        cri_py.api.api_pb2.UpdateRuntimeConfigResponse,
-    ],
-)
-
-_RuntimeServiceStatusType = typing_extensions.TypeVar(
-    '_RuntimeServiceStatusType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.StatusRequest,
-        cri_py.api.api_pb2.StatusResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.StatusRequest,
-        cri_py.api.api_pb2.StatusResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.StatusRequest,
-        cri_py.api.api_pb2.StatusResponse,
-    ],
-)
-
-_RuntimeServiceCheckpointContainerType = typing_extensions.TypeVar(
-    '_RuntimeServiceCheckpointContainerType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.CheckpointContainerRequest,
-        cri_py.api.api_pb2.CheckpointContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.CheckpointContainerRequest,
-        cri_py.api.api_pb2.CheckpointContainerResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.CheckpointContainerRequest,
-        cri_py.api.api_pb2.CheckpointContainerResponse,
-    ],
-)
-
-_RuntimeServiceCheckpointPodType = typing_extensions.TypeVar(
-    '_RuntimeServiceCheckpointPodType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.CheckpointPodRequest,
-        cri_py.api.api_pb2.CheckpointPodResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.CheckpointPodRequest,
-        cri_py.api.api_pb2.CheckpointPodResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.CheckpointPodRequest,
-        cri_py.api.api_pb2.CheckpointPodResponse,
-    ],
-)
-
-_RuntimeServiceRestorePodType = typing_extensions.TypeVar(
-    '_RuntimeServiceRestorePodType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.RestorePodRequest,
-        cri_py.api.api_pb2.RestorePodResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.RestorePodRequest,
-        cri_py.api.api_pb2.RestorePodResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.RestorePodRequest,
-        cri_py.api.api_pb2.RestorePodResponse,
-    ],
-)
-
-_RuntimeServiceGetContainerEventsType = typing_extensions.TypeVar(
-    '_RuntimeServiceGetContainerEventsType',
-    grpc.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.GetEventsRequest,
-        cri_py.api.api_pb2.ContainerEventResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.GetEventsRequest,
-        cri_py.api.api_pb2.ContainerEventResponse,
-    ],
-    default=grpc.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.GetEventsRequest,
-        cri_py.api.api_pb2.ContainerEventResponse,
-    ],
-)
-
-_RuntimeServiceListMetricDescriptorsType = typing_extensions.TypeVar(
-    '_RuntimeServiceListMetricDescriptorsType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListMetricDescriptorsRequest,
-        cri_py.api.api_pb2.ListMetricDescriptorsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListMetricDescriptorsRequest,
-        cri_py.api.api_pb2.ListMetricDescriptorsResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListMetricDescriptorsRequest,
-        cri_py.api.api_pb2.ListMetricDescriptorsResponse,
-    ],
-)
-
-_RuntimeServiceListPodSandboxMetricsType = typing_extensions.TypeVar(
-    '_RuntimeServiceListPodSandboxMetricsType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListPodSandboxMetricsRequest,
-        cri_py.api.api_pb2.ListPodSandboxMetricsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListPodSandboxMetricsRequest,
-        cri_py.api.api_pb2.ListPodSandboxMetricsResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListPodSandboxMetricsRequest,
-        cri_py.api.api_pb2.ListPodSandboxMetricsResponse,
-    ],
-)
-
-_RuntimeServiceStreamPodSandboxMetricsType = typing_extensions.TypeVar(
-    '_RuntimeServiceStreamPodSandboxMetricsType',
-    grpc.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.StreamPodSandboxMetricsRequest,
-        cri_py.api.api_pb2.StreamPodSandboxMetricsResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.StreamPodSandboxMetricsRequest,
-        cri_py.api.api_pb2.StreamPodSandboxMetricsResponse,
-    ],
-    default=grpc.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.StreamPodSandboxMetricsRequest,
-        cri_py.api.api_pb2.StreamPodSandboxMetricsResponse,
-    ],
-)
-
-_RuntimeServiceRuntimeConfigType = typing_extensions.TypeVar(
-    '_RuntimeServiceRuntimeConfigType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.RuntimeConfigRequest,
-        cri_py.api.api_pb2.RuntimeConfigResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.RuntimeConfigRequest,
-        cri_py.api.api_pb2.RuntimeConfigResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.RuntimeConfigRequest,
-        cri_py.api.api_pb2.RuntimeConfigResponse,
-    ],
-)
-
-_RuntimeServiceUpdatePodSandboxResourcesType = typing_extensions.TypeVar(
-    '_RuntimeServiceUpdatePodSandboxResourcesType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.UpdatePodSandboxResourcesRequest,
-        cri_py.api.api_pb2.UpdatePodSandboxResourcesResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.UpdatePodSandboxResourcesRequest,
-        cri_py.api.api_pb2.UpdatePodSandboxResourcesResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.UpdatePodSandboxResourcesRequest,
-        cri_py.api.api_pb2.UpdatePodSandboxResourcesResponse,
-    ],
-)
-
-class RuntimeServiceStub(typing.Generic[_RuntimeServiceVersionType, _RuntimeServiceRunPodSandboxType, _RuntimeServiceStopPodSandboxType, _RuntimeServiceRemovePodSandboxType, _RuntimeServicePodSandboxStatusType, _RuntimeServiceListPodSandboxType, _RuntimeServiceStreamPodSandboxesType, _RuntimeServiceCreateContainerType, _RuntimeServiceStartContainerType, _RuntimeServiceStopContainerType, _RuntimeServiceRemoveContainerType, _RuntimeServiceListContainersType, _RuntimeServiceStreamContainersType, _RuntimeServiceContainerStatusType, _RuntimeServiceUpdateContainerResourcesType, _RuntimeServiceReopenContainerLogType, _RuntimeServiceExecSyncType, _RuntimeServiceExecType, _RuntimeServiceAttachType, _RuntimeServicePortForwardType, _RuntimeServiceContainerStatsType, _RuntimeServiceListContainerStatsType, _RuntimeServiceStreamContainerStatsType, _RuntimeServicePodSandboxStatsType, _RuntimeServiceListPodSandboxStatsType, _RuntimeServiceStreamPodSandboxStatsType, _RuntimeServiceUpdateRuntimeConfigType, _RuntimeServiceStatusType, _RuntimeServiceCheckpointContainerType, _RuntimeServiceCheckpointPodType, _RuntimeServiceRestorePodType, _RuntimeServiceGetContainerEventsType, _RuntimeServiceListMetricDescriptorsType, _RuntimeServiceListPodSandboxMetricsType, _RuntimeServiceStreamPodSandboxMetricsType, _RuntimeServiceRuntimeConfigType, _RuntimeServiceUpdatePodSandboxResourcesType]):
+class RuntimeServiceStub:
     """Runtime service defines the public APIs for remote container runtimes"""
 
-    @typing.overload
-    def __init__(self: RuntimeServiceStub[
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.VersionRequest,
-            cri_py.api.api_pb2.VersionResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.RunPodSandboxRequest,
-            cri_py.api.api_pb2.RunPodSandboxResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.StopPodSandboxRequest,
-            cri_py.api.api_pb2.StopPodSandboxResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.RemovePodSandboxRequest,
-            cri_py.api.api_pb2.RemovePodSandboxResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.PodSandboxStatusRequest,
-            cri_py.api.api_pb2.PodSandboxStatusResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ListPodSandboxRequest,
-            cri_py.api.api_pb2.ListPodSandboxResponse,
-        ],
-        grpc.UnaryStreamMultiCallable[
-            cri_py.api.api_pb2.StreamPodSandboxesRequest,
-            cri_py.api.api_pb2.StreamPodSandboxesResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.CreateContainerRequest,
-            cri_py.api.api_pb2.CreateContainerResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.StartContainerRequest,
-            cri_py.api.api_pb2.StartContainerResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.StopContainerRequest,
-            cri_py.api.api_pb2.StopContainerResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.RemoveContainerRequest,
-            cri_py.api.api_pb2.RemoveContainerResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ListContainersRequest,
-            cri_py.api.api_pb2.ListContainersResponse,
-        ],
-        grpc.UnaryStreamMultiCallable[
-            cri_py.api.api_pb2.StreamContainersRequest,
-            cri_py.api.api_pb2.StreamContainersResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ContainerStatusRequest,
-            cri_py.api.api_pb2.ContainerStatusResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.UpdateContainerResourcesRequest,
-            cri_py.api.api_pb2.UpdateContainerResourcesResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ReopenContainerLogRequest,
-            cri_py.api.api_pb2.ReopenContainerLogResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ExecSyncRequest,
-            cri_py.api.api_pb2.ExecSyncResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ExecRequest,
-            cri_py.api.api_pb2.ExecResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.AttachRequest,
-            cri_py.api.api_pb2.AttachResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.PortForwardRequest,
-            cri_py.api.api_pb2.PortForwardResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ContainerStatsRequest,
-            cri_py.api.api_pb2.ContainerStatsResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ListContainerStatsRequest,
-            cri_py.api.api_pb2.ListContainerStatsResponse,
-        ],
-        grpc.UnaryStreamMultiCallable[
-            cri_py.api.api_pb2.StreamContainerStatsRequest,
-            cri_py.api.api_pb2.StreamContainerStatsResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.PodSandboxStatsRequest,
-            cri_py.api.api_pb2.PodSandboxStatsResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ListPodSandboxStatsRequest,
-            cri_py.api.api_pb2.ListPodSandboxStatsResponse,
-        ],
-        grpc.UnaryStreamMultiCallable[
-            cri_py.api.api_pb2.StreamPodSandboxStatsRequest,
-            cri_py.api.api_pb2.StreamPodSandboxStatsResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.UpdateRuntimeConfigRequest,
-            cri_py.api.api_pb2.UpdateRuntimeConfigResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.StatusRequest,
-            cri_py.api.api_pb2.StatusResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.CheckpointContainerRequest,
-            cri_py.api.api_pb2.CheckpointContainerResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.CheckpointPodRequest,
-            cri_py.api.api_pb2.CheckpointPodResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.RestorePodRequest,
-            cri_py.api.api_pb2.RestorePodResponse,
-        ],
-        grpc.UnaryStreamMultiCallable[
-            cri_py.api.api_pb2.GetEventsRequest,
-            cri_py.api.api_pb2.ContainerEventResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ListMetricDescriptorsRequest,
-            cri_py.api.api_pb2.ListMetricDescriptorsResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ListPodSandboxMetricsRequest,
-            cri_py.api.api_pb2.ListPodSandboxMetricsResponse,
-        ],
-        grpc.UnaryStreamMultiCallable[
-            cri_py.api.api_pb2.StreamPodSandboxMetricsRequest,
-            cri_py.api.api_pb2.StreamPodSandboxMetricsResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.RuntimeConfigRequest,
-            cri_py.api.api_pb2.RuntimeConfigResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.UpdatePodSandboxResourcesRequest,
-            cri_py.api.api_pb2.UpdatePodSandboxResourcesResponse,
-        ],
-    ], channel: grpc.Channel) -> None: ...
-
-    @typing.overload
-    def __init__(self: RuntimeServiceStub[
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.VersionRequest,
-            cri_py.api.api_pb2.VersionResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.RunPodSandboxRequest,
-            cri_py.api.api_pb2.RunPodSandboxResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.StopPodSandboxRequest,
-            cri_py.api.api_pb2.StopPodSandboxResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.RemovePodSandboxRequest,
-            cri_py.api.api_pb2.RemovePodSandboxResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.PodSandboxStatusRequest,
-            cri_py.api.api_pb2.PodSandboxStatusResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ListPodSandboxRequest,
-            cri_py.api.api_pb2.ListPodSandboxResponse,
-        ],
-        grpc.aio.UnaryStreamMultiCallable[
-            cri_py.api.api_pb2.StreamPodSandboxesRequest,
-            cri_py.api.api_pb2.StreamPodSandboxesResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.CreateContainerRequest,
-            cri_py.api.api_pb2.CreateContainerResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.StartContainerRequest,
-            cri_py.api.api_pb2.StartContainerResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.StopContainerRequest,
-            cri_py.api.api_pb2.StopContainerResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.RemoveContainerRequest,
-            cri_py.api.api_pb2.RemoveContainerResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ListContainersRequest,
-            cri_py.api.api_pb2.ListContainersResponse,
-        ],
-        grpc.aio.UnaryStreamMultiCallable[
-            cri_py.api.api_pb2.StreamContainersRequest,
-            cri_py.api.api_pb2.StreamContainersResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ContainerStatusRequest,
-            cri_py.api.api_pb2.ContainerStatusResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.UpdateContainerResourcesRequest,
-            cri_py.api.api_pb2.UpdateContainerResourcesResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ReopenContainerLogRequest,
-            cri_py.api.api_pb2.ReopenContainerLogResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ExecSyncRequest,
-            cri_py.api.api_pb2.ExecSyncResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ExecRequest,
-            cri_py.api.api_pb2.ExecResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.AttachRequest,
-            cri_py.api.api_pb2.AttachResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.PortForwardRequest,
-            cri_py.api.api_pb2.PortForwardResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ContainerStatsRequest,
-            cri_py.api.api_pb2.ContainerStatsResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ListContainerStatsRequest,
-            cri_py.api.api_pb2.ListContainerStatsResponse,
-        ],
-        grpc.aio.UnaryStreamMultiCallable[
-            cri_py.api.api_pb2.StreamContainerStatsRequest,
-            cri_py.api.api_pb2.StreamContainerStatsResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.PodSandboxStatsRequest,
-            cri_py.api.api_pb2.PodSandboxStatsResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ListPodSandboxStatsRequest,
-            cri_py.api.api_pb2.ListPodSandboxStatsResponse,
-        ],
-        grpc.aio.UnaryStreamMultiCallable[
-            cri_py.api.api_pb2.StreamPodSandboxStatsRequest,
-            cri_py.api.api_pb2.StreamPodSandboxStatsResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.UpdateRuntimeConfigRequest,
-            cri_py.api.api_pb2.UpdateRuntimeConfigResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.StatusRequest,
-            cri_py.api.api_pb2.StatusResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.CheckpointContainerRequest,
-            cri_py.api.api_pb2.CheckpointContainerResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.CheckpointPodRequest,
-            cri_py.api.api_pb2.CheckpointPodResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.RestorePodRequest,
-            cri_py.api.api_pb2.RestorePodResponse,
-        ],
-        grpc.aio.UnaryStreamMultiCallable[
-            cri_py.api.api_pb2.GetEventsRequest,
-            cri_py.api.api_pb2.ContainerEventResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ListMetricDescriptorsRequest,
-            cri_py.api.api_pb2.ListMetricDescriptorsResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ListPodSandboxMetricsRequest,
-            cri_py.api.api_pb2.ListPodSandboxMetricsResponse,
-        ],
-        grpc.aio.UnaryStreamMultiCallable[
-            cri_py.api.api_pb2.StreamPodSandboxMetricsRequest,
-            cri_py.api.api_pb2.StreamPodSandboxMetricsResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.RuntimeConfigRequest,
-            cri_py.api.api_pb2.RuntimeConfigResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.UpdatePodSandboxResourcesRequest,
-            cri_py.api.api_pb2.UpdatePodSandboxResourcesResponse,
-        ],
-    ], channel: grpc.aio.Channel) -> None: ...
-
-    Version: _RuntimeServiceVersionType
+    def __init__(self, channel: typing.Union[grpc.Channel, grpc.aio.Channel]) -> None: ...
+    Version: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.VersionRequest,
+        cri_py.api.api_pb2.VersionResponse,
+    ]
     """Version returns the runtime name, runtime version, and runtime API version."""
 
-    RunPodSandbox: _RuntimeServiceRunPodSandboxType
+    RunPodSandbox: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.RunPodSandboxRequest,
+        cri_py.api.api_pb2.RunPodSandboxResponse,
+    ]
     """RunPodSandbox creates and starts a pod-level sandbox. Runtimes must ensure
     the sandbox is in the ready state on success.
     """
 
-    StopPodSandbox: _RuntimeServiceStopPodSandboxType
+    StopPodSandbox: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.StopPodSandboxRequest,
+        cri_py.api.api_pb2.StopPodSandboxResponse,
+    ]
     """StopPodSandbox stops any running process that is part of the sandbox and
     reclaims network resources (e.g., IP addresses) allocated to the sandbox.
     If there are any running containers in the sandbox, they must be forcibly
@@ -960,22 +66,34 @@ class RuntimeServiceStub(typing.Generic[_RuntimeServiceVersionType, _RuntimeServ
     multiple StopPodSandbox calls are expected.
     """
 
-    RemovePodSandbox: _RuntimeServiceRemovePodSandboxType
+    RemovePodSandbox: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.RemovePodSandboxRequest,
+        cri_py.api.api_pb2.RemovePodSandboxResponse,
+    ]
     """RemovePodSandbox removes the sandbox. If there are any running containers
     in the sandbox, they must be forcibly terminated and removed.
     This call is idempotent, and must not return an error if the sandbox has
     already been removed.
     """
 
-    PodSandboxStatus: _RuntimeServicePodSandboxStatusType
+    PodSandboxStatus: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.PodSandboxStatusRequest,
+        cri_py.api.api_pb2.PodSandboxStatusResponse,
+    ]
     """PodSandboxStatus returns the status of the PodSandbox. If the PodSandbox is not
     present, returns an error.
     """
 
-    ListPodSandbox: _RuntimeServiceListPodSandboxType
+    ListPodSandbox: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.ListPodSandboxRequest,
+        cri_py.api.api_pb2.ListPodSandboxResponse,
+    ]
     """ListPodSandbox returns a list of PodSandboxes."""
 
-    StreamPodSandboxes: _RuntimeServiceStreamPodSandboxesType
+    StreamPodSandboxes: grpc.UnaryStreamMultiCallable[
+        cri_py.api.api_pb2.StreamPodSandboxesRequest,
+        cri_py.api.api_pb2.StreamPodSandboxesResponse,
+    ]
     """StreamPodSandboxes returns a stream of PodSandboxes.
     This is an alternative to ListPodSandbox that streams results in lists
     of at least one item, avoiding the gRPC message size limit for nodes with
@@ -990,13 +108,22 @@ class RuntimeServiceStub(typing.Generic[_RuntimeServiceVersionType, _RuntimeServ
     See https://kep.k8s.io/5825 for more details.
     """
 
-    CreateContainer: _RuntimeServiceCreateContainerType
+    CreateContainer: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.CreateContainerRequest,
+        cri_py.api.api_pb2.CreateContainerResponse,
+    ]
     """CreateContainer creates a new container in specified PodSandbox"""
 
-    StartContainer: _RuntimeServiceStartContainerType
+    StartContainer: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.StartContainerRequest,
+        cri_py.api.api_pb2.StartContainerResponse,
+    ]
     """StartContainer starts the container."""
 
-    StopContainer: _RuntimeServiceStopContainerType
+    StopContainer: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.StopContainerRequest,
+        cri_py.api.api_pb2.StopContainerResponse,
+    ]
     """StopContainer stops a running container with a grace period (i.e., timeout).
     This call is idempotent, and must not return an error if the container has
     already been stopped.
@@ -1004,17 +131,26 @@ class RuntimeServiceStub(typing.Generic[_RuntimeServiceVersionType, _RuntimeServ
     reached.
     """
 
-    RemoveContainer: _RuntimeServiceRemoveContainerType
+    RemoveContainer: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.RemoveContainerRequest,
+        cri_py.api.api_pb2.RemoveContainerResponse,
+    ]
     """RemoveContainer removes the container. If the container is running, the
     container must be forcibly removed.
     This call is idempotent, and must not return an error if the container has
     already been removed.
     """
 
-    ListContainers: _RuntimeServiceListContainersType
+    ListContainers: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.ListContainersRequest,
+        cri_py.api.api_pb2.ListContainersResponse,
+    ]
     """ListContainers lists all containers by filters."""
 
-    StreamContainers: _RuntimeServiceStreamContainersType
+    StreamContainers: grpc.UnaryStreamMultiCallable[
+        cri_py.api.api_pb2.StreamContainersRequest,
+        cri_py.api.api_pb2.StreamContainersResponse,
+    ]
     """StreamContainers returns a stream of containers.
     This is an alternative to ListContainers that streams results in lists
     of at least one item, avoiding the gRPC message size limit for nodes with
@@ -1029,17 +165,26 @@ class RuntimeServiceStub(typing.Generic[_RuntimeServiceVersionType, _RuntimeServ
     See https://kep.k8s.io/5825 for more details.
     """
 
-    ContainerStatus: _RuntimeServiceContainerStatusType
+    ContainerStatus: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.ContainerStatusRequest,
+        cri_py.api.api_pb2.ContainerStatusResponse,
+    ]
     """ContainerStatus returns status of the container. If the container is not
     present, returns an error.
     """
 
-    UpdateContainerResources: _RuntimeServiceUpdateContainerResourcesType
+    UpdateContainerResources: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.UpdateContainerResourcesRequest,
+        cri_py.api.api_pb2.UpdateContainerResourcesResponse,
+    ]
     """UpdateContainerResources updates ContainerConfig of the container synchronously.
     If runtime fails to transactionally update the requested resources, an error is returned.
     """
 
-    ReopenContainerLog: _RuntimeServiceReopenContainerLogType
+    ReopenContainerLog: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.ReopenContainerLogRequest,
+        cri_py.api.api_pb2.ReopenContainerLogResponse,
+    ]
     """ReopenContainerLog asks runtime to reopen the stdout/stderr log file
     for the container. This is often called after the log file has been
     rotated. If the container is not running, container runtime can choose
@@ -1047,27 +192,48 @@ class RuntimeServiceStub(typing.Generic[_RuntimeServiceVersionType, _RuntimeServ
     Once it returns error, new container log file MUST NOT be created.
     """
 
-    ExecSync: _RuntimeServiceExecSyncType
+    ExecSync: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.ExecSyncRequest,
+        cri_py.api.api_pb2.ExecSyncResponse,
+    ]
     """ExecSync runs a command in a container synchronously."""
 
-    Exec: _RuntimeServiceExecType
+    Exec: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.ExecRequest,
+        cri_py.api.api_pb2.ExecResponse,
+    ]
     """Exec prepares a streaming endpoint to execute a command in the container."""
 
-    Attach: _RuntimeServiceAttachType
+    Attach: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.AttachRequest,
+        cri_py.api.api_pb2.AttachResponse,
+    ]
     """Attach prepares a streaming endpoint to attach to a running container."""
 
-    PortForward: _RuntimeServicePortForwardType
+    PortForward: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.PortForwardRequest,
+        cri_py.api.api_pb2.PortForwardResponse,
+    ]
     """PortForward prepares a streaming endpoint to forward ports from a PodSandbox."""
 
-    ContainerStats: _RuntimeServiceContainerStatsType
+    ContainerStats: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.ContainerStatsRequest,
+        cri_py.api.api_pb2.ContainerStatsResponse,
+    ]
     """ContainerStats returns stats of the container. If the container does not
     exist, the call returns an error.
     """
 
-    ListContainerStats: _RuntimeServiceListContainerStatsType
+    ListContainerStats: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.ListContainerStatsRequest,
+        cri_py.api.api_pb2.ListContainerStatsResponse,
+    ]
     """ListContainerStats returns stats of all running containers."""
 
-    StreamContainerStats: _RuntimeServiceStreamContainerStatsType
+    StreamContainerStats: grpc.UnaryStreamMultiCallable[
+        cri_py.api.api_pb2.StreamContainerStatsRequest,
+        cri_py.api.api_pb2.StreamContainerStatsResponse,
+    ]
     """StreamContainerStats returns a stream of container stats.
     This is an alternative to ListContainerStats that streams results in
     lists of at least one item, avoiding the gRPC message size limit for
@@ -1083,15 +249,24 @@ class RuntimeServiceStub(typing.Generic[_RuntimeServiceVersionType, _RuntimeServ
     See https://kep.k8s.io/5825 for more details.
     """
 
-    PodSandboxStats: _RuntimeServicePodSandboxStatsType
+    PodSandboxStats: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.PodSandboxStatsRequest,
+        cri_py.api.api_pb2.PodSandboxStatsResponse,
+    ]
     """PodSandboxStats returns stats of the pod sandbox. If the pod sandbox does not
     exist, the call returns an error.
     """
 
-    ListPodSandboxStats: _RuntimeServiceListPodSandboxStatsType
+    ListPodSandboxStats: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.ListPodSandboxStatsRequest,
+        cri_py.api.api_pb2.ListPodSandboxStatsResponse,
+    ]
     """ListPodSandboxStats returns stats of the pod sandboxes matching a filter."""
 
-    StreamPodSandboxStats: _RuntimeServiceStreamPodSandboxStatsType
+    StreamPodSandboxStats: grpc.UnaryStreamMultiCallable[
+        cri_py.api.api_pb2.StreamPodSandboxStatsRequest,
+        cri_py.api.api_pb2.StreamPodSandboxStatsResponse,
+    ]
     """StreamPodSandboxStats returns a stream of pod sandbox stats.
     This is an alternative to ListPodSandboxStats that streams results in
     lists of at least one item, avoiding the gRPC message size limit for
@@ -1107,16 +282,28 @@ class RuntimeServiceStub(typing.Generic[_RuntimeServiceVersionType, _RuntimeServ
     See https://kep.k8s.io/5825 for more details.
     """
 
-    UpdateRuntimeConfig: _RuntimeServiceUpdateRuntimeConfigType
+    UpdateRuntimeConfig: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.UpdateRuntimeConfigRequest,
+        cri_py.api.api_pb2.UpdateRuntimeConfigResponse,
+    ]
     """UpdateRuntimeConfig updates the runtime configuration based on the given request."""
 
-    Status: _RuntimeServiceStatusType
+    Status: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.StatusRequest,
+        cri_py.api.api_pb2.StatusResponse,
+    ]
     """Status returns the status of the runtime."""
 
-    CheckpointContainer: _RuntimeServiceCheckpointContainerType
+    CheckpointContainer: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.CheckpointContainerRequest,
+        cri_py.api.api_pb2.CheckpointContainerResponse,
+    ]
     """CheckpointContainer checkpoints a container"""
 
-    CheckpointPod: _RuntimeServiceCheckpointPodType
+    CheckpointPod: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.CheckpointPodRequest,
+        cri_py.api.api_pb2.CheckpointPodResponse,
+    ]
     """CheckpointPod creates a Pod-level checkpoint. The caller must set a
     deadline on the call. If the pod sandbox does not exist, the deadline is
     exceeded, or the checkpoint operation fails, the call returns an error.
@@ -1128,7 +315,10 @@ class RuntimeServiceStub(typing.Generic[_RuntimeServiceVersionType, _RuntimeServ
     pod-wide cut while ensuring the runtime never returns a frozen pod.
     """
 
-    RestorePod: _RuntimeServiceRestorePodType
+    RestorePod: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.RestorePodRequest,
+        cri_py.api.api_pb2.RestorePodResponse,
+    ]
     """RestorePod prepares a pod sandbox and containers from a checkpoint. The
     caller must set a deadline on the call. On success, every returned
     container must be in the CREATED state and must not have executed the
@@ -1137,10 +327,16 @@ class RuntimeServiceStub(typing.Generic[_RuntimeServiceVersionType, _RuntimeServ
     any sandbox and containers created by the call before returning.
     """
 
-    GetContainerEvents: _RuntimeServiceGetContainerEventsType
+    GetContainerEvents: grpc.UnaryStreamMultiCallable[
+        cri_py.api.api_pb2.GetEventsRequest,
+        cri_py.api.api_pb2.ContainerEventResponse,
+    ]
     """GetContainerEvents gets container events from the CRI runtime"""
 
-    ListMetricDescriptors: _RuntimeServiceListMetricDescriptorsType
+    ListMetricDescriptors: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.ListMetricDescriptorsRequest,
+        cri_py.api.api_pb2.ListMetricDescriptorsResponse,
+    ]
     """ListMetricDescriptors gets the descriptors for the metrics that will be returned in ListPodSandboxMetrics.
     This list should be static at startup: either the client and server restart together when
     adding or removing metrics descriptors, or they should not change.
@@ -1148,10 +344,16 @@ class RuntimeServiceStub(typing.Generic[_RuntimeServiceVersionType, _RuntimeServ
     ListMetricDescriptors call, then the metric will not be broadcasted.
     """
 
-    ListPodSandboxMetrics: _RuntimeServiceListPodSandboxMetricsType
+    ListPodSandboxMetrics: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.ListPodSandboxMetricsRequest,
+        cri_py.api.api_pb2.ListPodSandboxMetricsResponse,
+    ]
     """ListPodSandboxMetrics gets pod sandbox metrics from CRI Runtime"""
 
-    StreamPodSandboxMetrics: _RuntimeServiceStreamPodSandboxMetricsType
+    StreamPodSandboxMetrics: grpc.UnaryStreamMultiCallable[
+        cri_py.api.api_pb2.StreamPodSandboxMetricsRequest,
+        cri_py.api.api_pb2.StreamPodSandboxMetricsResponse,
+    ]
     """StreamPodSandboxMetrics returns a stream of pod sandbox metrics.
     This is an alternative to ListPodSandboxMetrics that streams results in
     lists of at least one item, avoiding the gRPC message size limit for
@@ -1167,7 +369,10 @@ class RuntimeServiceStub(typing.Generic[_RuntimeServiceVersionType, _RuntimeServ
     See https://kep.k8s.io/5825 for more details.
     """
 
-    RuntimeConfig: _RuntimeServiceRuntimeConfigType
+    RuntimeConfig: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.RuntimeConfigRequest,
+        cri_py.api.api_pb2.RuntimeConfigResponse,
+    ]
     """RuntimeConfig returns configuration information of the runtime.
     A couple of notes:
     - The RuntimeConfigRequest object is not to be confused with the contents of UpdateRuntimeConfigRequest.
@@ -1177,7 +382,10 @@ class RuntimeServiceStub(typing.Generic[_RuntimeServiceVersionType, _RuntimeServ
       avoid updating them without a full node reboot.
     """
 
-    UpdatePodSandboxResources: _RuntimeServiceUpdatePodSandboxResourcesType
+    UpdatePodSandboxResources: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.UpdatePodSandboxResourcesRequest,
+        cri_py.api.api_pb2.UpdatePodSandboxResourcesResponse,
+    ]
     """UpdatePodSandboxResources synchronously updates the PodSandboxConfig with
     the pod-level resource configuration. This method is called _after_ the
     Kubelet reconfigures the pod-level cgroups.
@@ -1185,156 +393,364 @@ class RuntimeServiceStub(typing.Generic[_RuntimeServiceVersionType, _RuntimeServ
     Kubelet with proceeding with a resize.
     """
 
-RuntimeServiceAsyncStub: typing_extensions.TypeAlias = RuntimeServiceStub[
-    grpc.aio.UnaryUnaryMultiCallable[
+class RuntimeServiceAsyncStub:
+    """Runtime service defines the public APIs for remote container runtimes"""
+
+    Version: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.VersionRequest,
         cri_py.api.api_pb2.VersionResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """Version returns the runtime name, runtime version, and runtime API version."""
+
+    RunPodSandbox: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.RunPodSandboxRequest,
         cri_py.api.api_pb2.RunPodSandboxResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """RunPodSandbox creates and starts a pod-level sandbox. Runtimes must ensure
+    the sandbox is in the ready state on success.
+    """
+
+    StopPodSandbox: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.StopPodSandboxRequest,
         cri_py.api.api_pb2.StopPodSandboxResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """StopPodSandbox stops any running process that is part of the sandbox and
+    reclaims network resources (e.g., IP addresses) allocated to the sandbox.
+    If there are any running containers in the sandbox, they must be forcibly
+    terminated.
+    This call is idempotent, and must not return an error if all relevant
+    resources have already been reclaimed. kubelet will call StopPodSandbox
+    at least once before calling RemovePodSandbox. It will also attempt to
+    reclaim resources eagerly, as soon as a sandbox is not needed. Hence,
+    multiple StopPodSandbox calls are expected.
+    """
+
+    RemovePodSandbox: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.RemovePodSandboxRequest,
         cri_py.api.api_pb2.RemovePodSandboxResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """RemovePodSandbox removes the sandbox. If there are any running containers
+    in the sandbox, they must be forcibly terminated and removed.
+    This call is idempotent, and must not return an error if the sandbox has
+    already been removed.
+    """
+
+    PodSandboxStatus: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.PodSandboxStatusRequest,
         cri_py.api.api_pb2.PodSandboxStatusResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """PodSandboxStatus returns the status of the PodSandbox. If the PodSandbox is not
+    present, returns an error.
+    """
+
+    ListPodSandbox: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.ListPodSandboxRequest,
         cri_py.api.api_pb2.ListPodSandboxResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
+    ]
+    """ListPodSandbox returns a list of PodSandboxes."""
+
+    StreamPodSandboxes: grpc.aio.UnaryStreamMultiCallable[
         cri_py.api.api_pb2.StreamPodSandboxesRequest,
         cri_py.api.api_pb2.StreamPodSandboxesResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """StreamPodSandboxes returns a stream of PodSandboxes.
+    This is an alternative to ListPodSandbox that streams results in lists
+    of at least one item, avoiding the gRPC message size limit for nodes with
+    many pods. The number of items per list may vary depending on the
+    container runtime. Each item must appear in exactly one response and must
+    not be duplicated across responses in the same stream. The server must
+    close the stream with EOF after all items have been sent. The kubelet
+    collects all items from the stream and processes them all at once after
+    the stream completes. The kubelet enforces a timeout on the entire stream
+    and will discard partial results if the stream is not completed in time.
+    Feature gate: CRIListStreaming
+    See https://kep.k8s.io/5825 for more details.
+    """
+
+    CreateContainer: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.CreateContainerRequest,
         cri_py.api.api_pb2.CreateContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """CreateContainer creates a new container in specified PodSandbox"""
+
+    StartContainer: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.StartContainerRequest,
         cri_py.api.api_pb2.StartContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """StartContainer starts the container."""
+
+    StopContainer: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.StopContainerRequest,
         cri_py.api.api_pb2.StopContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """StopContainer stops a running container with a grace period (i.e., timeout).
+    This call is idempotent, and must not return an error if the container has
+    already been stopped.
+    The runtime must forcibly kill the container after the grace period is
+    reached.
+    """
+
+    RemoveContainer: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.RemoveContainerRequest,
         cri_py.api.api_pb2.RemoveContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """RemoveContainer removes the container. If the container is running, the
+    container must be forcibly removed.
+    This call is idempotent, and must not return an error if the container has
+    already been removed.
+    """
+
+    ListContainers: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.ListContainersRequest,
         cri_py.api.api_pb2.ListContainersResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
+    ]
+    """ListContainers lists all containers by filters."""
+
+    StreamContainers: grpc.aio.UnaryStreamMultiCallable[
         cri_py.api.api_pb2.StreamContainersRequest,
         cri_py.api.api_pb2.StreamContainersResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """StreamContainers returns a stream of containers.
+    This is an alternative to ListContainers that streams results in lists
+    of at least one item, avoiding the gRPC message size limit for nodes with
+    many containers. The number of items per list may vary depending on the
+    container runtime. Each item must appear in exactly one response and must
+    not be duplicated across responses in the same stream. The server must
+    close the stream with EOF after all items have been sent. The kubelet
+    collects all items from the stream and processes them all at once after
+    the stream completes. The kubelet enforces a timeout on the entire stream
+    and will discard partial results if the stream is not completed in time.
+    Feature gate: CRIListStreaming
+    See https://kep.k8s.io/5825 for more details.
+    """
+
+    ContainerStatus: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.ContainerStatusRequest,
         cri_py.api.api_pb2.ContainerStatusResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """ContainerStatus returns status of the container. If the container is not
+    present, returns an error.
+    """
+
+    UpdateContainerResources: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.UpdateContainerResourcesRequest,
         cri_py.api.api_pb2.UpdateContainerResourcesResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """UpdateContainerResources updates ContainerConfig of the container synchronously.
+    If runtime fails to transactionally update the requested resources, an error is returned.
+    """
+
+    ReopenContainerLog: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.ReopenContainerLogRequest,
         cri_py.api.api_pb2.ReopenContainerLogResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """ReopenContainerLog asks runtime to reopen the stdout/stderr log file
+    for the container. This is often called after the log file has been
+    rotated. If the container is not running, container runtime can choose
+    to either create a new log file and return nil, or return an error.
+    Once it returns error, new container log file MUST NOT be created.
+    """
+
+    ExecSync: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.ExecSyncRequest,
         cri_py.api.api_pb2.ExecSyncResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """ExecSync runs a command in a container synchronously."""
+
+    Exec: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.ExecRequest,
         cri_py.api.api_pb2.ExecResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """Exec prepares a streaming endpoint to execute a command in the container."""
+
+    Attach: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.AttachRequest,
         cri_py.api.api_pb2.AttachResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """Attach prepares a streaming endpoint to attach to a running container."""
+
+    PortForward: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.PortForwardRequest,
         cri_py.api.api_pb2.PortForwardResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """PortForward prepares a streaming endpoint to forward ports from a PodSandbox."""
+
+    ContainerStats: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.ContainerStatsRequest,
         cri_py.api.api_pb2.ContainerStatsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """ContainerStats returns stats of the container. If the container does not
+    exist, the call returns an error.
+    """
+
+    ListContainerStats: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.ListContainerStatsRequest,
         cri_py.api.api_pb2.ListContainerStatsResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
+    ]
+    """ListContainerStats returns stats of all running containers."""
+
+    StreamContainerStats: grpc.aio.UnaryStreamMultiCallable[
         cri_py.api.api_pb2.StreamContainerStatsRequest,
         cri_py.api.api_pb2.StreamContainerStatsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """StreamContainerStats returns a stream of container stats.
+    This is an alternative to ListContainerStats that streams results in
+    lists of at least one item, avoiding the gRPC message size limit for
+    nodes with many containers. The number of items per list may vary
+    depending on the container runtime. Each item must appear in exactly one
+    response and must not be duplicated across responses in the same stream.
+    The server must close the stream with EOF after all items have been sent.
+    The kubelet collects all items from the stream and processes them all at
+    once after the stream completes. The kubelet enforces a timeout on the
+    entire stream and will discard partial results if the stream is not
+    completed in time.
+    Feature gate: CRIListStreaming
+    See https://kep.k8s.io/5825 for more details.
+    """
+
+    PodSandboxStats: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.PodSandboxStatsRequest,
         cri_py.api.api_pb2.PodSandboxStatsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """PodSandboxStats returns stats of the pod sandbox. If the pod sandbox does not
+    exist, the call returns an error.
+    """
+
+    ListPodSandboxStats: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.ListPodSandboxStatsRequest,
         cri_py.api.api_pb2.ListPodSandboxStatsResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
+    ]
+    """ListPodSandboxStats returns stats of the pod sandboxes matching a filter."""
+
+    StreamPodSandboxStats: grpc.aio.UnaryStreamMultiCallable[
         cri_py.api.api_pb2.StreamPodSandboxStatsRequest,
         cri_py.api.api_pb2.StreamPodSandboxStatsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """StreamPodSandboxStats returns a stream of pod sandbox stats.
+    This is an alternative to ListPodSandboxStats that streams results in
+    lists of at least one item, avoiding the gRPC message size limit for
+    nodes with many pods. The number of items per list may vary depending on
+    the container runtime. Each item must appear in exactly one response and
+    must not be duplicated across responses in the same stream. The server
+    must close the stream with EOF after all items have been sent. The
+    kubelet collects all items from the stream and processes them all at once
+    after the stream completes. The kubelet enforces a timeout on the entire
+    stream and will discard partial results if the stream is not completed
+    in time.
+    Feature gate: CRIListStreaming
+    See https://kep.k8s.io/5825 for more details.
+    """
+
+    UpdateRuntimeConfig: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.UpdateRuntimeConfigRequest,
         cri_py.api.api_pb2.UpdateRuntimeConfigResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """UpdateRuntimeConfig updates the runtime configuration based on the given request."""
+
+    Status: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.StatusRequest,
         cri_py.api.api_pb2.StatusResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """Status returns the status of the runtime."""
+
+    CheckpointContainer: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.CheckpointContainerRequest,
         cri_py.api.api_pb2.CheckpointContainerResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """CheckpointContainer checkpoints a container"""
+
+    CheckpointPod: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.CheckpointPodRequest,
         cri_py.api.api_pb2.CheckpointPodResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """CheckpointPod creates a Pod-level checkpoint. The caller must set a
+    deadline on the call. If the pod sandbox does not exist, the deadline is
+    exceeded, or the checkpoint operation fails, the call returns an error.
+    The pod sandbox and containers must be running when the call starts. The
+    runtime must pause every selected container before capturing any of
+    them, keep all selected containers paused until every selected
+    container has been captured, and resume all of them before returning on
+    success, error, or deadline expiry. This produces one consistent
+    pod-wide cut while ensuring the runtime never returns a frozen pod.
+    """
+
+    RestorePod: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.RestorePodRequest,
         cri_py.api.api_pb2.RestorePodResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
+    ]
+    """RestorePod prepares a pod sandbox and containers from a checkpoint. The
+    caller must set a deadline on the call. On success, every returned
+    container must be in the CREATED state and must not have executed the
+    restored process; the caller invokes its pre-start hooks and then calls
+    StartContainer for each returned ID. On error, the runtime must remove
+    any sandbox and containers created by the call before returning.
+    """
+
+    GetContainerEvents: grpc.aio.UnaryStreamMultiCallable[
         cri_py.api.api_pb2.GetEventsRequest,
         cri_py.api.api_pb2.ContainerEventResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """GetContainerEvents gets container events from the CRI runtime"""
+
+    ListMetricDescriptors: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.ListMetricDescriptorsRequest,
         cri_py.api.api_pb2.ListMetricDescriptorsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """ListMetricDescriptors gets the descriptors for the metrics that will be returned in ListPodSandboxMetrics.
+    This list should be static at startup: either the client and server restart together when
+    adding or removing metrics descriptors, or they should not change.
+    Put differently, if ListPodSandboxMetrics references a name that is not described in the initial
+    ListMetricDescriptors call, then the metric will not be broadcasted.
+    """
+
+    ListPodSandboxMetrics: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.ListPodSandboxMetricsRequest,
         cri_py.api.api_pb2.ListPodSandboxMetricsResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
+    ]
+    """ListPodSandboxMetrics gets pod sandbox metrics from CRI Runtime"""
+
+    StreamPodSandboxMetrics: grpc.aio.UnaryStreamMultiCallable[
         cri_py.api.api_pb2.StreamPodSandboxMetricsRequest,
         cri_py.api.api_pb2.StreamPodSandboxMetricsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """StreamPodSandboxMetrics returns a stream of pod sandbox metrics.
+    This is an alternative to ListPodSandboxMetrics that streams results in
+    lists of at least one item, avoiding the gRPC message size limit for
+    nodes with many pods. The number of items per list may vary depending on
+    the container runtime. Each item must appear in exactly one response and
+    must not be duplicated across responses in the same stream. The server
+    must close the stream with EOF after all items have been sent. The
+    kubelet collects all items from the stream and processes them all at once
+    after the stream completes. The kubelet enforces a timeout on the entire
+    stream and will discard partial results if the stream is not completed
+    in time.
+    Feature gate: CRIListStreaming
+    See https://kep.k8s.io/5825 for more details.
+    """
+
+    RuntimeConfig: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.RuntimeConfigRequest,
         cri_py.api.api_pb2.RuntimeConfigResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """RuntimeConfig returns configuration information of the runtime.
+    A couple of notes:
+    - The RuntimeConfigRequest object is not to be confused with the contents of UpdateRuntimeConfigRequest.
+      The former is for having runtime tell Kubelet what to do, the latter vice versa.
+    - It is the expectation of the Kubelet that these fields are static for the lifecycle of the Kubelet.
+      The Kubelet will not re-request the RuntimeConfiguration after startup, and CRI implementations should
+      avoid updating them without a full node reboot.
+    """
+
+    UpdatePodSandboxResources: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.UpdatePodSandboxResourcesRequest,
         cri_py.api.api_pb2.UpdatePodSandboxResourcesResponse,
-    ],
-]
+    ]
+    """UpdatePodSandboxResources synchronously updates the PodSandboxConfig with
+    the pod-level resource configuration. This method is called _after_ the
+    Kubelet reconfigures the pod-level cgroups.
+    This request is treated as best effort, and failure will not block the
+    Kubelet with proceeding with a resize.
+    """
 
 class RuntimeServiceServicer(metaclass=abc.ABCMeta):
     """Runtime service defines the public APIs for remote container runtimes"""
@@ -1771,165 +1187,20 @@ class RuntimeServiceServicer(metaclass=abc.ABCMeta):
 
 def add_RuntimeServiceServicer_to_server(servicer: RuntimeServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...
 
-_ImageServiceListImagesType = typing_extensions.TypeVar(
-    '_ImageServiceListImagesType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListImagesRequest,
-        cri_py.api.api_pb2.ListImagesResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListImagesRequest,
-        cri_py.api.api_pb2.ListImagesResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ListImagesRequest,
-        cri_py.api.api_pb2.ListImagesResponse,
-    ],
-)
-
-_ImageServiceStreamImagesType = typing_extensions.TypeVar(
-    '_ImageServiceStreamImagesType',
-    grpc.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.StreamImagesRequest,
-        cri_py.api.api_pb2.StreamImagesResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.StreamImagesRequest,
-        cri_py.api.api_pb2.StreamImagesResponse,
-    ],
-    default=grpc.UnaryStreamMultiCallable[
-        cri_py.api.api_pb2.StreamImagesRequest,
-        cri_py.api.api_pb2.StreamImagesResponse,
-    ],
-)
-
-_ImageServiceImageStatusType = typing_extensions.TypeVar(
-    '_ImageServiceImageStatusType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ImageStatusRequest,
-        cri_py.api.api_pb2.ImageStatusResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ImageStatusRequest,
-        cri_py.api.api_pb2.ImageStatusResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ImageStatusRequest,
-        cri_py.api.api_pb2.ImageStatusResponse,
-    ],
-)
-
-_ImageServicePullImageType = typing_extensions.TypeVar(
-    '_ImageServicePullImageType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.PullImageRequest,
-        cri_py.api.api_pb2.PullImageResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.PullImageRequest,
-        cri_py.api.api_pb2.PullImageResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.PullImageRequest,
-        cri_py.api.api_pb2.PullImageResponse,
-    ],
-)
-
-_ImageServiceRemoveImageType = typing_extensions.TypeVar(
-    '_ImageServiceRemoveImageType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.RemoveImageRequest,
-        cri_py.api.api_pb2.RemoveImageResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.RemoveImageRequest,
-        cri_py.api.api_pb2.RemoveImageResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.RemoveImageRequest,
-        cri_py.api.api_pb2.RemoveImageResponse,
-    ],
-)
-
-_ImageServiceImageFsInfoType = typing_extensions.TypeVar(
-    '_ImageServiceImageFsInfoType',
-    grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ImageFsInfoRequest,
-        cri_py.api.api_pb2.ImageFsInfoResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ImageFsInfoRequest,
-        cri_py.api.api_pb2.ImageFsInfoResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        cri_py.api.api_pb2.ImageFsInfoRequest,
-        cri_py.api.api_pb2.ImageFsInfoResponse,
-    ],
-)
-
-class ImageServiceStub(typing.Generic[_ImageServiceListImagesType, _ImageServiceStreamImagesType, _ImageServiceImageStatusType, _ImageServicePullImageType, _ImageServiceRemoveImageType, _ImageServiceImageFsInfoType]):
+class ImageServiceStub:
     """ImageService defines the public APIs for managing images."""
 
-    @typing.overload
-    def __init__(self: ImageServiceStub[
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ListImagesRequest,
-            cri_py.api.api_pb2.ListImagesResponse,
-        ],
-        grpc.UnaryStreamMultiCallable[
-            cri_py.api.api_pb2.StreamImagesRequest,
-            cri_py.api.api_pb2.StreamImagesResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ImageStatusRequest,
-            cri_py.api.api_pb2.ImageStatusResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.PullImageRequest,
-            cri_py.api.api_pb2.PullImageResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.RemoveImageRequest,
-            cri_py.api.api_pb2.RemoveImageResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ImageFsInfoRequest,
-            cri_py.api.api_pb2.ImageFsInfoResponse,
-        ],
-    ], channel: grpc.Channel) -> None: ...
-
-    @typing.overload
-    def __init__(self: ImageServiceStub[
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ListImagesRequest,
-            cri_py.api.api_pb2.ListImagesResponse,
-        ],
-        grpc.aio.UnaryStreamMultiCallable[
-            cri_py.api.api_pb2.StreamImagesRequest,
-            cri_py.api.api_pb2.StreamImagesResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ImageStatusRequest,
-            cri_py.api.api_pb2.ImageStatusResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.PullImageRequest,
-            cri_py.api.api_pb2.PullImageResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.RemoveImageRequest,
-            cri_py.api.api_pb2.RemoveImageResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            cri_py.api.api_pb2.ImageFsInfoRequest,
-            cri_py.api.api_pb2.ImageFsInfoResponse,
-        ],
-    ], channel: grpc.aio.Channel) -> None: ...
-
-    ListImages: _ImageServiceListImagesType
+    def __init__(self, channel: typing.Union[grpc.Channel, grpc.aio.Channel]) -> None: ...
+    ListImages: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.ListImagesRequest,
+        cri_py.api.api_pb2.ListImagesResponse,
+    ]
     """ListImages lists existing images."""
 
-    StreamImages: _ImageServiceStreamImagesType
+    StreamImages: grpc.UnaryStreamMultiCallable[
+        cri_py.api.api_pb2.StreamImagesRequest,
+        cri_py.api.api_pb2.StreamImagesResponse,
+    ]
     """StreamImages returns a stream of images.
     This is an alternative to ListImages that streams results in lists of at
     least one item, avoiding the gRPC message size limit for nodes with many
@@ -1944,16 +1215,25 @@ class ImageServiceStub(typing.Generic[_ImageServiceListImagesType, _ImageService
     See https://kep.k8s.io/5825 for more details.
     """
 
-    ImageStatus: _ImageServiceImageStatusType
+    ImageStatus: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.ImageStatusRequest,
+        cri_py.api.api_pb2.ImageStatusResponse,
+    ]
     """ImageStatus returns the status of the image. If the image is not
     present, returns a response with ImageStatusResponse.Image set to
     nil.
     """
 
-    PullImage: _ImageServicePullImageType
+    PullImage: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.PullImageRequest,
+        cri_py.api.api_pb2.PullImageResponse,
+    ]
     """PullImage pulls an image with authentication config."""
 
-    RemoveImage: _ImageServiceRemoveImageType
+    RemoveImage: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.RemoveImageRequest,
+        cri_py.api.api_pb2.RemoveImageResponse,
+    ]
     """RemoveImage removes the image.
     This call is idempotent, and must not return an error if the image has
     already been removed.
@@ -1966,37 +1246,79 @@ class ImageServiceStub(typing.Generic[_ImageServiceListImagesType, _ImageService
     and not guaranteed to be cleaned up by the time this method returns.
     """
 
-    ImageFsInfo: _ImageServiceImageFsInfoType
+    ImageFsInfo: grpc.UnaryUnaryMultiCallable[
+        cri_py.api.api_pb2.ImageFsInfoRequest,
+        cri_py.api.api_pb2.ImageFsInfoResponse,
+    ]
     """ImageFSInfo returns information of the filesystem that is used to store images.
     Usage information may include images that were removed, but are still being cleaned up.
     """
 
-ImageServiceAsyncStub: typing_extensions.TypeAlias = ImageServiceStub[
-    grpc.aio.UnaryUnaryMultiCallable[
+class ImageServiceAsyncStub:
+    """ImageService defines the public APIs for managing images."""
+
+    ListImages: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.ListImagesRequest,
         cri_py.api.api_pb2.ListImagesResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
+    ]
+    """ListImages lists existing images."""
+
+    StreamImages: grpc.aio.UnaryStreamMultiCallable[
         cri_py.api.api_pb2.StreamImagesRequest,
         cri_py.api.api_pb2.StreamImagesResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """StreamImages returns a stream of images.
+    This is an alternative to ListImages that streams results in lists of at
+    least one item, avoiding the gRPC message size limit for nodes with many
+    images. The number of items per list may vary depending on the container
+    runtime. Each item must appear in exactly one response and must not be
+    duplicated across responses in the same stream. The server must close the
+    stream with EOF after all items have been sent. The kubelet collects all
+    items from the stream and processes them all at once after the stream
+    completes. The kubelet enforces a timeout on the entire stream and will
+    discard partial results if the stream is not completed in time.
+    Feature gate: CRIListStreaming
+    See https://kep.k8s.io/5825 for more details.
+    """
+
+    ImageStatus: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.ImageStatusRequest,
         cri_py.api.api_pb2.ImageStatusResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """ImageStatus returns the status of the image. If the image is not
+    present, returns a response with ImageStatusResponse.Image set to
+    nil.
+    """
+
+    PullImage: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.PullImageRequest,
         cri_py.api.api_pb2.PullImageResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """PullImage pulls an image with authentication config."""
+
+    RemoveImage: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.RemoveImageRequest,
         cri_py.api.api_pb2.RemoveImageResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+    """RemoveImage removes the image.
+    This call is idempotent, and must not return an error if the image has
+    already been removed.
+    Note that if the image is referenced by multiple tags (even across different repositories
+    if they resolve to the same image digest), removing the image by a single tag
+    will remove all of its tags. For example, if `repo/image:v1` and `another_repo/image:latest`
+    point to the same image, removing `repo/image:v1` will also remove `another_repo/image:latest`.
+    The next call to ListImages, ImageStatus, ImageFsInfo will not return this image.
+    The resources (e.g. disk space) may be cleaned asynchronously
+    and not guaranteed to be cleaned up by the time this method returns.
+    """
+
+    ImageFsInfo: grpc.aio.UnaryUnaryMultiCallable[
         cri_py.api.api_pb2.ImageFsInfoRequest,
         cri_py.api.api_pb2.ImageFsInfoResponse,
-    ],
-]
+    ]
+    """ImageFSInfo returns information of the filesystem that is used to store images.
+    Usage information may include images that were removed, but are still being cleaned up.
+    """
 
 class ImageServiceServicer(metaclass=abc.ABCMeta):
     """ImageService defines the public APIs for managing images."""

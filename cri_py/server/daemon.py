@@ -19,12 +19,12 @@ from pathlib import Path
 import grpc
 
 import cri_py
-from cri_py.api import api_pb2_grpc as pb_grpc
+from cri_py.api import api_pb2 as pb
 from cri_py.config import Config
 from cri_py.errors import StartupError
 from cri_py.log import get_logger
 from cri_py.runtime.node import NodeState
-from cri_py.server.guard import Guarded
+from cri_py.server.guard import service_handler
 from cri_py.server.images import ImageServicer
 from cri_py.server.runtime import RuntimeServicer
 
@@ -89,12 +89,13 @@ def build_server(config: Config, node: NodeState) -> grpc.aio.Server:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
     )
-    runtime = Guarded(
-        RuntimeServicer(config, node), pb_grpc.RuntimeServiceServicer, "runtime.v1.RuntimeService"
+    services = pb.DESCRIPTOR.services_by_name
+    server.add_generic_rpc_handlers(
+        [
+            service_handler(services["RuntimeService"], pb, RuntimeServicer(config, node)),
+            service_handler(services["ImageService"], pb, ImageServicer()),
+        ]
     )
-    images = Guarded(ImageServicer(), pb_grpc.ImageServiceServicer, "runtime.v1.ImageService")
-    pb_grpc.add_RuntimeServiceServicer_to_server(runtime, server)  # type: ignore[arg-type]
-    pb_grpc.add_ImageServiceServicer_to_server(images, server)  # type: ignore[arg-type]
     return server
 
 

@@ -2,21 +2,23 @@
 
 A `CriError` becomes its own gRPC status; any other exception is a bug, logged with its
 traceback and answered as INTERNAL with a short message (never a traceback to the client).
-RPCs a servicer does not override answer UNIMPLEMENTED. Wrapping happens once, at
-registration, so a call pays one extra frame and no lookups.
+RPCs a servicer lacks answer UNIMPLEMENTED; malformed requests answer INVALID_ARGUMENT.
+Wrapping happens once, at startup, so a call pays one extra frame and no lookups.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from types import ModuleType
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
 
-from cri_py.errors import CriError, Unimplemented
+from cri_py.errors import CriError, InvalidArgument, Unimplemented
 from cri_py.log import get_logger
 
 log = get_logger("cri_py.server")
@@ -25,7 +27,8 @@ log = get_logger("cri_py.server")
 _HOT_SUFFIXES = ("Status", "Stats", "FsInfo")
 _HOT_PREFIXES = ("List", "Version")
 
-Handler = Callable[[Any, grpc.aio.ServicerContext], Any]
+Context = grpc.aio.ServicerContext[Any, Any]
+Handler = Callable[[Any, Context], Any]
 
 
 def is_hot(rpc: str) -> bool:
@@ -61,21 +64,25 @@ def _log_call(rpc: str, started: float, error: BaseException | None) -> tuple[gr
     return code, message
 
 
-def _unimplemented(service: str, rpc: str) -> Handler:
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.perf_counter()
-        error = Unimplemented(f"{service}/{rpc} is not implemented by cri-py yet")
-        code, message = _log_call(rpc, started, error)
-        await context.abort(code, message)
+def _decoder(rpc: str, message: type[Message]) -> Callable[[bytes], Message]:
+    """Parses a request; a malformed one is the client's error, not a crash of ours."""
 
-    return handler
+    def decode(data: bytes) -> Message:
+        try:
+            return message.FromString(data)
+        except DecodeError as e:
+            raise InvalidArgument(f"{rpc}: malformed {message.__name__}: {e}") from None
+
+    return decode
 
 
-def guard_unary(rpc: str, method: Callable[[Any, Any], Awaitable[Any]]) -> Handler:
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+def _unary(
+    rpc: str, decode: Callable[[bytes], Message], method: Callable[[Any, Context], Awaitable[Any]]
+) -> Handler:
+    async def handler(data: bytes, context: Context) -> Any:
         started = time.perf_counter()
         try:
-            response = await method(request, context)
+            response = await method(decode(data), context)
         except grpc.aio.AbortError:
             raise
         except Exception as e:  # the one place where every error is turned into a status
@@ -87,11 +94,15 @@ def guard_unary(rpc: str, method: Callable[[Any, Any], Awaitable[Any]]) -> Handl
     return handler
 
 
-def guard_stream(rpc: str, method: Callable[[Any, Any], AsyncIterator[Any]]) -> Handler:
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+def _stream(
+    rpc: str,
+    decode: Callable[[bytes], Message],
+    method: Callable[[Any, Context], AsyncIterator[Any]],
+) -> Handler:
+    async def handler(data: bytes, context: Context) -> AsyncIterator[Any]:
         started = time.perf_counter()
         try:
-            async for item in method(request, context):
+            async for item in method(decode(data), context):
                 yield item
         except grpc.aio.AbortError:
             raise
@@ -103,22 +114,35 @@ def guard_stream(rpc: str, method: Callable[[Any, Any], AsyncIterator[Any]]) -> 
     return handler
 
 
-class Guarded:
-    """A servicer look-alike whose every RPC attribute is the guarded form of `servicer`'s.
+def _unimplemented(service: str, rpc: str) -> Callable[[Any, Context], Awaitable[Any]]:
+    async def method(request: Any, context: Context) -> Any:
+        raise Unimplemented(f"{service}/{rpc} is not implemented by cri-py yet")
 
-    `base` is the generated servicer class: a method `servicer` does not override is one cri-py
-    has not built, and answers UNIMPLEMENTED with a message saying so.
+    return method
+
+
+def service_handler(
+    service: ServiceDescriptor, messages: ModuleType, servicer: object
+) -> grpc.GenericRpcHandler[Any, Any]:
+    """The gRPC handler of one service, every RPC guarded; built once, at startup.
+
+    The RPCs come from the proto's service descriptor: one that `servicer` lacks is one cri-py
+    has not built, and answers UNIMPLEMENTED with a message saying so. Requests arrive as bytes
+    and are parsed inside the guard so that malformed ones get INVALID_ARGUMENT.
     """
-
-    def __init__(self, servicer: object, base: type, service: str) -> None:
-        for rpc, default in inspect.getmembers(base, inspect.isfunction):
-            if rpc.startswith("_"):
-                continue
-            if getattr(type(servicer), rpc) is default:
-                setattr(self, rpc, _unimplemented(service, rpc))
-                continue
-            method = getattr(servicer, rpc)
-            if inspect.isasyncgenfunction(method):
-                setattr(self, rpc, guard_stream(rpc, method))
-            else:
-                setattr(self, rpc, guard_unary(rpc, method))
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for rpc in service.methods:
+        decode = _decoder(rpc.name, getattr(messages, rpc.input_type.name))
+        serialize = getattr(messages, rpc.output_type.name).SerializeToString
+        method: Any = getattr(servicer, rpc.name, None)
+        if method is None:
+            method = _unimplemented(service.full_name, rpc.name)
+        if rpc.server_streaming:
+            handlers[rpc.name] = grpc.unary_stream_rpc_method_handler(
+                _stream(rpc.name, decode, method), response_serializer=serialize
+            )
+        else:
+            handlers[rpc.name] = grpc.unary_unary_rpc_method_handler(
+                _unary(rpc.name, decode, method), response_serializer=serialize
+            )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)

@@ -1,9 +1,7 @@
-"""runtime.v1.ImageService: not built yet; every RPC answers UNIMPLEMENTED through the guard."""
+"""runtime.v1.ImageService: nothing built yet; every RPC answers UNIMPLEMENTED via the guard."""
 
 from __future__ import annotations
 
-from cri_py.api import api_pb2_grpc as pb_grpc
 
-
-class ImageServicer(pb_grpc.ImageServiceServicer):
-    pass
+class ImageServicer:
+    """The RPCs of runtime.v1.ImageService built so far (see `Guarded` for the rest)."""

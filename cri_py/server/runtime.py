@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 
-import grpc
-
 import cri_py
 from cri_py.api import api_pb2 as pb
-from cri_py.api import api_pb2_grpc as pb_grpc
 from cri_py.config import Config, to_data
 from cri_py.runtime.node import NETWORK_NOT_BUILT, NodeState, conditions
+from cri_py.server.guard import Context
 
 RUNTIME_NAME = "cri-py"
 # The CRI's own version string for the Version RPC's `version` field (kubelet ignores it).
@@ -18,14 +16,14 @@ KUBELET_API_VERSION = "0.1.0"
 RUNTIME_API_VERSION = "v1"
 
 
-class RuntimeServicer(pb_grpc.RuntimeServiceServicer):
+class RuntimeServicer:
+    """The RPCs of runtime.v1.RuntimeService built so far (see `Guarded` for the rest)."""
+
     def __init__(self, config: Config, node: NodeState) -> None:
         self._config = config
         self._node = node
 
-    async def Version(
-        self, request: pb.VersionRequest, context: grpc.aio.ServicerContext
-    ) -> pb.VersionResponse:
+    async def Version(self, request: pb.VersionRequest, context: Context) -> pb.VersionResponse:
         return pb.VersionResponse(
             version=KUBELET_API_VERSION,
             runtime_name=RUNTIME_NAME,
@@ -33,9 +31,7 @@ class RuntimeServicer(pb_grpc.RuntimeServiceServicer):
             runtime_api_version=RUNTIME_API_VERSION,
         )
 
-    async def Status(
-        self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
-    ) -> pb.StatusResponse:
+    async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusResponse:
         status = pb.RuntimeStatus(
             conditions=[
                 pb.RuntimeCondition(
@@ -57,14 +53,14 @@ class RuntimeServicer(pb_grpc.RuntimeServiceServicer):
         )
 
     async def RuntimeConfig(
-        self, request: pb.RuntimeConfigRequest, context: grpc.aio.ServicerContext
+        self, request: pb.RuntimeConfigRequest, context: Context
     ) -> pb.RuntimeConfigResponse:
         return pb.RuntimeConfigResponse(
             linux=pb.LinuxRuntimeConfiguration(cgroup_driver=pb.CgroupDriver.CGROUPFS)
         )
 
     async def UpdateRuntimeConfig(
-        self, request: pb.UpdateRuntimeConfigRequest, context: grpc.aio.ServicerContext
+        self, request: pb.UpdateRuntimeConfigRequest, context: Context
     ) -> pb.UpdateRuntimeConfigResponse:
         self._node.set_pod_cidr(request.runtime_config.network_config.pod_cidr)
         return pb.UpdateRuntimeConfigResponse()

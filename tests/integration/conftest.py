@@ -1,0 +1,111 @@
+"""Shared fixtures for root-only tests against a real `cri-py serve` process.
+
+Each daemon gets its own root, run dir and socket under a temp dir and is stopped by its PID
+(never by name) when the test ends, pass or fail.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cri_py.api import api_pb2 as pb
+from cri_py.api import api_pb2_grpc as pb_grpc
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, /run)")
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen[bytes]
+    socket: Path
+    root_dir: Path
+    run_dir: Path
+    log_file: Path
+
+    @property
+    def address(self) -> str:
+        return f"unix://{self.socket}"
+
+    def runtime(self) -> pb_grpc.RuntimeServiceStub:
+        return pb_grpc.RuntimeServiceStub(grpc.insecure_channel(self.address))
+
+    def images(self) -> pb_grpc.ImageServiceStub:
+        return pb_grpc.ImageServiceStub(grpc.insecure_channel(self.address))
+
+    def log(self) -> str:
+        return self.log_file.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def start_daemon(base: Path, config_yaml: str = "", *extra: str, wait: bool = True) -> Daemon:
+    """Starts `cri-py serve` with state under `base`; waits until it answers Version."""
+    base.mkdir(parents=True, exist_ok=True)
+    config = base / "config.yaml"
+    config.write_text(config_yaml)
+    run_dir = base / "run"
+    sock = run_dir / "cri-py.sock"
+    log_file = base / "daemon.log"
+    args = [
+        sys.executable,
+        "-m",
+        "cri_py.cli",
+        "serve",
+        "--config",
+        str(config),
+        "--config-dir",
+        str(base / "config.d"),
+        "--root-dir",
+        str(base / "root"),
+        "--run-dir",
+        str(run_dir),
+        "--socket",
+        str(sock),
+        "--log-level",
+        "debug",
+        *extra,
+    ]
+    with log_file.open("wb") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    daemon = Daemon(process, sock, base / "root", run_dir, log_file)
+    if wait:
+        wait_serving(daemon)
+    return daemon
+
+
+def wait_serving(daemon: Daemon, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.process.poll() is not None:
+            raise AssertionError(f"daemon exited {daemon.process.returncode}:\n{daemon.log()}")
+        if daemon.socket.exists():
+            try:
+                daemon.runtime().Version(pb.VersionRequest(), timeout=1)
+                return
+            except grpc.RpcError:
+                pass
+        time.sleep(0.05)
+    daemon.stop(signal.SIGKILL)
+    raise AssertionError(f"daemon did not serve within {timeout}s:\n{daemon.log()}")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = start_daemon(tmp_path / "daemon")
+    try:
+        yield d
+    finally:
+        d.stop()
