@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs critest against a cri-py started here with throw-away state and the lab's registry
+# mirrors, then stops it (by PID). Usage: e2e/critest.sh [extra critest flags...]
+# FOCUS/SKIP choose specs (ginkgo regexps); the JUnit report lands in $RESULTS_DIR.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+tools=${TOOLS_DIR:-/var/cache/cri-py/tools}/bin
+python=${PYTHON:-$top/.venv/bin/python}
+results=${RESULTS_DIR:-$top/results/critest}
+focus=${FOCUS:-}
+skip=${SKIP:-}
+
+state=$(mktemp -d /tmp/cri-py-critest.XXXXXX)
+sock=$state/run/cri-py.sock
+mkdir -p "$results"
+"$python" -m cri_py.cli serve --config "$top/e2e/lab-config.yaml" --config-dir "$state/none" \
+    --root-dir "$state/root" --run-dir "$state/run" --socket "$sock" >"$results/cri-py.log" 2>&1 &
+daemon=$!
+cleanup() {
+    kill -TERM "$daemon" 2>/dev/null && wait "$daemon" || true
+    rm -rf "$state"
+}
+trap cleanup EXIT
+for _ in $(seq 100); do
+    [ -S "$sock" ] && "$tools/crictl" --runtime-endpoint "unix://$sock" version >/dev/null 2>&1 && break
+    kill -0 "$daemon" 2>/dev/null || { cat "$results/cri-py.log"; exit 1; }
+    sleep 0.1
+done
+
+args=(--runtime-endpoint "unix://$sock" --image-endpoint "unix://$sock"
+      --report-dir "$results" --ginkgo.no-color)
+[ -n "$focus" ] && args+=(--ginkgo.focus "$focus")
+[ -n "$skip" ] && args+=(--ginkgo.skip "$skip")
+rc=0
+(cd "$results" && "$tools/critest" "${args[@]}" "$@") >"$results/critest.log" 2>&1 || rc=$?
+# The one-line summary CI and people read: "N passed, N failed, N skipped".
+summary=$(grep -Eo '[0-9]+ Passed \| [0-9]+ Failed \| [0-9]+ Pending \| [0-9]+ Skipped' \
+    "$results/critest.log" | tail -n1 || true)
+grep -E '^\s*\[FAIL\]' "$results/critest.log" || true
+if [ -n "$summary" ]; then
+    echo "$summary" | awk '{print "critest: " $1 " passed, " $4 " failed, " $10 " skipped"}'
+else
+    tail -n 30 "$results/critest.log"
+fi
+exit $rc
