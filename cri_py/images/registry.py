@@ -1,0 +1,546 @@
+"""The OCI distribution client: which endpoints to try, how to authenticate, how to fetch.
+
+Owns HTTP (httpx), mirrors, bearer/basic auth and verification of what comes over the wire:
+manifests are checked against their digest before they are parsed, blobs are hashed and sized
+while they stream into the content store's writer (which refuses to commit a mismatch). What
+to fetch, and in which order, is the service's business; where bytes land is the store's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import ipaddress
+import re
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+
+from cri_py.config import ImagesConfig, RegistryHost
+from cri_py.errors import CriError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from cri_py.images.manifest import ACCEPTED_TYPES, MAX_MANIFEST_BYTES, Descriptor
+from cri_py.images.reference import Reference
+from cri_py.log import get_logger
+
+log = get_logger("cri_py.images.registry")
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+CONNECT_TIMEOUT_SECONDS = 30.0
+# Docker's token spec: a token without `expires_in` lives 60 s; renew a little early.
+TOKEN_TTL_SECONDS = 60.0
+TOKEN_RENEW_MARGIN_SECONDS = 5.0
+# Progress lines for a long download come at most this often (plus one at the end).
+PROGRESS_LOG_SECONDS = 10.0
+USER_AGENT = "cri-py"
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Registry credentials, from the CRI AuthConfig or the config file (never logged)."""
+
+    username: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
+    # An OAuth2 refresh token, exchanged at the token endpoint (Docker's "identitytoken").
+    identity_token: str = field(default="", repr=False)
+    # A bearer token sent as is.
+    registry_token: str = field(default="", repr=False)
+
+    @classmethod
+    def create(
+        cls,
+        username: str = "",
+        password: str = "",
+        auth: str = "",
+        identity_token: str = "",
+        registry_token: str = "",
+    ) -> Credentials:
+        """Builds credentials; `auth` is base64 `user:password` (Docker config.json style) and
+        fills username/password when they are not given."""
+        if auth and not username:
+            try:
+                decoded = base64.b64decode(auth, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                raise InvalidArgument("auth: not base64 of 'username:password'") from None
+            username, sep, password = decoded.partition(":")
+            if not sep:
+                raise InvalidArgument("auth: decoded value has no ':' between user and password")
+        return cls(username, password, identity_token, registry_token)
+
+    def __bool__(self) -> bool:
+        return bool(self.username or self.identity_token or self.registry_token)
+
+    def fingerprint(self) -> str:
+        """A stable, non-reversible key for caches and pull sharing."""
+        material = "\0".join(
+            (self.username, self.password, self.identity_token, self.registry_token)
+        )
+        return hashlib.sha256(material.encode()).hexdigest()[:16] if self else ""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One place a repository can be fetched from: a mirror or the registry host itself."""
+
+    base_url: str  # scheme://host[:port], no trailing slash
+    prefix: str  # a repository prefix on this endpoint (mirrors only), no slashes around
+    mirror: bool
+    verify: bool | str  # False: skip TLS verification; a str: a CA file
+    credentials: Credentials = field(default_factory=Credentials, repr=False)
+
+    def repository(self, ref: Reference) -> str:
+        return f"{self.prefix}/{ref.path}" if self.prefix else ref.path
+
+    def url(self, ref: Reference, kind: str, obj: str) -> str:
+        return f"{self.base_url}/v2/{self.repository(ref)}/{kind}/{obj}"
+
+    def __str__(self) -> str:
+        return f"{self.base_url}/{self.prefix}" if self.prefix else self.base_url
+
+
+def is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    name = name.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def endpoints_for(
+    ref: Reference,
+    registries: Mapping[str, RegistryHost],
+    request_credentials: Credentials | None = None,
+) -> tuple[Endpoint, ...]:
+    """The endpoints to try for `ref`, in order: its host's mirrors, then the host itself.
+
+    Pure. Credentials from the CRI request (kubelet picks them for the image's registry) go to
+    the host only, never to a mirror; a mirror gets the static credentials of a `registries`
+    entry keyed by its own host:port, if any. Loopback hosts are plain HTTP (as Docker treats
+    127.0.0.0/8 as insecure), and so is a host configured with `plain_http`.
+    """
+    host = registries.get(ref.domain) or RegistryHost()
+    verify: bool | str = host.ca_file or not host.insecure_skip_verify
+    endpoints: list[Endpoint] = []
+    for mirror in host.mirrors:
+        url = urlsplit(mirror)
+        own = registries.get(url.netloc) or RegistryHost()
+        endpoints.append(
+            Endpoint(
+                base_url=f"{url.scheme}://{url.netloc}",
+                prefix=url.path.strip("/"),
+                mirror=True,
+                verify=(own.ca_file or not own.insecure_skip_verify)
+                if url.netloc in registries
+                else verify,
+                credentials=_static_credentials(own),
+            )
+        )
+    api_host = DOCKER_HUB_API if ref.domain == DOCKER_HUB else ref.domain
+    scheme = "http" if host.plain_http or is_loopback(ref.domain) else "https"
+    endpoints.append(
+        Endpoint(
+            base_url=f"{scheme}://{api_host}",
+            prefix="",
+            mirror=False,
+            verify=verify,
+            credentials=request_credentials or _static_credentials(host),
+        )
+    )
+    return tuple(endpoints)
+
+
+def _static_credentials(host: RegistryHost) -> Credentials:
+    return Credentials.create(
+        username=host.username,
+        password=host.password,
+        auth=host.auth,
+        identity_token=host.identity_token,
+    )
+
+
+# --- errors from one endpoint, and how a set of them becomes one CRI error ----------------------
+
+
+class EndpointError(Exception):
+    """A failure of one endpoint; `kind` decides what the caller is told if all fail."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind  # "not_found" | "auth" | "invalid" | "unavailable"
+
+
+def combine_errors(what: str, errors: Sequence[tuple[Endpoint, EndpointError]]) -> CriError:
+    """One CRI error for a fetch that failed everywhere, naming every endpoint's reason."""
+    detail = "; ".join(f"{endpoint}: {error}" for endpoint, error in errors)
+    kinds = {error.kind for _, error in errors}
+    message = f"{what}: {detail}"
+    if kinds == {"not_found"}:
+        return NotFound(message)
+    if "invalid" in kinds or "auth" in kinds:
+        return FailedPrecondition(message)
+    return Unavailable(message)
+
+
+# --- authentication ---------------------------------------------------------------------------
+
+_CHALLENGE_PARAM = re.compile(r'([A-Za-z_][\w-]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)')
+
+
+@dataclass(frozen=True)
+class Challenge:
+    scheme: str  # lowercase: "bearer" or "basic"
+    params: Mapping[str, str]
+
+
+def parse_challenge(header: str) -> Challenge | None:
+    """Parses `WWW-Authenticate: Bearer realm="...",service="...",scope="..."`."""
+    scheme, _, rest = header.strip().partition(" ")
+    if not scheme:
+        return None
+    params = {}
+    for key, value in _CHALLENGE_PARAM.findall(rest):
+        if value.startswith('"'):
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        params[key.lower()] = value
+    return Challenge(scheme.lower(), params)
+
+
+def _basic(credentials: Credentials) -> str:
+    token = base64.b64encode(f"{credentials.username}:{credentials.password}".encode()).decode()
+    return f"Basic {token}"
+
+
+@dataclass
+class _CachedAuth:
+    header: str
+    expires: float
+
+
+class Sink(Protocol):
+    """Where a blob's bytes go (the content store's writer): it hashes and sizes as it goes."""
+
+    def write(self, data: bytes) -> None: ...
+
+
+ProgressCallback = Callable[[int], None]
+
+
+class RegistryClient:
+    """Fetches manifests and blobs for references, trying each endpoint in order.
+
+    `transport` replaces the network (tests pass an `httpx.MockTransport`).
+    """
+
+    def __init__(
+        self,
+        registries: Mapping[str, RegistryHost],
+        images: ImagesConfig,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._registries = registries
+        self._progress_timeout = images.progress_timeout_seconds
+        self._transport = transport
+        self._clients: dict[bool | str, httpx.AsyncClient] = {}
+        self._auth: dict[tuple[str, str, str], _CachedAuth] = {}
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    def endpoints(self, ref: Reference, credentials: Credentials | None) -> tuple[Endpoint, ...]:
+        return endpoints_for(ref, self._registries, credentials)
+
+    def _client(self, endpoint: Endpoint) -> httpx.AsyncClient:
+        client = self._clients.get(endpoint.verify)
+        if client is None:
+            verify: ssl.SSLContext | bool
+            if isinstance(endpoint.verify, str):
+                verify = ssl.create_default_context(cafile=endpoint.verify)
+            else:
+                verify = endpoint.verify
+            client = httpx.AsyncClient(
+                verify=verify,
+                transport=self._transport,
+                follow_redirects=True,  # blob storage redirects; httpx drops auth cross-origin
+                timeout=httpx.Timeout(
+                    CONNECT_TIMEOUT_SECONDS,
+                    connect=CONNECT_TIMEOUT_SECONDS,
+                    read=self._progress_timeout,
+                ),
+                headers={"User-Agent": USER_AGENT},
+            )
+            self._clients[endpoint.verify] = client
+        return client
+
+    # -- requests with authentication --
+
+    def _auth_key(self, endpoint: Endpoint, ref: Reference) -> tuple[str, str, str]:
+        return (endpoint.base_url, endpoint.repository(ref), endpoint.credentials.fingerprint())
+
+    async def _send(
+        self, endpoint: Endpoint, ref: Reference, url: str, headers: Mapping[str, str]
+    ) -> httpx.Response:
+        """GET `url` as a stream, answering one auth challenge; the caller closes the response."""
+        client = self._client(endpoint)
+        key = self._auth_key(endpoint, ref)
+        request_headers = dict(headers)
+        cached = self._auth.get(key)
+        if endpoint.credentials.registry_token:
+            request_headers["Authorization"] = f"Bearer {endpoint.credentials.registry_token}"
+        elif cached is not None and cached.expires > time.monotonic():
+            request_headers["Authorization"] = cached.header
+        try:
+            response = await client.send(
+                client.build_request("GET", url, headers=request_headers), stream=True
+            )
+            if response.status_code != 401 or endpoint.credentials.registry_token:
+                return response
+            challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
+            await response.aclose()
+            header, ttl = await self._answer(client, endpoint, ref, challenge)
+            self._auth[key] = _CachedAuth(
+                header, time.monotonic() + max(ttl - TOKEN_RENEW_MARGIN_SECONDS, 1.0)
+            )
+            request_headers["Authorization"] = header
+            return await client.send(
+                client.build_request("GET", url, headers=request_headers), stream=True
+            )
+        except httpx.TimeoutException as e:
+            raise EndpointError("unavailable", f"timed out: {type(e).__name__}") from None
+        except httpx.TransportError as e:
+            raise EndpointError("unavailable", f"cannot connect: {e or type(e).__name__}") from None
+
+    async def _answer(
+        self,
+        client: httpx.AsyncClient,
+        endpoint: Endpoint,
+        ref: Reference,
+        challenge: Challenge | None,
+    ) -> tuple[str, float]:
+        """The Authorization header that answers `challenge`, and how long it stays good."""
+        credentials = endpoint.credentials
+        if challenge is None:
+            raise EndpointError("auth", "401 Unauthorized without a WWW-Authenticate challenge")
+        if challenge.scheme == "basic":
+            if not credentials.username:
+                raise EndpointError("auth", "registry wants basic auth and no credentials given")
+            return _basic(credentials), TOKEN_TTL_SECONDS
+        if challenge.scheme != "bearer" or "realm" not in challenge.params:
+            raise EndpointError("auth", f"unsupported auth challenge {challenge.scheme!r}")
+        realm = challenge.params["realm"]
+        if urlsplit(realm).scheme not in ("http", "https"):
+            raise EndpointError("auth", f"token realm {realm!r} is not an http(s) URL")
+        scope = challenge.params.get("scope") or f"repository:{endpoint.repository(ref)}:pull"
+        service = challenge.params.get("service", "")
+        if credentials.identity_token:
+            response = await client.post(
+                realm,
+                data={
+                    "grant_type": "refresh_token",
+                    "refresh_token": credentials.identity_token,
+                    "service": service,
+                    "scope": scope,
+                    "client_id": USER_AGENT,
+                },
+            )
+        else:
+            params = {"scope": scope}
+            if service:
+                params["service"] = service
+            headers = {"Authorization": _basic(credentials)} if credentials.username else {}
+            response = await client.get(realm, params=params, headers=headers)
+        if response.status_code in (401, 403):
+            raise EndpointError(
+                "auth", f"token endpoint refused the credentials ({response.status_code})"
+            )
+        if response.status_code != 200:
+            raise EndpointError("unavailable", f"token endpoint answered {response.status_code}")
+        try:
+            body = response.json()
+            token = body.get("token") or body.get("access_token")
+            expires_in = body.get("expires_in")
+        except (ValueError, AttributeError):
+            token, expires_in = None, None
+        if not isinstance(token, str) or not token:
+            raise EndpointError("auth", "token endpoint answered without a token")
+        ttl = TOKEN_TTL_SECONDS
+        if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
+            ttl = max(float(expires_in), TOKEN_TTL_SECONDS)
+        return f"Bearer {token}", ttl
+
+    @staticmethod
+    def _status_error(response: httpx.Response, what: str) -> EndpointError:
+        code = response.status_code
+        if code == 404:
+            return EndpointError("not_found", f"{what} not found (404)")
+        if code in (401, 403):
+            return EndpointError("auth", f"{what}: access denied ({code})")
+        return EndpointError("unavailable", f"{what}: registry answered {code}")
+
+    async def _chunks(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        """The body's chunks; fails when no byte arrives for the progress timeout (a stalled
+        transfer), never because the whole transfer is slow."""
+        iterator = response.aiter_bytes().__aiter__()
+        while True:
+            try:
+                async with asyncio.timeout(self._progress_timeout):
+                    chunk = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise EndpointError(
+                    "unavailable", f"transfer stalled: no data for {self._progress_timeout:g}s"
+                ) from None
+            except httpx.TimeoutException:
+                raise EndpointError(
+                    "unavailable", f"transfer stalled: no data for {self._progress_timeout:g}s"
+                ) from None
+            except httpx.TransportError as e:
+                raise EndpointError("unavailable", f"transfer broken: {e!r}") from None
+            yield chunk
+
+    async def _try_endpoints(
+        self,
+        endpoints: Sequence[Endpoint],
+        what: str,
+        attempt: Callable[[Endpoint], Awaitable[_T]],
+    ) -> tuple[Endpoint, _T]:
+        errors: list[tuple[Endpoint, EndpointError]] = []
+        for endpoint in endpoints:
+            try:
+                return endpoint, await attempt(endpoint)
+            except EndpointError as e:
+                log.debug("endpoint failed", what=what, endpoint=str(endpoint), error=str(e))
+                errors.append((endpoint, e))
+        raise combine_errors(what, errors)
+
+    # -- manifests --
+
+    async def fetch_manifest(
+        self, ref: Reference, endpoints: Sequence[Endpoint], digest: str = "", size: int = -1
+    ) -> tuple[Endpoint, FetchedManifest]:
+        """Fetches the manifest `ref` names (or `digest` in ref's repository), verified.
+
+        With a digest (from the reference or an index), the body must hash to it (and have
+        `size` bytes when given); by tag, it must match the registry's Docker-Content-Digest
+        when the registry sends one. Returns the endpoint that answered.
+        """
+        obj = digest or ref.object
+        target = replace(ref, tag="", digest=digest) if digest else ref
+
+        async def attempt(endpoint: Endpoint) -> FetchedManifest:
+            url = endpoint.url(ref, "manifests", obj)
+            response = await self._send(endpoint, ref, url, {"Accept": ", ".join(ACCEPTED_TYPES)})
+            try:
+                if response.status_code != 200:
+                    raise self._status_error(response, f"manifest {target}")
+                body = bytearray()
+                async for chunk in self._chunks(response):
+                    body += chunk
+                    if len(body) > MAX_MANIFEST_BYTES:
+                        raise EndpointError(
+                            "invalid", f"manifest larger than {MAX_MANIFEST_BYTES} bytes"
+                        )
+                data = bytes(body)
+                expected = target.digest or response.headers.get("Docker-Content-Digest", "")
+                actual = _digest_of(data, expected or "sha256:")
+                if expected and actual != expected:
+                    raise EndpointError(
+                        "invalid", f"manifest digest mismatch: expected {expected}, got {actual}"
+                    )
+                if size >= 0 and len(data) != size:
+                    raise EndpointError(
+                        "invalid", f"manifest size mismatch: expected {size}, got {len(data)}"
+                    )
+                content_type = response.headers.get("Content-Type", "")
+                return FetchedManifest(data=data, digest=actual, media_type=content_type)
+            finally:
+                await response.aclose()
+
+        return await self._try_endpoints(endpoints, f"pull {target}", attempt)
+
+    # -- blobs --
+
+    async def fetch_blob(
+        self,
+        ref: Reference,
+        endpoints: Sequence[Endpoint],
+        descriptor: Descriptor,
+        open_sink: Callable[[], BlobSink],
+        progress: ProgressCallback | None = None,
+    ) -> Endpoint:
+        """Streams a blob into a fresh sink from `open_sink`, trying endpoints in order.
+
+        The sink verifies size and digest on commit; a sink that fails (mismatch, stalled or
+        broken transfer) is aborted so nothing unverified is left, and the next endpoint tried.
+        """
+
+        async def attempt(endpoint: Endpoint) -> None:
+            url = endpoint.url(ref, "blobs", descriptor.digest)
+            response = await self._send(endpoint, ref, url, {"Accept-Encoding": "identity"})
+            sink = open_sink()
+            try:
+                if response.status_code != 200:
+                    raise self._status_error(response, f"blob {descriptor.digest}")
+                length = response.headers.get("Content-Length")
+                if length is not None and length.isdigit() and int(length) != descriptor.size:
+                    raise EndpointError(
+                        "invalid",
+                        f"blob {descriptor.digest}: registry announces {length} bytes, "
+                        f"manifest says {descriptor.size}",
+                    )
+                async for chunk in self._chunks(response):
+                    try:
+                        sink.write(chunk)
+                    except CriError as e:
+                        raise EndpointError("invalid", str(e)) from None
+                    if progress is not None:
+                        progress(len(chunk))
+                try:
+                    await sink.commit()
+                except CriError as e:
+                    raise EndpointError("invalid", str(e)) from None
+            except BaseException:
+                sink.abort()
+                raise
+            finally:
+                await response.aclose()
+
+        endpoint, _ = await self._try_endpoints(
+            endpoints, f"blob {descriptor.digest} of {ref}", attempt
+        )
+        return endpoint
+
+
+class BlobSink(Sink, Protocol):
+    async def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    data: bytes
+    digest: str
+    media_type: str
+
+
+def _digest_of(data: bytes, like: str) -> str:
+    """The digest of `data` with the algorithm of `like` (`sha256:...` / `sha512:...`)."""
+    algorithm = like.partition(":")[0] or "sha256"
+    if algorithm not in ("sha256", "sha512"):
+        raise EndpointError("invalid", f"unsupported digest algorithm {algorithm!r}")
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
