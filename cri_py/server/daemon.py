@@ -22,8 +22,11 @@ import cri_py
 from cri_py.api import api_pb2 as pb
 from cri_py.config import Config
 from cri_py.errors import StartupError
+from cri_py.images.service import ImageService
 from cri_py.log import get_logger
+from cri_py.network.bridge import BuiltinNetwork
 from cri_py.runtime.node import NodeState
+from cri_py.runtime.sandboxes import SandboxService
 from cri_py.server.guard import service_handler
 from cri_py.server.images import ImageServicer
 from cri_py.server.runtime import RuntimeServicer
@@ -82,7 +85,7 @@ def claim_socket(path: Path) -> None:
     path.unlink()
 
 
-def build_server(config: Config, node: NodeState) -> grpc.aio.Server:
+def build_server(config: Config, node: NodeState, sandboxes: SandboxService) -> grpc.aio.Server:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -92,11 +95,27 @@ def build_server(config: Config, node: NodeState) -> grpc.aio.Server:
     services = pb.DESCRIPTOR.services_by_name
     server.add_generic_rpc_handlers(
         [
-            service_handler(services["RuntimeService"], pb, RuntimeServicer(config, node)),
-            service_handler(services["ImageService"], pb, ImageServicer()),
+            service_handler(
+                services["RuntimeService"], pb, RuntimeServicer(config, node, sandboxes)
+            ),
+            service_handler(services["ImageService"], pb, ImageServicer(ImageService(config))),
         ]
     )
     return server
+
+
+def start_sandboxes(config: Config) -> SandboxService:
+    """The sandbox service, with the bridge ensured and state recovered from the last run."""
+    network = BuiltinNetwork(config.network, Path(config.root_dir) / "network")
+    try:
+        state = network.ensure_bridge()
+    except OSError as e:
+        log.error("built-in network unusable", bridge=config.network.bridge, error=str(e))
+    else:
+        log.info("built-in network", bridge=config.network.bridge, ready=state.ready)
+    sandboxes = SandboxService(config, network)
+    sandboxes.recover()
+    return sandboxes
 
 
 async def serve(config: Config) -> None:
@@ -110,7 +129,8 @@ async def serve(config: Config) -> None:
     with run_dir_lock(run_dir):
         claim_socket(sock)
         node = NodeState(root_dir)
-        server = build_server(config, node)
+        sandboxes = await asyncio.to_thread(start_sandboxes, config)
+        server = build_server(config, node, sandboxes)
         server.add_insecure_port(f"unix://{sock}")
         await server.start()
         try:
@@ -125,5 +145,7 @@ async def serve(config: Config) -> None:
             log.info("stopping", grace_seconds=STOP_GRACE_SECONDS)
         finally:
             await server.stop(STOP_GRACE_SECONDS)
+            # Shims (and so pods) keep running: they are not the daemon's to stop.
+            sandboxes.close()
             sock.unlink(missing_ok=True)
             log.info("stopped")

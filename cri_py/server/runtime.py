@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import cri_py
 from cri_py.api import api_pb2 as pb
 from cri_py.config import Config, to_data
-from cri_py.runtime.node import NETWORK_NOT_BUILT, NodeState, conditions
+from cri_py.runtime.node import NodeState, conditions
+from cri_py.runtime.sandboxes import SandboxService
+from cri_py.server import convert
 from cri_py.server.guard import Context
 
 RUNTIME_NAME = "cri-py"
@@ -19,9 +23,10 @@ RUNTIME_API_VERSION = "v1"
 class RuntimeServicer:
     """The RPCs of runtime.v1.RuntimeService built so far (see `Guarded` for the rest)."""
 
-    def __init__(self, config: Config, node: NodeState) -> None:
+    def __init__(self, config: Config, node: NodeState, sandboxes: SandboxService) -> None:
         self._config = config
         self._node = node
+        self._sandboxes = sandboxes
 
     async def Version(self, request: pb.VersionRequest, context: Context) -> pb.VersionResponse:
         return pb.VersionResponse(
@@ -37,7 +42,7 @@ class RuntimeServicer:
                 pb.RuntimeCondition(
                     type=c.type, status=c.status, reason=c.reason, message=c.message
                 )
-                for c in conditions(runtime_ready=True, network=NETWORK_NOT_BUILT)
+                for c in conditions(runtime_ready=True, network=self._sandboxes.network_state())
             ]
         )
         info: dict[str, str] = {}
@@ -64,3 +69,40 @@ class RuntimeServicer:
     ) -> pb.UpdateRuntimeConfigResponse:
         self._node.set_pod_cidr(request.runtime_config.network_config.pod_cidr)
         return pb.UpdateRuntimeConfigResponse()
+
+    # --- pod sandboxes: blocking work runs on worker threads, queries answer from memory ---
+
+    async def RunPodSandbox(
+        self, request: pb.RunPodSandboxRequest, context: Context
+    ) -> pb.RunPodSandboxResponse:
+        config = convert.sandbox_config(request.config)
+        sandbox_id = await asyncio.to_thread(self._sandboxes.run, config, request.runtime_handler)
+        return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
+
+    async def StopPodSandbox(
+        self, request: pb.StopPodSandboxRequest, context: Context
+    ) -> pb.StopPodSandboxResponse:
+        await asyncio.to_thread(self._sandboxes.stop, request.pod_sandbox_id)
+        return pb.StopPodSandboxResponse()
+
+    async def RemovePodSandbox(
+        self, request: pb.RemovePodSandboxRequest, context: Context
+    ) -> pb.RemovePodSandboxResponse:
+        await asyncio.to_thread(self._sandboxes.remove, request.pod_sandbox_id)
+        return pb.RemovePodSandboxResponse()
+
+    async def PodSandboxStatus(
+        self, request: pb.PodSandboxStatusRequest, context: Context
+    ) -> pb.PodSandboxStatusResponse:
+        view = self._sandboxes.status(request.pod_sandbox_id)
+        return pb.PodSandboxStatusResponse(
+            status=convert.sandbox_status(view),
+            info=convert.sandbox_info(view) if request.verbose else {},
+            timestamp=time.time_ns(),
+        )
+
+    async def ListPodSandbox(
+        self, request: pb.ListPodSandboxRequest, context: Context
+    ) -> pb.ListPodSandboxResponse:
+        views = self._sandboxes.list(convert.sandbox_filter(request))
+        return pb.ListPodSandboxResponse(items=[convert.sandbox_summary(v) for v in views])

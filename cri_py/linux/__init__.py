@@ -1,0 +1,1 @@
+"""The syscall edge: the only package that touches ctypes. Decisions live elsewhere."""

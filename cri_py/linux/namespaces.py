@@ -1,0 +1,110 @@
+"""Namespaces held by files: pin one (bind mount of /proc/<pid>/ns/<type>), unpin it, and run a
+function with the calling thread inside a pinned network namespace.
+
+A pin keeps a namespace alive after every process in it died, so the network of a pod whose shim
+crashed can still be torn down. What to pin and where is decided by the sandbox service.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from cri_py.linux import syscalls
+
+T = TypeVar("T")
+
+NAMESPACE_FLAGS = {
+    "net": syscalls.CLONE_NEWNET,
+    "ipc": syscalls.CLONE_NEWIPC,
+    "uts": syscalls.CLONE_NEWUTS,
+    "pid": syscalls.CLONE_NEWPID,
+    "mnt": syscalls.CLONE_NEWNS,
+}
+
+
+def pin_namespace(pid: int, ns_type: str, path: Path) -> None:
+    """Bind-mounts `/proc/<pid>/ns/<ns_type>` onto `path` (created empty if missing)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.close(fd)
+    syscalls.mount(f"/proc/{pid}/ns/{ns_type}", path, None, syscalls.MS_BIND)
+
+
+def unpin_namespace(path: Path) -> None:
+    """Detaches the pin mount and removes its file; a path that is absent or not a mount is fine.
+
+    MNT_DETACH: a process that still has the file open (a netlink worker) must not block us.
+    """
+    try:
+        syscalls.umount2(path, syscalls.MNT_DETACH)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOENT):
+            raise
+    path.unlink(missing_ok=True)
+
+
+def mount_points(mountinfo: str) -> set[str]:
+    """The mount points listed in a /proc/<pid>/mountinfo text (octal escapes decoded)."""
+    points = set()
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        if len(fields) > 4:
+            points.add(_unescape(fields[4]))
+    return points
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo.
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def is_mount_point(path: Path) -> bool:
+    return str(path) in mount_points(Path("/proc/self/mountinfo").read_text())
+
+
+def namespace_id(path: str | Path) -> str:
+    """`net:[4026532...]`-style identity of the namespace a /proc ns file or pin refers to."""
+    info = os.stat(path)
+    return f"{info.st_dev}:{info.st_ino}"
+
+
+def run_in_netns(netns: Path, fn: Callable[[], T]) -> T:
+    """Calls `fn` on a fresh thread that has joined the network namespace pinned at `netns`.
+
+    setns(CLONE_NEWNET) changes only the calling thread, and a socket keeps the namespace it was
+    created in; a throw-away thread means no pooled thread is ever left in a pod's namespace.
+    """
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                syscalls.setns(fd, syscalls.CLONE_NEWNET)
+            finally:
+                os.close(fd)
+            result.append(fn())
+        except BaseException as e:
+            failure.append(e)
+
+    thread = threading.Thread(target=work, name=f"netns:{netns.parent.parent.name[:12]}")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]

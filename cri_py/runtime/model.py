@@ -1,0 +1,123 @@
+"""The runtime's own types for pod sandboxes: what the server edge converts CRI messages into,
+what the store persists and what services pass around. Frozen; no protobuf here."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class NamespaceMode(enum.IntEnum):
+    """CRI's NamespaceMode values (the numbers are the proto's)."""
+
+    POD = 0
+    CONTAINER = 1
+    NODE = 2
+    TARGET = 3
+
+
+class SandboxState(enum.IntEnum):
+    """CRI's PodSandboxState values."""
+
+    READY = 0
+    NOTREADY = 1
+
+
+class Phase(enum.StrEnum):
+    """Where a sandbox is in its life; persisted so a restart knows what to finish or undo."""
+
+    # The record exists, side effects may be half done: a restart rolls them back.
+    CREATING = "creating"
+    # Everything is in place; READY while its shim lives.
+    CREATED = "created"
+    # Network, shim, pins and mounts released; only the record and files remain.
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class PodMetadata:
+    name: str
+    uid: str
+    namespace: str
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    servers: tuple[str, ...] = ()
+    searches: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.servers or self.searches or self.options)
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    protocol: int = 0  # CRI Protocol: 0 TCP, 1 UDP, 2 SCTP
+    container_port: int = 0
+    host_port: int = 0
+    host_ip: str = ""
+
+
+@dataclass(frozen=True)
+class NamespaceOptions:
+    network: NamespaceMode = NamespaceMode.POD
+    pid: NamespaceMode = NamespaceMode.POD
+    ipc: NamespaceMode = NamespaceMode.POD
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    metadata: PodMetadata
+    hostname: str = ""
+    log_directory: str = ""
+    dns: DNSConfig = field(default_factory=DNSConfig)
+    port_mappings: tuple[PortMapping, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    namespaces: NamespaceOptions = field(default_factory=NamespaceOptions)
+    sysctls: Mapping[str, str] = field(default_factory=dict)
+    cgroup_parent: str = ""
+    privileged: bool = False
+
+
+@dataclass(frozen=True)
+class ShimInfo:
+    pid: int
+    start_time: int
+    init_pid: int = 0
+
+
+@dataclass(frozen=True)
+class SandboxRecord:
+    """What the store keeps of one sandbox (one atomic JSON file)."""
+
+    id: str
+    config: SandboxConfig
+    created_at: int  # ns since the epoch
+    phase: Phase = Phase.CREATING
+    runtime_handler: str = ""
+    shim: ShimInfo | None = None
+    ip: str = ""
+    # Where the pod's files and namespace pins live (absolute paths).
+    namespaces: Mapping[str, str] = field(default_factory=dict)
+    shm_path: str = ""
+    hostname: str = ""
+
+
+@dataclass(frozen=True)
+class SandboxView:
+    """A sandbox as the CRI reports it: the record plus whether its shim is alive."""
+
+    record: SandboxRecord
+    state: SandboxState
+
+
+@dataclass(frozen=True)
+class SandboxFilter:
+    id: str = ""
+    state: SandboxState | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)

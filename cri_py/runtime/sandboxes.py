@@ -1,0 +1,388 @@
+"""Pod sandboxes: run, stop, remove, status and list, and recovery after a daemon restart.
+
+A sandbox is a shim process holding the pod's namespaces (pinned under the run dir), a record in
+the store, the pod's files, a /dev/shm tmpfs and, with pod networking, a veth and an address.
+Queries are answered from memory; commands are blocking (netlink, mounts, the shim's socket)
+and run on worker threads, one command at a time per sandbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from cri_py.config import Config
+from cri_py.errors import AlreadyExists, CriError, Internal, InvalidArgument, NotFound
+from cri_py.linux import syscalls
+from cri_py.linux.namespaces import pin_namespace, unpin_namespace
+from cri_py.log import get_logger
+from cri_py.network.bridge import BuiltinNetwork
+from cri_py.runtime import pod_files
+from cri_py.runtime.model import (
+    NamespaceMode,
+    Phase,
+    SandboxConfig,
+    SandboxFilter,
+    SandboxRecord,
+    SandboxState,
+    SandboxView,
+    ShimInfo,
+)
+from cri_py.runtime.node import NetworkState
+from cri_py.runtime.sysctls import validate_sysctls
+from cri_py.shim.client import ShimClient, ShimError, ShimProcess, start_shim, stop_shim
+from cri_py.shim.spec import ShimSpec
+from cri_py.shim.watcher import ShimWatcher
+from cri_py.store.sandboxes import SandboxStore
+
+log = get_logger("cri_py.sandboxes")
+
+HOST_SHM = "/dev/shm"
+# Docker's and containerd's default size of a pod's /dev/shm.
+SHM_OPTIONS = "mode=1777,size=65536k"
+HOST_RESOLV_CONF = Path("/etc/resolv.conf")
+
+NameKey = tuple[str, str, str, int]
+
+
+def name_key(config: SandboxConfig) -> NameKey:
+    m = config.metadata
+    return (m.name, m.namespace, m.uid, m.attempt)
+
+
+def matches(view: SandboxView, selector: SandboxFilter) -> bool:
+    """ListPodSandbox's filter: every given field must match (ID by prefix, as crictl uses)."""
+    record = view.record
+    if selector.id and not record.id.startswith(selector.id):
+        return False
+    if selector.state is not None and view.state != selector.state:
+        return False
+    labels = record.config.labels
+    return all(labels.get(k) == v for k, v in selector.labels.items())
+
+
+def validate_config(config: SandboxConfig) -> None:
+    m = config.metadata
+    if not m.name or not m.namespace:
+        raise InvalidArgument("pod sandbox metadata needs a name and a namespace")
+    if m.attempt < 0:
+        raise InvalidArgument(f"pod sandbox attempt must not be negative, got {m.attempt}")
+    ns = config.namespaces
+    for kind, mode in (("network", ns.network), ("ipc", ns.ipc)):
+        if mode not in (NamespaceMode.POD, NamespaceMode.NODE):
+            raise InvalidArgument(f"pod {kind} namespace mode must be POD or NODE, got {mode.name}")
+    if ns.pid == NamespaceMode.TARGET:
+        raise InvalidArgument("pod PID namespace mode TARGET is only valid for containers")
+    validate_sysctls(config.sysctls, ns)
+
+
+class SandboxService:
+    def __init__(self, config: Config, network: BuiltinNetwork) -> None:
+        self._store = SandboxStore(Path(config.root_dir) / "sandboxes")
+        self._run_root = Path(config.run_dir) / "sandboxes"
+        self._run_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._network = network
+        self._lock = threading.Lock()
+        self._records: dict[str, SandboxRecord] = {}
+        self._alive: set[str] = set()
+        self._names: dict[NameKey, str] = {}
+        self._op_locks: dict[str, threading.Lock] = {}
+        self._watcher = ShimWatcher(self._on_shim_exit)
+
+    # --- queries: memory only -------------------------------------------------------------
+
+    def _view(self, record: SandboxRecord) -> SandboxView:
+        ready = record.phase == Phase.CREATED and record.id in self._alive
+        return SandboxView(record, SandboxState.READY if ready else SandboxState.NOTREADY)
+
+    def _resolve(self, sandbox_id: str) -> str | None:
+        """The full ID for an ID or a unique prefix of one (crictl accepts short IDs)."""
+        if not sandbox_id:
+            raise InvalidArgument("pod sandbox ID must not be empty")
+        with self._lock:
+            if sandbox_id in self._records:
+                return sandbox_id
+            found = [i for i in self._records if i.startswith(sandbox_id)]
+        if len(found) > 1:
+            raise InvalidArgument(f"pod sandbox ID prefix {sandbox_id!r} is ambiguous")
+        return found[0] if found else None
+
+    def status(self, sandbox_id: str) -> SandboxView:
+        full = self._resolve(sandbox_id)
+        with self._lock:
+            record = self._records.get(full or "")
+            if record is None:
+                raise NotFound(f"pod sandbox {sandbox_id} not found")
+            return self._view(record)
+
+    def list(self, selector: SandboxFilter) -> list[SandboxView]:
+        with self._lock:
+            views = [self._view(r) for r in self._records.values()]
+        return [v for v in views if matches(v, selector)]
+
+    def network_state(self) -> NetworkState:
+        return self._network.state()
+
+    # --- commands -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _operation(self, sandbox_id: str) -> Iterator[SandboxRecord | None]:
+        with self._lock:
+            lock = self._op_locks.setdefault(sandbox_id, threading.Lock())
+        with lock:
+            with self._lock:
+                record = self._records.get(sandbox_id)
+            yield record
+
+    def run(self, config: SandboxConfig, runtime_handler: str) -> str:
+        if runtime_handler:
+            raise InvalidArgument(
+                f'runtime handler {runtime_handler!r} is not configured (cri-py has only "")'
+            )
+        validate_config(config)
+        key = name_key(config)
+        sandbox_id = secrets.token_hex(32)
+        with self._lock:
+            existing = self._names.get(key)
+            if existing is not None:
+                raise AlreadyExists(
+                    f"pod sandbox name {'_'.join(map(str, key))} is already used by sandbox "
+                    f"{existing}; remove it first (or use another attempt)"
+                )
+            self._names[key] = sandbox_id
+            lock = self._op_locks.setdefault(sandbox_id, threading.Lock())
+        started = time.perf_counter()
+        try:
+            with lock:
+                record = self._create(sandbox_id, config, runtime_handler)
+                with self._lock:
+                    self._records[sandbox_id] = record
+                assert record.shim is not None
+                if self._watcher.watch(sandbox_id, _shim_process(record.shim)):
+                    with self._lock:
+                        self._alive.add(sandbox_id)
+        except BaseException as e:
+            with self._lock:
+                self._names.pop(key, None)
+                self._op_locks.pop(sandbox_id, None)
+            if isinstance(e, CriError) or not isinstance(e, Exception):
+                raise
+            # Kernel, netlink or shim trouble: not a bug of ours, but worth its traceback.
+            log.error("RunPodSandbox failed, undone", exc_info=True, sandbox=sandbox_id)
+            pod = f"{config.metadata.namespace}/{config.metadata.name}"
+            raise Internal(f"pod sandbox for {pod} failed and was undone: {e}") from e
+        log.info(
+            "sandbox ready",
+            sandbox=sandbox_id,
+            pod=f"{config.metadata.namespace}/{config.metadata.name}",
+            ip=record.ip,
+            pid=record.shim.pid,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return sandbox_id
+
+    def _bundle(self, sandbox_id: str) -> Path:
+        return self._run_root / sandbox_id
+
+    def _create(self, sandbox_id: str, config: SandboxConfig, handler: str) -> SandboxRecord:
+        """Builds everything; any failure undoes what was done, in reverse order."""
+        ns = config.namespaces
+        host_network = ns.network == NamespaceMode.NODE
+        host_ipc = ns.ipc == NamespaceMode.NODE
+        hostname = pod_files.pod_hostname(
+            config.hostname, config.metadata.name, host_network, os.uname().nodename
+        )
+        bundle = self._bundle(sandbox_id)
+        pins: dict[str, str] = {}
+        if not host_network:
+            pins["net"] = str(bundle / "ns" / "net")
+            pins["uts"] = str(bundle / "ns" / "uts")
+        if not host_ipc:
+            pins["ipc"] = str(bundle / "ns" / "ipc")
+        if ns.pid == NamespaceMode.POD:
+            pins["pid"] = str(bundle / "ns" / "pid")
+        record = SandboxRecord(
+            id=sandbox_id,
+            config=config,
+            created_at=time.time_ns(),
+            phase=Phase.CREATING,
+            runtime_handler=handler,
+            namespaces=pins,
+            shm_path=HOST_SHM if host_ipc else str(bundle / "shm"),
+            hostname=hostname,
+        )
+        with contextlib.ExitStack() as undo:
+            # The record first: a crash from here on leaves something a restart rolls back.
+            undo.callback(self._store.delete, sandbox_id)
+            self._store.save(record)
+            files = self._store.dir_of(sandbox_id)
+            undo.callback(shutil.rmtree, bundle, ignore_errors=True)
+            (bundle / "ns").mkdir(mode=0o700, parents=True)
+            (files / "hostname").write_text(pod_files.hostname_file(hostname))
+            (files / "hosts").write_text(pod_files.hosts_file(hostname, ()))
+            (files / "resolv.conf").write_text(
+                pod_files.resolv_conf(config.dns, _read_host_resolv_conf())
+            )
+            if not host_ipc:
+                shm = bundle / "shm"
+                shm.mkdir(mode=0o755)
+                undo.callback(_unmount, shm)
+                syscalls.mount(
+                    "shm",
+                    shm,
+                    "tmpfs",
+                    syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC,
+                    SHM_OPTIONS,
+                )
+            spec = ShimSpec(
+                sandbox_id=sandbox_id,
+                hostname=hostname if not host_network else "",
+                new_net=not host_network,
+                new_ipc=not host_ipc,
+                new_uts=not host_network,
+                new_pid=ns.pid == NamespaceMode.POD,
+                sysctls=dict(config.sysctls),
+            )
+            shim = start_shim(bundle, spec)
+            undo.callback(stop_shim, bundle, shim)
+            record = dataclasses.replace(
+                record, shim=ShimInfo(shim.pid, shim.start_time, shim.init_pid)
+            )
+            self._store.save(record)  # now a restart knows which process to stop
+            for kind, path in pins.items():
+                undo.callback(unpin_namespace, Path(path))
+                pin_namespace(shim.init_pid if kind == "pid" else shim.pid, kind, Path(path))
+            if not host_network:
+                undo.callback(self._network.teardown, sandbox_id)
+                network = self._network.setup(sandbox_id, Path(pins["net"]))
+                record = dataclasses.replace(record, ip=network.ip)
+                (files / "hosts").write_text(pod_files.hosts_file(hostname, (network.ip,)))
+            record = dataclasses.replace(record, phase=Phase.CREATED)
+            self._store.save(record)
+            undo.pop_all()
+        return record
+
+    def _release(self, record: SandboxRecord) -> None:
+        """Tears down what a running sandbox holds; idempotent, works on half-built ones."""
+        sandbox_id = record.id
+        bundle = self._bundle(sandbox_id)
+        self._watcher.unwatch(sandbox_id)
+        with self._lock:
+            self._alive.discard(sandbox_id)
+        if record.config.namespaces.network != NamespaceMode.NODE:
+            self._network.teardown(sandbox_id)
+        if record.shim is not None:
+            stop_shim(bundle, _shim_process(record.shim))
+        else:
+            # Crashed between starting the shim and recording it: ask through the socket.
+            with contextlib.suppress(ShimError):
+                ShimClient(bundle).call("shutdown", timeout=1.0)
+        for path in record.namespaces.values():
+            unpin_namespace(Path(path))
+        if record.shm_path and record.shm_path != HOST_SHM:
+            _unmount(Path(record.shm_path))
+
+    def stop(self, sandbox_id: str) -> None:
+        """Stops the pod: network torn down, shim gone, namespaces released. Idempotent."""
+        full = self._resolve(sandbox_id)
+        if full is None:
+            return
+        with self._operation(full) as record:
+            if record is None:
+                return
+            self._release(record)
+            if record.phase != Phase.STOPPED:
+                record = dataclasses.replace(record, phase=Phase.STOPPED)
+                self._store.save(record)
+                with self._lock:
+                    self._records[full] = record
+                log.info("sandbox stopped", sandbox=full)
+
+    def remove(self, sandbox_id: str) -> None:
+        """Removes every trace of the pod (stopping it first if needed). Idempotent."""
+        full = self._resolve(sandbox_id)
+        if full is None:
+            return
+        with self._operation(full) as record:
+            if record is None:
+                return
+            self._release(record)
+            shutil.rmtree(self._bundle(full), ignore_errors=True)
+            self._store.delete(full)
+            with self._lock:
+                self._records.pop(full, None)
+                self._names.pop(name_key(record.config), None)
+                self._op_locks.pop(full, None)
+            log.info("sandbox removed", sandbox=full)
+
+    def _on_shim_exit(self, sandbox_id: str) -> None:
+        with self._lock:
+            self._alive.discard(sandbox_id)
+            record = self._records.get(sandbox_id)
+        if record is not None and record.phase == Phase.CREATED:
+            log.warning("shim exited; sandbox is NOTREADY", sandbox=sandbox_id)
+
+    # --- life of the service --------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Rebuilds the index from the store and the live shims; rolls back half-built pods."""
+        for record in self._store.load_all():
+            if record.phase == Phase.CREATING:
+                log.warning("rolling back a sandbox left half-built", sandbox=record.id)
+                try:
+                    self._release(record)
+                except Exception:
+                    log.error("rollback failed", exc_info=True, sandbox=record.id)
+                    continue
+                shutil.rmtree(self._bundle(record.id), ignore_errors=True)
+                self._store.delete(record.id)
+                continue
+            self._records[record.id] = record
+            self._names[name_key(record.config)] = record.id
+            if record.phase != Phase.CREATED or record.shim is None:
+                continue
+            if self._watcher.watch(record.id, _shim_process(record.shim)):
+                self._alive.add(record.id)
+                try:
+                    ShimClient(self._bundle(record.id)).call("ping", timeout=2.0)
+                except ShimError as e:
+                    log.warning("live shim does not answer", sandbox=record.id, error=str(e))
+            else:
+                log.warning("shim died while the daemon was down", sandbox=record.id)
+        # Addresses whose sandbox is gone or stopped (crash during remove or stop).
+        for owner in set(self._network.allocations.owned().values()):
+            owner_record = self._records.get(owner)
+            if owner_record is None or owner_record.phase == Phase.STOPPED:
+                log.info("releasing an address left allocated", sandbox=owner)
+                self._network.teardown(owner)
+        log.info("sandboxes recovered", count=len(self._records), ready=len(self._alive))
+
+    def close(self) -> None:
+        self._watcher.close()
+
+
+def _shim_process(info: ShimInfo) -> ShimProcess:
+    return ShimProcess(pid=info.pid, start_time=info.start_time, init_pid=info.init_pid)
+
+
+def _unmount(path: Path) -> None:
+    try:
+        syscalls.umount2(path, syscalls.MNT_DETACH)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOENT):
+            raise
+
+
+def _read_host_resolv_conf() -> str:
+    try:
+        return HOST_RESOLV_CONF.read_text()
+    except FileNotFoundError:
+        return ""

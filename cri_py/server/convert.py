@@ -1,0 +1,143 @@
+"""Protobuf <-> the runtime's own types, for the sandbox RPCs: the one place CRI messages are
+read field by field. Unknown enum numbers are the client's error (InvalidArgument)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cri_py.api import api_pb2 as pb
+from cri_py.errors import InvalidArgument
+from cri_py.runtime.model import (
+    DNSConfig,
+    NamespaceMode,
+    NamespaceOptions,
+    PodMetadata,
+    PortMapping,
+    SandboxConfig,
+    SandboxFilter,
+    SandboxState,
+    SandboxView,
+)
+from cri_py.store.codec import to_data
+
+
+def _mode(value: int, what: str) -> NamespaceMode:
+    try:
+        return NamespaceMode(value)
+    except ValueError:
+        raise InvalidArgument(f"{what}: unknown namespace mode {value}") from None
+
+
+def sandbox_config(config: pb.PodSandboxConfig) -> SandboxConfig:
+    security = config.linux.security_context
+    options = security.namespace_options
+    return SandboxConfig(
+        metadata=PodMetadata(
+            name=config.metadata.name,
+            uid=config.metadata.uid,
+            namespace=config.metadata.namespace,
+            attempt=config.metadata.attempt,
+        ),
+        hostname=config.hostname,
+        log_directory=config.log_directory,
+        dns=DNSConfig(
+            servers=tuple(config.dns_config.servers),
+            searches=tuple(config.dns_config.searches),
+            options=tuple(config.dns_config.options),
+        ),
+        port_mappings=tuple(
+            PortMapping(
+                protocol=p.protocol,
+                container_port=p.container_port,
+                host_port=p.host_port,
+                host_ip=p.host_ip,
+            )
+            for p in config.port_mappings
+        ),
+        labels=dict(config.labels),
+        annotations=dict(config.annotations),
+        namespaces=NamespaceOptions(
+            network=_mode(options.network, "network"),
+            pid=_mode(options.pid, "pid"),
+            ipc=_mode(options.ipc, "ipc"),
+        ),
+        sysctls=dict(config.linux.sysctls),
+        cgroup_parent=config.linux.cgroup_parent,
+        privileged=security.privileged,
+    )
+
+
+def sandbox_filter(request: pb.ListPodSandboxRequest) -> SandboxFilter:
+    if not request.HasField("filter"):
+        return SandboxFilter()
+    f = request.filter
+    state = None
+    if f.HasField("state"):
+        try:
+            state = SandboxState(f.state.state)
+        except ValueError:
+            raise InvalidArgument(f"unknown pod sandbox state {f.state.state}") from None
+    return SandboxFilter(id=f.id, state=state, labels=dict(f.label_selector))
+
+
+def _metadata(view: SandboxView) -> pb.PodSandboxMetadata:
+    m = view.record.config.metadata
+    return pb.PodSandboxMetadata(name=m.name, uid=m.uid, namespace=m.namespace, attempt=m.attempt)
+
+
+def sandbox_status(view: SandboxView) -> pb.PodSandboxStatus:
+    record = view.record
+    ns = record.config.namespaces
+    ips = [record.ip] if record.ip and view.record.phase.value == "created" else []
+    return pb.PodSandboxStatus(
+        id=record.id,
+        metadata=_metadata(view),
+        state=int(view.state),  # type: ignore[arg-type]
+        created_at=record.created_at,
+        network=pb.PodSandboxNetworkStatus(
+            ip=ips[0] if ips else "", additional_ips=[pb.PodIP(ip=ip) for ip in ips[1:]]
+        ),
+        linux=pb.LinuxPodSandboxStatus(
+            namespaces=pb.Namespace(
+                options=pb.NamespaceOption(
+                    network=int(ns.network),  # type: ignore[arg-type]
+                    pid=int(ns.pid),  # type: ignore[arg-type]
+                    ipc=int(ns.ipc),  # type: ignore[arg-type]
+                )
+            )
+        ),
+        labels=dict(record.config.labels),
+        annotations=dict(record.config.annotations),
+        runtime_handler=record.runtime_handler,
+    )
+
+
+def sandbox_info(view: SandboxView) -> dict[str, str]:
+    """PodSandboxStatus's verbose `info`: one JSON document under the key "info"."""
+    record = view.record
+    info: dict[str, Any] = {
+        "id": record.id,
+        "phase": record.phase.value,
+        "pid": record.shim.pid if record.shim else 0,
+        "initPid": record.shim.init_pid if record.shim else 0,
+        "hostname": record.hostname,
+        "namespaces": dict(record.namespaces),
+        "shmPath": record.shm_path,
+        "network": {"kind": "builtin", "ip": record.ip},
+        "config": to_data(record.config),
+    }
+    return {"info": json.dumps(info)}
+
+
+def sandbox_summary(view: SandboxView) -> pb.PodSandbox:
+    record = view.record
+    return pb.PodSandbox(
+        id=record.id,
+        metadata=_metadata(view),
+        state=int(view.state),  # type: ignore[arg-type]
+        created_at=record.created_at,
+        labels=dict(record.config.labels),
+        annotations=dict(record.config.annotations),
+        runtime_handler=record.runtime_handler,
+    )

@@ -1,0 +1,2 @@
+"""The per-pod shim: the pod's infra process (holds its namespaces) and, later, the parent of its
+containers. Runs as `python -m cri_py.shim`; must never import grpc or anything that does."""

@@ -1,0 +1,198 @@
+"""The daemon's side of a shim: start one (fork+exec, own session), find out whether it is still
+the process we started, and call it over its socket. Blocking; callers run it off the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cri_py
+from cri_py.shim import protocol
+from cri_py.shim.spec import LOG_FILE, SOCKET_FILE, SPEC_FILE, ShimSpec
+
+START_TIMEOUT_SECONDS = 10.0
+CALL_TIMEOUT_SECONDS = 5.0
+
+
+class ShimError(Exception):
+    """A shim could not be started or called; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ShimProcess:
+    pid: int
+    # Start time in clock ticks since boot (/proc/<pid>/stat field 22): with the PID, it tells
+    # our shim apart from an unrelated process that reused its PID after a crash.
+    start_time: int
+    # PID 1 of the pod's PID namespace (0 when the pod has none).
+    init_pid: int
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat, or None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # comm (field 2) may hold spaces and parentheses: split after its closing one.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    state = fields[0]
+    if state in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def is_alive(shim: ShimProcess) -> bool:
+    return shim.pid > 0 and process_start_time(shim.pid) == shim.start_time
+
+
+def _package_parent() -> str:
+    return str(Path(cri_py.__file__).resolve().parent.parent)
+
+
+def start_shim(bundle: Path, spec: ShimSpec, timeout: float = START_TIMEOUT_SECONDS) -> ShimProcess:
+    """Writes the spec into `bundle`, starts the shim, returns once it serves its socket."""
+    (bundle / SPEC_FILE).write_text(spec.to_json())
+    # -S: no site import (saves memory and ~10 ms); cri_py is found through PYTHONPATH instead.
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+    env["PYTHONPATH"] = _package_parent()
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    with open(bundle / LOG_FILE, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-S", "-m", "cri_py.shim", str(bundle)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
+            cwd="/",
+        )
+    assert process.stdout is not None
+    try:
+        line = _read_line(process.stdout.fileno(), timeout)
+    finally:
+        process.stdout.close()
+        # The exec'd process exits right after forking the shim (or on a setup error).
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if not line:
+        log_tail = (bundle / LOG_FILE).read_text(errors="replace")[-2000:]
+        raise ShimError(f"shim for {bundle.name} exited without reporting: {log_tail.strip()}")
+    report = json.loads(line)
+    if "error" in report:
+        raise ShimError(f"shim for {bundle.name}: {report['error']}")
+    pid = int(report["pid"])
+    start_time = process_start_time(pid)
+    if start_time is None:
+        raise ShimError(f"shim for {bundle.name} (pid {pid}) died right after starting")
+    return ShimProcess(pid=pid, start_time=start_time, init_pid=int(report["init_pid"]))
+
+
+def _read_line(fd: int, timeout: float) -> bytes:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ShimError(f"shim did not report within {timeout}s")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\n", 1)[0]
+
+
+def connect_unix(conn: socket.socket, path: Path) -> None:
+    """connect() through an O_PATH fd of the socket's dir: the full path can exceed the 108
+    bytes of sun_path (a deep run dir plus a 64-character sandbox ID)."""
+    dir_fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        conn.connect(f"/proc/self/fd/{dir_fd}/{path.name}")
+    finally:
+        os.close(dir_fd)
+
+
+class ShimClient:
+    """Request/response calls to one shim, a fresh connection per call (calls are rare)."""
+
+    def __init__(self, bundle: Path) -> None:
+        self.socket_path = bundle / SOCKET_FILE
+        self._next_id = 1
+
+    def call(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        timeout: float = CALL_TIMEOUT_SECONDS,
+    ) -> Mapping[str, Any]:
+        request = protocol.Request(self._next_id, method, dict(params or {}))
+        self._next_id += 1
+        deadline = time.monotonic() + timeout
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as conn:
+                conn.settimeout(timeout)
+                connect_unix(conn, self.socket_path)
+                conn.sendall(protocol.encode(request))
+                decoder = protocol.Decoder()
+                while True:
+                    conn.settimeout(max(0.001, deadline - time.monotonic()))
+                    data = conn.recv(65536)
+                    if not data:
+                        raise ShimError(f"shim at {self.socket_path} closed the connection")
+                    for message in decoder.feed(data):
+                        if isinstance(message, protocol.Response) and message.id == request.id:
+                            if message.error is not None:
+                                raise ShimError(f"shim {method}: {message.error.message}")
+                            return message.result or {}
+        except (OSError, protocol.ProtocolError) as e:
+            raise ShimError(f"shim at {self.socket_path}: {method}: {e}") from e
+
+
+def stop_shim(bundle: Path, shim: ShimProcess, timeout: float = CALL_TIMEOUT_SECONDS) -> None:
+    """Asks the shim to shut down, SIGKILLs it after `timeout`; returns once it is gone.
+
+    Safe to call for a shim that already died, or whose PID now belongs to someone else: the
+    pidfd is opened first and checked against the recorded start time before anything is sent.
+    """
+    try:
+        pidfd = os.pidfd_open(shim.pid)
+    except ProcessLookupError:
+        return
+    try:
+        if process_start_time(shim.pid) != shim.start_time:
+            return
+        with contextlib.suppress(ShimError):
+            ShimClient(bundle).call("shutdown", timeout=timeout)
+        if _wait_readable(pidfd, timeout):
+            return
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        if not _wait_readable(pidfd, timeout):
+            raise ShimError(f"shim {shim.pid} did not die within {timeout}s of SIGKILL")
+    except ProcessLookupError:
+        return
+    finally:
+        os.close(pidfd)
+
+
+def _wait_readable(fd: int, timeout: float) -> bool:
+    ready, _, _ = select.select([fd], [], [], timeout)
+    return bool(ready)

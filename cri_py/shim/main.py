@@ -1,0 +1,279 @@
+"""The shim process: creates the pod's namespaces, then serves the protocol on `shim.sock`.
+
+Started by the daemon as `python -m cri_py.shim <sandbox run dir>` in its own session. The exec'd
+process creates the namespaces, forks the long-lived shim and exits, so the shim is nobody's
+child but init's (or a subreaper's) and survives the daemon. The shim reports one JSON line on
+the stdout it inherited (`{"pid": ..}` or `{"error": ..}`), then points stdout/stderr at
+`shim.log`. It is a child subreaper so that container processes orphaned inside the pod are
+reaped here. With a pod-wide PID namespace it forks that namespace's init (PID 1), which only
+reaps; killing it ends every process of the namespace.
+
+Imports stay few (no grpc, no asyncio): every pod pays this process's memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cri_py.linux import syscalls
+from cri_py.shim import protocol
+from cri_py.shim.spec import EXIT_FILE, LOG_FILE, SOCKET_FILE, SPEC_FILE, ShimSpec, sysctl_path
+
+
+def _report(line: dict[str, Any]) -> None:
+    os.write(1, (json.dumps(line) + "\n").encode())
+
+
+def _detach_stdio(log_path: Path | None) -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if log_path else null
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    for fd in {null, out}:
+        if fd > 2:
+            os.close(fd)
+
+
+def create_namespaces(spec: ShimSpec) -> None:
+    """unshare the pod's namespaces (not PID: that one applies to children only) and fill them."""
+    flags = 0
+    if spec.new_net:
+        flags |= syscalls.CLONE_NEWNET
+    if spec.new_ipc:
+        flags |= syscalls.CLONE_NEWIPC
+    if spec.new_uts:
+        flags |= syscalls.CLONE_NEWUTS
+    if flags:
+        syscalls.unshare(flags)
+    if spec.new_uts and spec.hostname:
+        socket.sethostname(spec.hostname)
+    for name, value in spec.sysctls.items():
+        # /proc/sys/net and the IPC sysctls resolve to the writer's own namespaces.
+        with open(sysctl_path(name), "w") as f:
+            f.write(value)
+
+
+def run_pid_init() -> None:
+    """PID 1 of the pod's PID namespace: reaps orphans until told to stop."""
+    with contextlib.suppress(OSError):
+        _detach_stdio(None)
+    # SIGKILLed shim: its namespace's processes must not outlive it (stop relies on that).
+    # (getppid() is 0 here, the parent being outside the namespace, so the usual re-check for a
+    # parent that died before this prctl is not possible; the window is a few instructions.)
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+    wanted = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    while True:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+        if signal.sigwait(wanted) != signal.SIGCHLD:
+            os._exit(0)
+
+
+class Shim:
+    """The serving loop: one listening socket, its connections, SIGCHLD and SIGTERM."""
+
+    def __init__(self, spec: ShimSpec, bundle: Path, listener: socket.socket, init_pid: int):
+        self.spec = spec
+        self.bundle = bundle
+        self.listener = listener
+        self.init_pid = init_pid
+        self.started_at = time.time_ns()
+        self.selector = selectors.DefaultSelector()
+        self.connections: dict[socket.socket, tuple[protocol.Decoder, bytearray]] = {}
+        self.stopping = ""
+        self.init_exit: int | None = None
+        wake_read, wake_write = socket.socketpair()
+        wake_read.setblocking(False)
+        wake_write.setblocking(False)
+        self.wake = wake_read
+        self._wake_write = wake_write  # kept referenced: the wakeup fd must stay open
+        signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        listener.setblocking(False)
+        self.selector.register(listener, selectors.EVENT_READ)
+        self.selector.register(wake_read, selectors.EVENT_READ)
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.stopping = "SIGTERM"
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "sandbox_id": self.spec.sandbox_id,
+            "pid": os.getpid(),
+            "init_pid": self.init_pid,
+            "init_exit": self.init_exit,
+            "started_at": self.started_at,
+        }
+
+    def handle(self, request: protocol.Request) -> protocol.Response:
+        if request.method in ("ping", "status"):
+            return protocol.Response(request.id, result=self.status())
+        if request.method == "shutdown":
+            self.stopping = "shutdown"
+            return protocol.Response(request.id, result={})
+        return protocol.Response(
+            request.id, error=protocol.Error("invalid", f"unknown method {request.method!r}")
+        )
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.init_pid:
+                self.init_exit = os.waitstatus_to_exitcode(status)
+
+    def _close(self, conn: socket.socket) -> None:
+        self.selector.unregister(conn)
+        self.connections.pop(conn, None)
+        conn.close()
+
+    def _flush(self, conn: socket.socket) -> None:
+        _, out = self.connections[conn]
+        try:
+            sent = conn.send(out)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._close(conn)
+            return
+        del out[:sent]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
+        self.selector.modify(conn, events)
+
+    def _on_readable(self, conn: socket.socket) -> None:
+        decoder, out = self.connections[conn]
+        try:
+            data = conn.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)
+            return
+        try:
+            messages = decoder.feed(data)
+        except protocol.ProtocolError as e:
+            print(f"shim: dropping a connection: {e}", file=sys.stderr, flush=True)
+            self._close(conn)
+            return
+        for message in messages:
+            if isinstance(message, protocol.Request):
+                out += protocol.encode(self.handle(message))
+        self._flush(conn)
+
+    def serve(self) -> str:
+        while not self.stopping:
+            for key, mask in self.selector.select():
+                sock = key.fileobj
+                if sock is self.wake:
+                    try:
+                        while self.wake.recv(4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    self.reap()
+                elif sock is self.listener:
+                    try:
+                        conn, _ = self.listener.accept()
+                    except BlockingIOError:
+                        continue
+                    conn.setblocking(False)
+                    self.connections[conn] = (protocol.Decoder(), bytearray())
+                    self.selector.register(conn, selectors.EVENT_READ)
+                elif isinstance(sock, socket.socket) and sock in self.connections:
+                    if mask & selectors.EVENT_READ:
+                        self._on_readable(sock)
+                    if sock in self.connections and mask & selectors.EVENT_WRITE:
+                        self._flush(sock)
+        # Answer what was asked (the shutdown's own reply) before going.
+        for conn in list(self.connections):
+            conn.setblocking(True)
+            conn.settimeout(1.0)
+            with contextlib.suppress(OSError):
+                conn.sendall(self.connections[conn][1])
+            self._close(conn)
+        return self.stopping
+
+    def shut_down(self, reason: str) -> None:
+        if self.init_pid and self.init_exit is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.init_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+        (self.bundle / SOCKET_FILE).unlink(missing_ok=True)
+        record = {"pid": os.getpid(), "reason": reason, "finished_at": time.time_ns()}
+        tmp = self.bundle / f".{EXIT_FILE}.tmp"
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, self.bundle / EXIT_FILE)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m cri_py.shim <sandbox run dir>", file=sys.stderr)
+        return 2
+    bundle = Path(argv[0])
+    try:
+        os.chdir("/")
+        spec = ShimSpec.from_json((bundle / SPEC_FILE).read_text())
+        create_namespaces(spec)
+    except Exception as e:
+        _report({"error": f"shim setup: {e}"})
+        return 1
+    if os.fork() != 0:
+        # The exec'd process leaves at once: the shim below is re-parented and outlives us.
+        return 0
+    init_pid = 0
+    try:
+        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+        if spec.new_pid:
+            syscalls.unshare(syscalls.CLONE_NEWPID)
+            init_pid = os.fork()
+            if init_pid == 0:
+                run_pid_init()
+                os._exit(0)
+        sock_path = bundle / SOCKET_FILE
+        sock_path.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Bound by a relative name: the full path can exceed sun_path's 108 bytes.
+        os.chdir(bundle)
+        listener.bind(SOCKET_FILE)
+        os.chdir("/")
+        os.chmod(sock_path, 0o600)
+        listener.listen(16)
+        shim = Shim(spec, bundle, listener, init_pid)
+    except Exception as e:
+        if init_pid > 0:
+            os.kill(init_pid, signal.SIGKILL)
+        _report({"error": f"shim start: {e}"})
+        os._exit(1)
+    _report({"pid": os.getpid(), "init_pid": init_pid})
+    _detach_stdio(bundle / LOG_FILE)
+    reason = shim.serve()
+    shim.shut_down(reason)
+    os._exit(0)

@@ -1,0 +1,146 @@
+"""The daemon <-> shim wire protocol, sans-IO: bytes in, messages out, and back.
+
+A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON (an object).
+Three messages ride in frames: a request (`id`, `method`, `params`), the response to it (same
+`id`, then `result` or `error`) and an event the shim sends unasked (`event`, `data`). Sockets,
+timeouts and retries belong to the callers (`cri_py.shim.client`, `cri_py.shim.server`).
+Imported by the shim: stdlib only.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+HEADER = struct.Struct(">I")
+# Large enough for any request or status; ExecSync output will travel in its own frames.
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a frame of this protocol; drop the connection."""
+
+
+@dataclass(frozen=True)
+class Request:
+    id: int
+    method: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Error:
+    # A short machine-readable kind ("not_found", "invalid", "failed") and the text for people.
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Response:
+    id: int
+    result: Mapping[str, Any] | None = None
+    error: Error | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+Message = Request | Response | Event
+
+
+def _to_data(message: Message) -> dict[str, Any]:
+    if isinstance(message, Request):
+        return {"id": message.id, "method": message.method, "params": dict(message.params)}
+    if isinstance(message, Response):
+        if message.error is not None:
+            return {
+                "id": message.id,
+                "error": {"kind": message.error.kind, "message": message.error.message},
+            }
+        return {"id": message.id, "result": dict(message.result or {})}
+    return {"event": message.name, "data": dict(message.data)}
+
+
+def encode(message: Message, max_frame: int = MAX_FRAME_BYTES) -> bytes:
+    """One frame holding `message`; ValueError when it would exceed `max_frame`."""
+    body = json.dumps(_to_data(message), separators=(",", ":")).encode()
+    if len(body) > max_frame:
+        raise ValueError(f"frame of {len(body)} bytes exceeds the limit of {max_frame}")
+    return HEADER.pack(len(body)) + body
+
+
+def _expect(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = data.get(key)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise ProtocolError(f"field {key!r} missing or of the wrong type")
+    return value
+
+
+def _from_data(data: Any) -> Message:
+    if not isinstance(data, dict):
+        raise ProtocolError("a frame must hold a JSON object")
+    if "event" in data:
+        return Event(_expect(data, "event", str), _expect(data, "data", dict))
+    if "method" in data:
+        return Request(
+            _expect(data, "id", int), _expect(data, "method", str), _expect(data, "params", dict)
+        )
+    if "error" in data:
+        error = _expect(data, "error", dict)
+        return Response(
+            _expect(data, "id", int),
+            error=Error(_expect(error, "kind", str), _expect(error, "message", str)),
+        )
+    if "result" in data:
+        return Response(_expect(data, "id", int), result=_expect(data, "result", dict))
+    raise ProtocolError("a frame must be a request, a response or an event")
+
+
+class Decoder:
+    """Accumulates received bytes and yields the complete messages they hold.
+
+    After a ProtocolError the stream is out of sync and the decoder refuses further input.
+    """
+
+    def __init__(self, max_frame: int = MAX_FRAME_BYTES) -> None:
+        self._buffer = bytearray()
+        self._max_frame = max_frame
+        self._broken = False
+
+    def feed(self, data: bytes) -> list[Message]:
+        if self._broken:
+            raise ProtocolError("stream already failed")
+        self._buffer += data
+        messages: list[Message] = []
+        try:
+            while len(self._buffer) >= HEADER.size:
+                (length,) = HEADER.unpack_from(self._buffer)
+                if length > self._max_frame:
+                    raise ProtocolError(
+                        f"frame of {length} bytes exceeds the limit of {self._max_frame}"
+                    )
+                end = HEADER.size + length
+                if len(self._buffer) < end:
+                    break
+                body = bytes(self._buffer[HEADER.size : end])
+                del self._buffer[:end]
+                try:
+                    data = json.loads(body.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                    raise ProtocolError(f"frame is not UTF-8 JSON: {e}") from None
+                messages.append(_from_data(data))
+        except ProtocolError:
+            self._broken = True
+            raise
+        return messages
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not yet form a complete frame (non-zero at EOF: truncated)."""
+        return len(self._buffer)

@@ -1,0 +1,68 @@
+"""What a shim is asked to be: written by the daemon as `shim.json` in the sandbox's run dir and
+read by the shim at start. Stdlib only (the shim imports it)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+SPEC_FILE = "shim.json"
+SOCKET_FILE = "shim.sock"
+LOG_FILE = "shim.log"
+EXIT_FILE = "exit.json"
+
+
+@dataclass(frozen=True)
+class ShimSpec:
+    sandbox_id: str
+    # Empty: keep the host's (UTS namespace shared).
+    hostname: str = ""
+    # Namespaces the shim creates; the others are the host's.
+    new_net: bool = True
+    new_ipc: bool = True
+    new_uts: bool = True
+    new_pid: bool = False
+    # Namespaced sysctls, already validated, written after the namespaces exist.
+    sysctls: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "sandbox_id": self.sandbox_id,
+                "hostname": self.hostname,
+                "new_net": self.new_net,
+                "new_ipc": self.new_ipc,
+                "new_uts": self.new_uts,
+                "new_pid": self.new_pid,
+                "sysctls": dict(self.sysctls),
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ShimSpec:
+        data: dict[str, Any] = json.loads(text)
+        return cls(
+            sandbox_id=str(data["sandbox_id"]),
+            hostname=str(data.get("hostname", "")),
+            new_net=bool(data.get("new_net", True)),
+            new_ipc=bool(data.get("new_ipc", True)),
+            new_uts=bool(data.get("new_uts", True)),
+            new_pid=bool(data.get("new_pid", False)),
+            sysctls={str(k): str(v) for k, v in data.get("sysctls", {}).items()},
+        )
+
+
+def sysctl_path(name: str) -> str:
+    """/proc/sys path of a sysctl; both `net.ipv4.x` and `net/ipv4/x` spellings are accepted.
+
+    With dots, a `/` inside a component stands for a literal dot (`net.ipv4.conf.eth0/1.x`), as
+    in sysctl(8).
+    """
+    if "/" in name and "." not in name.split("/")[0]:
+        parts = name.split("/")
+    else:
+        parts = [p.replace("/", ".") for p in name.split(".")]
+    return "/proc/sys/" + "/".join(parts)

@@ -1,0 +1,70 @@
+"""CRI messages to the runtime's types and back, for sandboxes."""
+
+from __future__ import annotations
+
+import pytest
+
+from cri_py.api import api_pb2 as pb
+from cri_py.errors import InvalidArgument
+from cri_py.runtime.model import NamespaceMode, Phase, SandboxRecord, SandboxState, SandboxView
+from cri_py.server import convert
+
+
+def pod_config() -> pb.PodSandboxConfig:
+    return pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name="web", uid="u1", namespace="default", attempt=3),
+        hostname="web-0",
+        dns_config=pb.DNSConfig(servers=["10.96.0.10"], searches=["svc"], options=["ndots:5"]),
+        labels={"app": "web"},
+        annotations={"a": "b"},
+        linux=pb.LinuxPodSandboxConfig(
+            sysctls={"net.core.somaxconn": "1"},
+            security_context=pb.LinuxSandboxSecurityContext(
+                namespace_options=pb.NamespaceOption(network=pb.NODE, pid=pb.CONTAINER)
+            ),
+        ),
+    )
+
+
+def test_config_is_converted_field_by_field() -> None:
+    config = convert.sandbox_config(pod_config())
+    assert (config.metadata.name, config.metadata.attempt) == ("web", 3)
+    assert config.dns.servers == ("10.96.0.10",)
+    assert config.namespaces.network == NamespaceMode.NODE
+    assert config.namespaces.pid == NamespaceMode.CONTAINER
+    assert config.labels == {"app": "web"} and config.sysctls == {"net.core.somaxconn": "1"}
+
+
+def test_unknown_namespace_mode_is_invalid_argument() -> None:
+    request = pod_config()
+    request.linux.security_context.namespace_options.ipc = 42  # type: ignore[assignment]
+    with pytest.raises(InvalidArgument, match="unknown namespace mode 42"):
+        convert.sandbox_config(request)
+
+
+def test_status_echoes_labels_annotations_and_ip() -> None:
+    record = SandboxRecord(
+        "ab" * 32, convert.sandbox_config(pod_config()), 5, Phase.CREATED, ip="10.88.0.9"
+    )
+    status = convert.sandbox_status(SandboxView(record, SandboxState.READY))
+    assert status.network.ip == "10.88.0.9"
+    assert dict(status.labels) == {"app": "web"} and dict(status.annotations) == {"a": "b"}
+    assert status.linux.namespaces.options.network == pb.NODE
+    assert status.metadata.attempt == 3 and status.created_at == 5
+
+
+def test_filter_conversion() -> None:
+    request = pb.ListPodSandboxRequest(
+        filter=pb.PodSandboxFilter(
+            id="ab",
+            state=pb.PodSandboxStateValue(state=pb.SANDBOX_NOTREADY),
+            label_selector={"app": "web"},
+        )
+    )
+    selector = convert.sandbox_filter(request)
+    assert (selector.id, selector.state, selector.labels) == (
+        "ab",
+        SandboxState.NOTREADY,
+        {"app": "web"},
+    )
+    assert convert.sandbox_filter(pb.ListPodSandboxRequest()).state is None

@@ -1,0 +1,25 @@
+"""The shim's spec file and sysctl paths."""
+
+from __future__ import annotations
+
+import pytest
+
+from cri_py.shim.spec import ShimSpec, sysctl_path
+
+
+def test_spec_round_trips_through_json() -> None:
+    spec = ShimSpec("a" * 64, hostname="web-0", new_pid=True, sysctls={"net.core.somaxconn": "1"})
+    assert ShimSpec.from_json(spec.to_json()) == spec
+
+
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [
+        ("net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward"),
+        ("net/ipv4/ip_forward", "/proc/sys/net/ipv4/ip_forward"),
+        ("net.ipv4.conf.eth0/1.rp_filter", "/proc/sys/net/ipv4/conf/eth0.1/rp_filter"),
+        ("kernel.shm_rmid_forced", "/proc/sys/kernel/shm_rmid_forced"),
+    ],
+)
+def test_sysctl_names_map_to_proc_sys_paths(name: str, path: str) -> None:
+    assert sysctl_path(name) == path
