@@ -1,0 +1,111 @@
+"""Container cgroups: where they live, applying resources at create and update, removal.
+
+The cgroup of a container is `<sandbox cgroup_parent>/cri-py-<container id>` (kubelet's
+cgroupfs driver sends parents such as `/kubepods/burstable/pod<uid>`), or lives under cri-py's
+own parent when the sandbox has none. Only these leaves are ever created, written or removed
+by cri-py; parents are kubelet's (or ours, for the default one) and stay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+
+from cri_py.errors import FailedPrecondition, InvalidArgument
+from cri_py.linux.cgroupfs import Cgroupfs, CgroupMode, clean_cgroup_path
+from cri_py.log import get_logger
+from cri_py.oci.cgroups import Resources, Write, v1_writes, v2_controllers, v2_writes
+
+log = get_logger("cri_py.cgroups")
+
+DEFAULT_PARENT = "/cri-py"
+LEAF_PREFIX = "cri-py-"
+
+
+def container_cgroup(parent: str, container_id: str) -> str:
+    """The cgroup path of a container; `parent` comes from the CRI and is checked."""
+    parent = clean_cgroup_path(parent) if parent else DEFAULT_PARENT
+    if not container_id or "/" in container_id or container_id in (".", ".."):
+        raise InvalidArgument(f"container ID {container_id!r} cannot name a cgroup")
+    return f"{parent.rstrip('/')}/{LEAF_PREFIX}{container_id}"
+
+
+def is_ours(cgroup: str) -> bool:
+    return cgroup.rsplit("/", 1)[-1].startswith(LEAF_PREFIX)
+
+
+class CgroupManager:
+    def __init__(self, fs: Cgroupfs, pids_limit: int = 0) -> None:
+        self.fs = fs
+        self.pids_limit = pids_limit
+
+    @property
+    def mode(self) -> CgroupMode:
+        return self.fs.mode
+
+    def plan(self, resources: Resources, current_memsw: int | None = None) -> list[Write]:
+        if self.pids_limit and not resources.pids_limit:
+            resources = dataclasses.replace(resources, pids_limit=self.pids_limit)
+        if self.fs.mode == CgroupMode.V2:
+            return v2_writes(resources)
+        writes = v1_writes(resources, current_memsw)
+        mounted = self.fs.controllers()
+        missing = sorted({w.controller for w in writes} - mounted)
+        if missing:
+            raise FailedPrecondition(
+                f"cgroup controllers {', '.join(missing)} are not mounted on this node"
+            )
+        return writes
+
+    def create(self, cgroup: str, resources: Resources) -> None:
+        """Creates the container's cgroup with its limits; nothing is left if it fails."""
+        if not is_ours(cgroup):
+            raise InvalidArgument(f"cgroup {cgroup} is not a cri-py container cgroup")
+        writes = self.plan(resources)
+        self.fs.create(cgroup)
+        try:
+            self.fs.enable_v2_controllers(cgroup, v2_controllers(writes))
+            self.fs.write(cgroup, writes)
+        except BaseException:
+            self.fs.remove(cgroup)
+            raise
+
+    def update(self, cgroup: str, resources: Resources) -> None:
+        """Applies new limits to a live cgroup, all or nothing: on a failed write the files
+        already written get their previous values back."""
+        current_memsw = None
+        if self.fs.mode != CgroupMode.V2 and resources.memory_swap_limit_in_bytes:
+            current_memsw = _as_limit(self.fs.read(cgroup, "memory", "memory.memsw.limit_in_bytes"))
+        writes = self.plan(resources, current_memsw)
+        previous = [
+            Write(w.controller, w.file, self.fs.read(cgroup, w.controller, w.file)) for w in writes
+        ]
+        done: list[Write] = []
+        try:
+            for w in writes:
+                self.fs.write(cgroup, [w])
+                done.append(w)
+        except OSError as e:
+            undo = [p for p, w in zip(previous, writes, strict=True) if w in done]
+            for p in reversed(undo):
+                try:
+                    self.fs.write(cgroup, [p])  # values read back are accepted as written
+                except OSError:
+                    log.error("could not restore cgroup value", cgroup=cgroup, file=p.file)
+            if e.errno in (errno.EINVAL, errno.EBUSY):
+                raise InvalidArgument(f"cgroup {cgroup}: {e.strerror}") from None
+            raise
+
+    def add_process(self, cgroup: str, pid: int) -> None:
+        self.fs.add_process(cgroup, pid)
+
+    def remove(self, cgroup: str, timeout: float = 5.0) -> None:
+        if not is_ours(cgroup):
+            raise InvalidArgument(f"cgroup {cgroup} is not a cri-py container cgroup")
+        self.fs.remove(cgroup, timeout)
+
+
+def _as_limit(value: str) -> int | None:
+    """A v1 limit file's value; the kernel shows "unlimited" as a huge page-aligned number."""
+    number = int(value)
+    return None if number >= 2**62 else number

@@ -1,0 +1,110 @@
+"""Container cgroups on this host's real hierarchies (cgroup v1 on our machines).
+
+Every test works under its own parent `/cri-py-tests/<random>` and removes it, pass or fail;
+no other cgroup is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from cri_py.errors import InvalidArgument
+from cri_py.linux.cgroupfs import Cgroupfs, CgroupMode
+from cri_py.oci.cgroups import Resources
+from cri_py.runtime.cgroups import CgroupManager, container_cgroup
+
+from .conftest import needs_root
+
+pytestmark = needs_root
+
+
+@pytest.fixture
+def parent() -> Iterator[tuple[CgroupManager, str]]:
+    fs = Cgroupfs.from_host()
+    if fs.mode == CgroupMode.V2:
+        pytest.skip("this test proves cgroup v1; v2 is covered by golden tests on a fake tree")
+    parent = f"/cri-py-tests/{secrets.token_hex(4)}"
+    manager = CgroupManager(fs)
+    try:
+        yield manager, parent
+    finally:
+        for directory in fs.dirs(parent):
+            if directory.is_dir():
+                for child in directory.iterdir():
+                    if child.is_dir():
+                        os.rmdir(child)
+                os.rmdir(directory)
+        for directory in fs.dirs("/cri-py-tests"):
+            with contextlib.suppress(OSError):  # another test's parent may still be there
+                os.rmdir(directory)
+
+
+def test_kubelet_500m_64mi_reads_back_exactly(parent: tuple[CgroupManager, str]) -> None:
+    manager, base = parent
+    cgroup = container_cgroup(base, "c1")
+    manager.create(
+        cgroup,
+        Resources(
+            cpu_shares=512, cpu_quota=50000, cpu_period=100000, memory_limit_in_bytes=67108864
+        ),
+    )
+    fs = manager.fs
+    assert fs.read(cgroup, "cpu", "cpu.shares") == "512"
+    assert fs.read(cgroup, "cpu", "cpu.cfs_quota_us") == "50000"
+    assert fs.read(cgroup, "cpu", "cpu.cfs_period_us") == "100000"
+    assert fs.read(cgroup, "memory", "memory.limit_in_bytes") == "67108864"
+    manager.remove(cgroup)
+    assert not fs.exists(cgroup)
+
+
+def test_seed_example_4mib_limit(parent: tuple[CgroupManager, str]) -> None:
+    manager, base = parent
+    cgroup = container_cgroup(base, "seed")
+    manager.create(cgroup, Resources(memory_limit_in_bytes=4 * 1024 * 1024))
+    assert manager.fs.read(cgroup, "memory", "memory.limit_in_bytes") == "4194304"
+    manager.remove(cgroup)
+
+
+def test_update_changes_live_values_and_failure_changes_nothing(
+    parent: tuple[CgroupManager, str],
+) -> None:
+    manager, base = parent
+    cgroup = container_cgroup(base, "upd")
+    manager.create(cgroup, Resources(cpu_shares=512, memory_limit_in_bytes=64 << 20))
+    manager.update(
+        cgroup,
+        Resources(
+            cpu_shares=1024, cpu_quota=20000, cpu_period=100000, memory_limit_in_bytes=128 << 20
+        ),
+    )
+    fs = manager.fs
+    assert fs.read(cgroup, "cpu", "cpu.shares") == "1024"
+    assert fs.read(cgroup, "cpu", "cpu.cfs_quota_us") == "20000"
+    assert fs.read(cgroup, "memory", "memory.limit_in_bytes") == str(128 << 20)
+    # cpuset.cpus beyond the machine's CPUs fails after the cpu writes succeeded: all undone.
+    with pytest.raises((InvalidArgument, OSError)):
+        manager.update(cgroup, Resources(cpu_shares=256, cpuset_cpus="0-4095"))
+    assert fs.read(cgroup, "cpu", "cpu.shares") == "1024"
+    manager.remove(cgroup)
+
+
+def test_remove_waits_for_an_exiting_task(parent: tuple[CgroupManager, str]) -> None:
+    manager, base = parent
+    cgroup = container_cgroup(base, "busy")
+    manager.create(cgroup, Resources(memory_limit_in_bytes=64 << 20))
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        manager.add_process(cgroup, child.pid)
+        assert child.pid in manager.fs.pids(cgroup)
+    finally:
+        child.kill()
+        child.wait()
+    manager.remove(cgroup)
+    assert not manager.fs.exists(cgroup)

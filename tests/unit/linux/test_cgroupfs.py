@@ -1,0 +1,97 @@
+"""Finding cgroup hierarchies and doing cgroup I/O, against fake cgroup trees (no root)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cri_py.errors import InvalidArgument
+from cri_py.linux.cgroupfs import Cgroupfs, CgroupMode, Hierarchy, parse_mountinfo
+from cri_py.oci.cgroups import Resources, v2_writes
+from cri_py.runtime.cgroups import CgroupManager, container_cgroup
+
+# What our CI machines show: v1 controllers plus an empty cgroup2 mount (hybrid).
+HYBRID = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset,clone_children
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+V2 = "29 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n"
+
+
+def test_hybrid_host_is_detected_with_its_controllers() -> None:
+    fs = Cgroupfs(parse_mountinfo(HYBRID))
+    assert fs.mode == CgroupMode.HYBRID
+    assert fs.controllers() == {"cpu", "cpuacct", "cpuset", "memory", "pids", "name=systemd"}
+
+
+def test_paths_are_absolute_from_the_hierarchy_root_not_our_own_cgroup() -> None:
+    fs = Cgroupfs(parse_mountinfo(HYBRID))
+    assert fs.file("/kubepods/pod1/cri-py-a", "memory", "memory.limit_in_bytes") == Path(
+        "/sys/fs/cgroup/memory/kubepods/pod1/cri-py-a/memory.limit_in_bytes"
+    )
+
+
+def test_a_mount_of_a_sub_tree_maps_paths_under_its_root() -> None:
+    text = "40 31 0:32 /machine /cg/memory rw - cgroup cgroup rw,memory\n"
+    fs = Cgroupfs(parse_mountinfo(text))
+    assert fs.dirs("/machine/pod/cri-py-a") == [Path("/cg/memory/pod/cri-py-a")]
+    with pytest.raises(InvalidArgument, match="outside"):
+        fs.dirs("/elsewhere/cri-py-a")
+
+
+@pytest.mark.parametrize("path", ["relative/x", "/a/../../etc", "/a/./b"])
+def test_paths_that_could_climb_out_are_refused(path: str) -> None:
+    fs = Cgroupfs(parse_mountinfo(V2))
+    with pytest.raises(InvalidArgument):
+        fs.dirs(path)
+
+
+def test_container_cgroup_naming() -> None:
+    assert container_cgroup("/kubepods/burstable/pod9", "abc") == (
+        "/kubepods/burstable/pod9/cri-py-abc"
+    )
+    assert container_cgroup("", "abc") == "/cri-py/cri-py-abc"
+    with pytest.raises(InvalidArgument):
+        container_cgroup("/kubepods/../..", "abc")
+
+
+def fake_v2_tree(root: Path) -> Cgroupfs:
+    """A directory that looks enough like a cgroup2 mount for create/enable/write."""
+    (root / "cgroup.subtree_control").write_text("")
+    (root / "cgroup.controllers").write_text("cpu cpuset memory pids")
+    return Cgroupfs([Hierarchy(str(root), "/", frozenset(), 2)])
+
+
+def test_v2_golden_tree_for_kubelet_request(tmp_path: Path) -> None:
+    fs = fake_v2_tree(tmp_path)
+    manager = CgroupManager(fs, pids_limit=4096)
+    # A real cgroupfs makes the control files itself; the fake gets them made for it.
+    parent = tmp_path / "kubepods" / "pod1"
+    parent.mkdir(parents=True)
+    (tmp_path / "kubepods" / "cgroup.subtree_control").write_text("")
+    (parent / "cgroup.subtree_control").write_text("")
+    resources = Resources(cpu_shares=512, cpu_quota=50000, cpu_period=100000,
+                          memory_limit_in_bytes=64 * 1024 * 1024,
+                          unified={"memory.oom.group": "1"})
+    manager.create("/kubepods/pod1/cri-py-c1", resources)
+    leaf = parent / "cri-py-c1"
+    files = {p.name: p.read_text() for p in sorted(leaf.iterdir())}
+    assert files == {
+        "cpu.weight": "20",
+        "cpu.max": "50000 100000",
+        "memory.max": "67108864",
+        "pids.max": "4096",
+        "memory.oom.group": "1",
+    }
+    # Every ancestor delegates the controllers the leaf uses, top down.
+    for directory in (tmp_path, tmp_path / "kubepods", parent):
+        enabled = (directory / "cgroup.subtree_control").read_text()
+        assert enabled == "+cpu +memory +pids", directory
+    assert [w.file for w in v2_writes(resources)][-1] == "memory.oom.group"
