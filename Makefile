@@ -10,7 +10,7 @@ CRI_TOOLS_VERSION ?= v1.37.0
 KUBERNETES_VERSION ?= v1.37.2
 SOCKET ?= /run/cri-py/cri-py.sock
 
-.PHONY: all venv run test lint typecheck protos protos-check tools registry registry-stop images critest e2e-critest bench clean
+.PHONY: all venv run test lint typecheck protos protos-check tools registry registry-stop images critest e2e-critest bench install uninstall clean
 
 all: test
 
@@ -71,6 +71,14 @@ critest: venv
 # Every critest spec, judged against e2e/critest-floor.txt and e2e/critest-must-pass.txt.
 e2e-critest: venv
 	GATE=1 PYTHON=$(PY) TOOLS_DIR=$(TOOLS_DIR) ./e2e/critest.sh
+
+# Install as a service: venv in $(PREFIX), systemd unit, default config (see systemd/install.sh).
+PREFIX ?= /opt/cri-py
+install:
+	PREFIX=$(PREFIX) PYTHON=$(PYTHON) ./systemd/install.sh install
+
+uninstall:
+	PREFIX=$(PREFIX) ./systemd/install.sh uninstall
 
 # Benchmarks (numbers, not pass/fail). Needs the lab: make registry images.
 bench: venv

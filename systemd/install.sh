@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Installs cri-py as a service, or removes exactly what an install added.
+#   install:   a virtualenv in $PREFIX with cri-py, the systemd unit, a default config file and
+#              /etc/crictl.yaml (config files only when absent: an operator's files are kept)
+#   uninstall: removes $PREFIX and every file the install created that is still as installed
+# PREFIX (default /opt/cri-py), SYSCONFDIR (/etc), UNITDIR (/etc/systemd/system) move things,
+# so tests install into a temp dir.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+prefix=${PREFIX:-/opt/cri-py}
+sysconfdir=${SYSCONFDIR:-/etc}
+unitdir=${UNITDIR:-/etc/systemd/system}
+python=${PYTHON:-python3}
+manifest=$prefix/.install-manifest   # "<sha256>  <path>" of every file created outside $prefix
+
+record() { sha256sum "$1" >>"$manifest"; }
+
+# mkdir -p that records each directory it creates ("dir <path>"), so uninstall can remove them.
+make_dir() {
+    local missing=() d=$1
+    while [ ! -d "$d" ]; do missing=("$d" "${missing[@]}"); d=$(dirname "$d"); done
+    for d in "${missing[@]}"; do mkdir "$d"; echo "dir $d" >>"$manifest"; done
+}
+
+systemd_running() { [ -d /run/systemd/system ]; }
+
+install_all() {
+    "$python" -m venv "$prefix"
+    "$prefix/bin/pip" install --quiet --disable-pip-version-check "$top"
+    : >"$manifest"
+    make_dir "$unitdir"
+    sed "s|@PREFIX@|$prefix|g" "$top/systemd/cri-py.service" >"$unitdir/cri-py.service"
+    record "$unitdir/cri-py.service"
+    if [ ! -e "$sysconfdir/cri-py/config.yaml" ]; then
+        make_dir "$sysconfdir/cri-py/config.d"
+        {
+            echo "# cri-py config: the embedded defaults, written by make install."
+            echo "# Drop-ins in config.d/*.yaml override it; see README.md for every key."
+            "$prefix/bin/cri-py" config --config /dev/null --config-dir /nonexistent
+        } >"$sysconfdir/cri-py/config.yaml"
+        record "$sysconfdir/cri-py/config.yaml"
+    fi
+    if [ ! -e "$sysconfdir/crictl.yaml" ]; then
+        make_dir "$sysconfdir"
+        printf 'runtime-endpoint: unix:///run/cri-py/cri-py.sock\nimage-endpoint: unix:///run/cri-py/cri-py.sock\ntimeout: 10\n' \
+            >"$sysconfdir/crictl.yaml"
+        record "$sysconfdir/crictl.yaml"
+    fi
+    if systemd_running; then systemctl daemon-reload; fi
+    echo "installed cri-py in $prefix; unit $unitdir/cri-py.service"
+}
+
+uninstall_all() {
+    local dirs=()
+    if [ -f "$manifest" ]; then
+        while read -r sum path; do
+            if [ "$sum" = dir ]; then dirs=("$path" "${dirs[@]}"); continue; fi
+            if [ ! -e "$path" ]; then continue; fi
+            if [ "$(sha256sum "$path" | cut -d' ' -f1)" = "$sum" ]; then
+                rm -f "$path"
+            else
+                echo "kept $path: changed since install"
+            fi
+        done <"$manifest"
+    fi
+    rm -rf "$prefix"
+    # Directories the install created, deepest first; one holding an operator's file stays.
+    for d in "${dirs[@]}"; do rmdir "$d" 2>/dev/null || echo "kept $d: not empty"; done
+    if systemd_running; then systemctl daemon-reload; fi
+    echo "uninstalled cri-py from $prefix"
+}
+
+case "${1:-}" in
+    install) install_all ;;
+    uninstall) uninstall_all ;;
+    *) echo "usage: $0 install|uninstall" >&2; exit 2 ;;
+esac
