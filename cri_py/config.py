@@ -62,6 +62,8 @@ class ImagesConfig:
 class NetworkConfig:
     cni_conf_dir: str = "/etc/cni/net.d"
     cni_bin_dirs: tuple[str, ...] = ("/opt/cni/bin", "/usr/lib/cni")
+    # One plugin execution (ADD or DEL) is killed after this long.
+    cni_timeout_seconds: float = 60.0
     # The built-in network, used when no CNI config exists.
     bridge: str = "cri-py0"
     subnet: str = "10.88.0.0/16"
@@ -174,6 +176,8 @@ def _validate(config: Config, source: str) -> None:
     ]:
         if not os.path.isabs(path):
             raise ConfigError(source, key, "must be an absolute path")
+    if config.network.cni_timeout_seconds <= 0:
+        raise ConfigError(source, "network.cni_timeout_seconds", "must be positive")
     if not 1 <= config.images.max_concurrent_downloads <= 64:
         raise ConfigError(source, "images.max_concurrent_downloads", "must be between 1 and 64")
     if config.images.progress_timeout_seconds <= 0:

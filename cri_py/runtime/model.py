@@ -102,6 +102,10 @@ class SandboxRecord:
     runtime_handler: str = ""
     shim: ShimInfo | None = None
     ip: str = ""
+    additional_ips: tuple[str, ...] = ()
+    # The network the pod was set up with ("builtin" or "cni"; "" with the host's network):
+    # teardown uses the same one whatever the CNI conf dir holds by then.
+    network: str = "builtin"
     # Where the pod's files and namespace pins live (absolute paths).
     namespaces: Mapping[str, str] = field(default_factory=dict)
     shm_path: str = ""

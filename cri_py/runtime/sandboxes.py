@@ -16,7 +16,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cri_py.config import Config
@@ -24,7 +24,7 @@ from cri_py.errors import AlreadyExists, CriError, Internal, InvalidArgument, No
 from cri_py.linux import syscalls
 from cri_py.linux.namespaces import pin_namespace, unpin_namespace
 from cri_py.log import get_logger
-from cri_py.network.bridge import BuiltinNetwork
+from cri_py.network.selector import BUILTIN, NetworkSelector
 from cri_py.runtime import pod_files
 from cri_py.runtime.model import (
     NamespaceMode,
@@ -85,7 +85,7 @@ def validate_config(config: SandboxConfig) -> None:
 
 
 class SandboxService:
-    def __init__(self, config: Config, network: BuiltinNetwork) -> None:
+    def __init__(self, config: Config, network: NetworkSelector) -> None:
         self._store = SandboxStore(Path(config.root_dir) / "sandboxes")
         self._run_root = Path(config.run_dir) / "sandboxes"
         self._run_root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -96,6 +96,19 @@ class SandboxService:
         self._names: dict[NameKey, str] = {}
         self._op_locks: dict[str, threading.Lock] = {}
         self._watcher = ShimWatcher(self._on_shim_exit)
+        # The container service's: stop a pod's containers before its shim goes, remove them
+        # before the pod's record goes (called with the sandbox's full ID, on worker threads).
+        self.before_stop: Callable[[str], None] = lambda sandbox_id: None
+        self.after_stop: Callable[[str], None] = lambda sandbox_id: None
+        self.before_remove: Callable[[str], None] = lambda sandbox_id: None
+
+    def shim_bundle(self, sandbox_id: str) -> Path:
+        """The sandbox's run dir: the shim's socket, spec and log."""
+        return self._bundle(sandbox_id)
+
+    def files_dir(self, sandbox_id: str) -> Path:
+        """Where the pod's hostname, hosts and resolv.conf files are."""
+        return self._store.dir_of(sandbox_id)
 
     # --- queries: memory only -------------------------------------------------------------
 
@@ -201,6 +214,8 @@ class SandboxService:
             config.hostname, config.metadata.name, host_network, os.uname().nodename
         )
         bundle = self._bundle(sandbox_id)
+        # Decided before anything exists, and recorded, so every teardown uses this network.
+        network_kind = "" if host_network else self._network.choose()
         pins: dict[str, str] = {}
         if not host_network:
             pins["net"] = str(bundle / "ns" / "net")
@@ -218,6 +233,7 @@ class SandboxService:
             namespaces=pins,
             shm_path=HOST_SHM if host_ipc else str(bundle / "shm"),
             hostname=hostname,
+            network=network_kind,
         )
         with contextlib.ExitStack() as undo:
             # The record first: a crash from here on leaves something a restart rolls back.
@@ -261,10 +277,14 @@ class SandboxService:
                 undo.callback(unpin_namespace, Path(path))
                 pin_namespace(shim.init_pid if kind == "pid" else shim.pid, kind, Path(path))
             if not host_network:
-                undo.callback(self._network.teardown, sandbox_id)
-                network = self._network.setup(sandbox_id, Path(pins["net"]))
-                record = dataclasses.replace(record, ip=network.ip)
-                (files / "hosts").write_text(pod_files.hosts_file(hostname, (network.ip,)))
+                undo.callback(self._network.teardown, network_kind, sandbox_id, files)
+                ips = self._network.setup(
+                    network_kind, sandbox_id, Path(pins["net"]), files, config
+                )
+                record = dataclasses.replace(
+                    record, ip=ips[0] if ips else "", additional_ips=ips[1:]
+                )
+                (files / "hosts").write_text(pod_files.hosts_file(hostname, ips))
             record = dataclasses.replace(record, phase=Phase.CREATED)
             self._store.save(record)
             undo.pop_all()
@@ -278,7 +298,7 @@ class SandboxService:
         with self._lock:
             self._alive.discard(sandbox_id)
         if record.config.namespaces.network != NamespaceMode.NODE:
-            self._network.teardown(sandbox_id)
+            self._network.teardown(record.network, sandbox_id, self._store.dir_of(sandbox_id))
         if record.shim is not None:
             stop_shim(bundle, _shim_process(record.shim))
         else:
@@ -298,7 +318,9 @@ class SandboxService:
         with self._operation(full) as record:
             if record is None:
                 return
+            self.before_stop(full)
             self._release(record)
+            self.after_stop(full)
             if record.phase != Phase.STOPPED:
                 record = dataclasses.replace(record, phase=Phase.STOPPED)
                 self._store.save(record)
@@ -314,7 +336,10 @@ class SandboxService:
         with self._operation(full) as record:
             if record is None:
                 return
+            self.before_stop(full)
             self._release(record)
+            self.after_stop(full)
+            self.before_remove(full)
             shutil.rmtree(self._bundle(full), ignore_errors=True)
             self._store.delete(full)
             with self._lock:
@@ -362,7 +387,7 @@ class SandboxService:
             owner_record = self._records.get(owner)
             if owner_record is None or owner_record.phase == Phase.STOPPED:
                 log.info("releasing an address left allocated", sandbox=owner)
-                self._network.teardown(owner)
+                self._network.teardown(BUILTIN, owner, self._store.dir_of(owner))
         log.info("sandboxes recovered", count=len(self._records), ready=len(self._alive))
 
     def close(self) -> None:

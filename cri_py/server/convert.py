@@ -89,7 +89,11 @@ def _metadata(view: SandboxView) -> pb.PodSandboxMetadata:
 def sandbox_status(view: SandboxView) -> pb.PodSandboxStatus:
     record = view.record
     ns = record.config.namespaces
-    ips = [record.ip] if record.ip and view.record.phase.value == "created" else []
+    ips = (
+        [record.ip, *record.additional_ips]
+        if record.ip and view.record.phase.value == "created"
+        else []
+    )
     return pb.PodSandboxStatus(
         id=record.id,
         metadata=_metadata(view),
@@ -124,7 +128,11 @@ def sandbox_info(view: SandboxView) -> dict[str, str]:
         "hostname": record.hostname,
         "namespaces": dict(record.namespaces),
         "shmPath": record.shm_path,
-        "network": {"kind": "builtin", "ip": record.ip},
+        "network": {
+            "kind": record.network,
+            "ip": record.ip,
+            "additionalIps": list(record.additional_ips),
+        },
         "config": to_data(record.config),
     }
     return {"info": json.dumps(info)}

@@ -25,6 +25,8 @@ from cri_py.errors import StartupError
 from cri_py.images.service import ImageService
 from cri_py.log import get_logger
 from cri_py.network.bridge import BuiltinNetwork
+from cri_py.network.selector import NetworkSelector
+from cri_py.runtime.containers import ContainerService
 from cri_py.runtime.node import NodeState
 from cri_py.runtime.sandboxes import SandboxService
 from cri_py.server.guard import service_handler
@@ -85,7 +87,13 @@ def claim_socket(path: Path) -> None:
     path.unlink()
 
 
-def build_server(config: Config, node: NodeState, sandboxes: SandboxService) -> grpc.aio.Server:
+def build_server(
+    config: Config,
+    node: NodeState,
+    sandboxes: SandboxService,
+    images: ImageService | None = None,
+    containers: ContainerService | None = None,
+) -> grpc.aio.Server:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -96,16 +104,23 @@ def build_server(config: Config, node: NodeState, sandboxes: SandboxService) -> 
     server.add_generic_rpc_handlers(
         [
             service_handler(
-                services["RuntimeService"], pb, RuntimeServicer(config, node, sandboxes)
+                services["RuntimeService"],
+                pb,
+                RuntimeServicer(config, node, sandboxes, containers),
             ),
-            service_handler(services["ImageService"], pb, ImageServicer(ImageService(config))),
+            service_handler(
+                services["ImageService"], pb, ImageServicer(images or ImageService(config))
+            ),
         ]
     )
     return server
 
 
 def start_sandboxes(config: Config) -> SandboxService:
-    """The sandbox service, with the bridge ensured and state recovered from the last run."""
+    """The sandbox service, with the bridge ensured and state recovered from the last run.
+
+    The built-in bridge is made even when a CNI config exists: it is cheap, and the node stays
+    ready for new pods if that config is removed later."""
     network = BuiltinNetwork(config.network, Path(config.root_dir) / "network")
     try:
         state = network.ensure_bridge()
@@ -113,7 +128,7 @@ def start_sandboxes(config: Config) -> SandboxService:
         log.error("built-in network unusable", bridge=config.network.bridge, error=str(e))
     else:
         log.info("built-in network", bridge=config.network.bridge, ready=state.ready)
-    sandboxes = SandboxService(config, network)
+    sandboxes = SandboxService(config, NetworkSelector(config.network, network))
     sandboxes.recover()
     return sandboxes
 
@@ -130,7 +145,13 @@ async def serve(config: Config) -> None:
         claim_socket(sock)
         node = NodeState(root_dir)
         sandboxes = await asyncio.to_thread(start_sandboxes, config)
-        server = build_server(config, node, sandboxes)
+        images = ImageService(config)
+        containers = ContainerService(config, sandboxes, images, asyncio.get_running_loop())
+        sandboxes.before_stop = containers.stop_sandbox_containers
+        sandboxes.after_stop = containers.sandbox_stopped
+        sandboxes.before_remove = containers.remove_sandbox_containers
+        await asyncio.to_thread(containers.recover)
+        server = build_server(config, node, sandboxes, images, containers)
         server.add_insecure_port(f"unix://{sock}")
         await server.start()
         try:
@@ -146,6 +167,7 @@ async def serve(config: Config) -> None:
         finally:
             await server.stop(STOP_GRACE_SECONDS)
             # Shims (and so pods) keep running: they are not the daemon's to stop.
+            containers.close()
             sandboxes.close()
             sock.unlink(missing_ok=True)
             log.info("stopped")

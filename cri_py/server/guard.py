@@ -40,7 +40,7 @@ def _outcome(rpc: str, error: BaseException | None) -> tuple[int, grpc.StatusCod
     level = logging.DEBUG if is_hot(rpc) else logging.INFO
     if error is None:
         return level, grpc.StatusCode.OK, ""
-    if isinstance(error, CriError):
+    if isinstance(error, CriError) and isinstance(error.code, grpc.StatusCode):
         code = error.code
         # Expected misses (NotFound) stay at the call's level; other errors are warnings.
         if code != grpc.StatusCode.NOT_FOUND:
@@ -59,7 +59,7 @@ def _log_call(rpc: str, started: float, error: BaseException | None) -> tuple[gr
         }
         if message:
             fields["error"] = message
-        unexpected = error is not None and not isinstance(error, CriError)
+        unexpected = level == logging.ERROR  # only bugs are logged at error level
         log.log(level, "rpc", exc_info=unexpected, **fields)
     return code, message
 

@@ -9,9 +9,11 @@ import time
 import cri_py
 from cri_py.api import api_pb2 as pb
 from cri_py.config import Config, to_data
+from cri_py.errors import Unimplemented
+from cri_py.runtime.containers import ContainerService
 from cri_py.runtime.node import NodeState, conditions
 from cri_py.runtime.sandboxes import SandboxService
-from cri_py.server import convert
+from cri_py.server import convert, convert_containers
 from cri_py.server.guard import Context
 
 RUNTIME_NAME = "cri-py"
@@ -23,10 +25,23 @@ RUNTIME_API_VERSION = "v1"
 class RuntimeServicer:
     """The RPCs of runtime.v1.RuntimeService built so far (see `Guarded` for the rest)."""
 
-    def __init__(self, config: Config, node: NodeState, sandboxes: SandboxService) -> None:
+    def __init__(
+        self,
+        config: Config,
+        node: NodeState,
+        sandboxes: SandboxService,
+        containers: ContainerService | None = None,
+    ) -> None:
         self._config = config
         self._node = node
         self._sandboxes = sandboxes
+        self._containers_service = containers
+
+    @property
+    def _containers(self) -> ContainerService:
+        if self._containers_service is None:
+            raise Unimplemented("this daemon was started without the container service")
+        return self._containers_service
 
     async def Version(self, request: pb.VersionRequest, context: Context) -> pb.VersionResponse:
         return pb.VersionResponse(
@@ -106,3 +121,62 @@ class RuntimeServicer:
     ) -> pb.ListPodSandboxResponse:
         views = self._sandboxes.list(convert.sandbox_filter(request))
         return pb.ListPodSandboxResponse(items=[convert.sandbox_summary(v) for v in views])
+
+    # --- containers ---------------------------------------------------------------------------
+
+    async def CreateContainer(
+        self, request: pb.CreateContainerRequest, context: Context
+    ) -> pb.CreateContainerResponse:
+        config = convert_containers.container_config(request.config)
+        container_id = await self._containers.create(request.pod_sandbox_id, config)
+        return pb.CreateContainerResponse(container_id=container_id)
+
+    async def StartContainer(
+        self, request: pb.StartContainerRequest, context: Context
+    ) -> pb.StartContainerResponse:
+        await asyncio.to_thread(self._containers.start, request.container_id)
+        return pb.StartContainerResponse()
+
+    async def StopContainer(
+        self, request: pb.StopContainerRequest, context: Context
+    ) -> pb.StopContainerResponse:
+        await asyncio.to_thread(self._containers.stop, request.container_id, request.timeout)
+        return pb.StopContainerResponse()
+
+    async def RemoveContainer(
+        self, request: pb.RemoveContainerRequest, context: Context
+    ) -> pb.RemoveContainerResponse:
+        await self._containers.remove(request.container_id)
+        return pb.RemoveContainerResponse()
+
+    async def ListContainers(
+        self, request: pb.ListContainersRequest, context: Context
+    ) -> pb.ListContainersResponse:
+        records = self._containers.list(convert_containers.container_filter(request))
+        return pb.ListContainersResponse(
+            containers=[convert_containers.container_summary(r) for r in records]
+        )
+
+    async def ContainerStatus(
+        self, request: pb.ContainerStatusRequest, context: Context
+    ) -> pb.ContainerStatusResponse:
+        record = self._containers.status(request.container_id)
+        info: dict[str, str] = {}
+        if request.verbose:
+            spec = await asyncio.to_thread(self._containers.spec_of, record.id)
+            info = convert_containers.container_info(record, spec)
+        return pb.ContainerStatusResponse(
+            status=convert_containers.container_status(record), info=info
+        )
+
+    async def ExecSync(self, request: pb.ExecSyncRequest, context: Context) -> pb.ExecSyncResponse:
+        stdout, stderr, code = await asyncio.to_thread(
+            self._containers.exec_sync, request.container_id, tuple(request.cmd), request.timeout
+        )
+        return pb.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=code)
+
+    async def ReopenContainerLog(
+        self, request: pb.ReopenContainerLogRequest, context: Context
+    ) -> pb.ReopenContainerLogResponse:
+        await asyncio.to_thread(self._containers.reopen_log, request.container_id)
+        return pb.ReopenContainerLogResponse()

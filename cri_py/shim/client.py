@@ -27,7 +27,12 @@ CALL_TIMEOUT_SECONDS = 5.0
 
 
 class ShimError(Exception):
-    """A shim could not be started or called; the message says which and why."""
+    """A shim could not be started or called; the message says which and why. `kind` is the
+    shim's error kind ("not_found", "timeout", ...) when the shim itself answered the error."""
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,7 @@ class ShimClient:
         method: str,
         params: Mapping[str, Any] | None = None,
         timeout: float = CALL_TIMEOUT_SECONDS,
+        max_frame: int = protocol.MAX_FRAME_BYTES,
     ) -> Mapping[str, Any]:
         request = protocol.Request(self._next_id, method, dict(params or {}))
         self._next_id += 1
@@ -152,7 +158,7 @@ class ShimClient:
                 conn.settimeout(timeout)
                 connect_unix(conn, self.socket_path)
                 conn.sendall(protocol.encode(request))
-                decoder = protocol.Decoder()
+                decoder = protocol.Decoder(max_frame)
                 while True:
                     conn.settimeout(max(0.001, deadline - time.monotonic()))
                     data = conn.recv(65536)
@@ -161,7 +167,9 @@ class ShimClient:
                     for message in decoder.feed(data):
                         if isinstance(message, protocol.Response) and message.id == request.id:
                             if message.error is not None:
-                                raise ShimError(f"shim {method}: {message.error.message}")
+                                raise ShimError(
+                                    f"shim {method}: {message.error.message}", message.error.kind
+                                )
                             return message.result or {}
         except (OSError, protocol.ProtocolError) as e:
             raise ShimError(f"shim at {self.socket_path}: {method}: {e}") from e

@@ -26,6 +26,7 @@ from typing import Any
 
 from cri_py.linux import syscalls
 from cri_py.shim import protocol
+from cri_py.shim.containers import EXEC_FRAME_BYTES, ContainerError, Containers, Hooks
 from cri_py.shim.spec import EXIT_FILE, LOG_FILE, SOCKET_FILE, SPEC_FILE, ShimSpec, sysctl_path
 
 
@@ -109,6 +110,27 @@ class Shim:
         listener.setblocking(False)
         self.selector.register(listener, selectors.EVENT_READ)
         self.selector.register(wake_read, selectors.EVENT_READ)
+        self.subscribers: set[socket.socket] = set()
+        self.containers = Containers(
+            Hooks(self._add_reader, self._remove_reader, self._emit), spec.new_pid
+        )
+
+    def _add_reader(self, fd: int, callback: Any) -> None:
+        self.selector.register(fd, selectors.EVENT_READ, callback)
+
+    def _remove_reader(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(fd)
+
+    def _send(self, conn: socket.socket, message: protocol.Message) -> None:
+        if conn not in self.connections:
+            return
+        self.connections[conn][1].extend(protocol.encode(message, EXEC_FRAME_BYTES))
+        self._flush(conn)
+
+    def _emit(self, name: str, data: Any) -> None:
+        for conn in list(self.subscribers):
+            self._send(conn, protocol.Event(name, data))
 
     def _on_term(self, signum: int, frame: object) -> None:
         self.stopping = "SIGTERM"
@@ -122,15 +144,59 @@ class Shim:
             "started_at": self.started_at,
         }
 
-    def handle(self, request: protocol.Request) -> protocol.Response:
-        if request.method in ("ping", "status"):
-            return protocol.Response(request.id, result=self.status())
-        if request.method == "shutdown":
-            self.stopping = "shutdown"
-            return protocol.Response(request.id, result={})
-        return protocol.Response(
-            request.id, error=protocol.Error("invalid", f"unknown method {request.method!r}")
-        )
+    def handle(self, conn: socket.socket, request: protocol.Request) -> protocol.Response | None:
+        """The answer to `request`, or None when it comes later (exec)."""
+        try:
+            result = self._dispatch(conn, request)
+        except ContainerError as e:
+            return protocol.Response(request.id, error=protocol.Error(e.kind, str(e)))
+        except (KeyError, TypeError, ValueError) as e:
+            return protocol.Response(
+                request.id, error=protocol.Error("invalid", f"{request.method}: bad params: {e}")
+            )
+        except OSError as e:
+            return protocol.Response(
+                request.id, error=protocol.Error("failed", f"{request.method}: {e}")
+            )
+        return None if result is None else protocol.Response(request.id, result=result)
+
+    def _dispatch(self, conn: socket.socket, request: protocol.Request) -> dict[str, Any] | None:
+        params = request.params
+        containers = self.containers
+        match request.method:
+            case "ping" | "status":
+                return {**self.status(), "containers": containers.list()}
+            case "shutdown":
+                self.stopping = "shutdown"
+                return {}
+            case "subscribe":
+                # This connection now also carries events (container exits).
+                self.subscribers.add(conn)
+                return {"containers": containers.list()}
+            case "create":
+                return containers.create(params)
+            case "start":
+                return containers.start(str(params["id"]))
+            case "kill":
+                containers.kill(str(params["id"]), int(params.get("signal", signal.SIGKILL)))
+                return {}
+            case "container-status" | "wait":
+                return containers.get(str(params["id"])).view()
+            case "reopen-log":
+                containers.reopen_log(str(params["id"]))
+                return {}
+            case "remove":
+                containers.remove(str(params["id"]))
+                return {}
+            case "exec":
+
+                def respond(result: Any, kind: str, message: str) -> None:
+                    error = protocol.Error(kind, message) if kind else None
+                    self._send(conn, protocol.Response(request.id, result=result, error=error))
+
+                containers.exec(params, respond)
+                return None
+        raise ContainerError("invalid", f"unknown method {request.method!r}")
 
     def reap(self) -> None:
         while True:
@@ -142,8 +208,11 @@ class Shim:
                 return
             if pid == self.init_pid:
                 self.init_exit = os.waitstatus_to_exitcode(status)
+            else:
+                self.containers.on_child_exit(pid, status)
 
     def _close(self, conn: socket.socket) -> None:
+        self.subscribers.discard(conn)
         self.selector.unregister(conn)
         self.connections.pop(conn, None)
         conn.close()
@@ -180,14 +249,21 @@ class Shim:
             return
         for message in messages:
             if isinstance(message, protocol.Request):
-                out += protocol.encode(self.handle(message))
-        self._flush(conn)
+                response = self.handle(conn, message)
+                if response is not None:
+                    out += protocol.encode(response)
+        if conn in self.connections:
+            self._flush(conn)
 
     def serve(self) -> str:
         while not self.stopping:
-            for key, mask in self.selector.select():
+            deadline = self.containers.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            for key, mask in self.selector.select(timeout):
                 sock = key.fileobj
-                if sock is self.wake:
+                if callable(key.data):
+                    key.data()
+                elif sock is self.wake:
                     try:
                         while self.wake.recv(4096):
                             pass
@@ -207,6 +283,7 @@ class Shim:
                         self._on_readable(sock)
                     if sock in self.connections and mask & selectors.EVENT_WRITE:
                         self._flush(sock)
+            self.containers.check_deadlines()
         # Answer what was asked (the shutdown's own reply) before going.
         for conn in list(self.connections):
             conn.setblocking(True)
@@ -217,6 +294,18 @@ class Shim:
         return self.stopping
 
     def shut_down(self, reason: str) -> None:
+        # Containers first, with their exits recorded, before the pod's namespaces go.
+        self.containers.kill_all()
+        deadline = time.monotonic() + 5
+        while self.containers.pending_exits() and time.monotonic() < deadline:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            if pid != self.init_pid:
+                self.containers.on_child_exit(pid, status)
+            else:
+                self.init_exit = os.waitstatus_to_exitcode(status)
         if self.init_pid and self.init_exit is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.init_pid, signal.SIGKILL)

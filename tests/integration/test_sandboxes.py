@@ -334,9 +334,9 @@ def test_dead_shim_makes_the_pod_notready_and_stop_still_cleans_up(pods: Pods) -
 
 
 def test_sigkilled_daemon_restarts_with_pods_ready_and_same_ips(pods: Pods) -> None:
-    ids = [pods.run(pod_config(f"keep-{i}")) for i in range(3)]
+    ids = [pods.run(pod_config(f"keep-{i}")) for i in range(5)]
     ips = {i: pods.status(i).status.network.ip for i in ids}
-    assert len(set(ips.values())) == 3
+    assert len(set(ips.values())) == 5
     pods.daemon.stop(signal.SIGKILL)
     base = pods.daemon.root_dir.parent
     pods.daemon = start_daemon(base, CONFIG)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from cri_py.errors import InvalidArgument
@@ -117,6 +117,9 @@ _component = st.from_regex(r"[a-z0-9]{1,5}([._-][a-z0-9]{1,5}){0,2}", fullmatch=
     tag=st.one_of(st.just(""), st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}", fullmatch=True)),
 )
 def test_normalising_is_idempotent(domain: str, path: str, tag: str) -> None:
+    # Without a domain, a first component with a dot is read as a host (as Docker does), and
+    # "0_0.0" is no valid host: such names are rejected, which the next test allows.
+    assume(domain or "." not in path.split("/")[0])
     text = domain + path + (f":{tag}" if tag else "")
     ref = parse_reference(text)
     assert parse_reference(str(ref)) == ref

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cri_py.api import api_pb2 as pb
 from cri_py.errors import InvalidArgument
 from cri_py.runtime.model import NamespaceMode, Phase, SandboxRecord, SandboxState, SandboxView
 from cri_py.server import convert
+from cri_py.store.codec import from_data, to_data
 
 
 def pod_config() -> pb.PodSandboxConfig:
@@ -51,6 +54,30 @@ def test_status_echoes_labels_annotations_and_ip() -> None:
     assert dict(status.labels) == {"app": "web"} and dict(status.annotations) == {"a": "b"}
     assert status.linux.namespaces.options.network == pb.NODE
     assert status.metadata.attempt == 3 and status.created_at == 5
+
+
+def test_status_and_info_report_every_pod_ip_and_the_network_kind() -> None:
+    record = SandboxRecord(
+        "ab" * 32,
+        convert.sandbox_config(pod_config()),
+        5,
+        Phase.CREATED,
+        ip="10.98.0.4",
+        additional_ips=("fd00::4",),
+        network="cni",
+    )
+    view = SandboxView(record, SandboxState.READY)
+    network = convert.sandbox_status(view).network
+    assert network.ip == "10.98.0.4" and [p.ip for p in network.additional_ips] == ["fd00::4"]
+    info = json.loads(convert.sandbox_info(view)["info"])
+    assert info["network"] == {"kind": "cni", "ip": "10.98.0.4", "additionalIps": ["fd00::4"]}
+
+
+def test_records_from_before_cni_load_as_builtin_network_pods() -> None:
+    record = SandboxRecord("ab" * 32, convert.sandbox_config(pod_config()), 5, ip="10.88.0.9")
+    old = {k: v for k, v in to_data(record).items() if k not in ("network", "additional_ips")}
+    loaded = from_data(SandboxRecord, old)
+    assert loaded.network == "builtin" and loaded.additional_ips == ()
 
 
 def test_filter_conversion() -> None:

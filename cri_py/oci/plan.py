@@ -1,0 +1,296 @@
+"""An OCI runtime spec as a launch plan: which namespaces to join or create, which mounts with
+which flags in which order, what to mask, who to become and what to run. Pure and stdlib only
+(the shim imports it); the launcher (`cri_py.shim.launcher`) performs the plan."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# <sys/mount.h> values, repeated here to keep this module free of ctypes.
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_SYNCHRONOUS = 0x10
+MS_REMOUNT = 0x20
+MS_DIRSYNC = 0x80
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
+MS_SHARED = 0x100000
+MS_RELATIME = 0x200000
+MS_STRICTATIME = 0x1000000
+
+# option -> (flags to set, flags to clear), as mount(8) and runc read them.
+_FLAG_OPTIONS: Mapping[str, tuple[int, int]] = {
+    "ro": (MS_RDONLY, 0),
+    "rw": (0, MS_RDONLY),
+    "nosuid": (MS_NOSUID, 0),
+    "suid": (0, MS_NOSUID),
+    "nodev": (MS_NODEV, 0),
+    "dev": (0, MS_NODEV),
+    "noexec": (MS_NOEXEC, 0),
+    "exec": (0, MS_NOEXEC),
+    "sync": (MS_SYNCHRONOUS, 0),
+    "async": (0, MS_SYNCHRONOUS),
+    "dirsync": (MS_DIRSYNC, 0),
+    "noatime": (MS_NOATIME, 0),
+    "atime": (0, MS_NOATIME),
+    "nodiratime": (MS_NODIRATIME, 0),
+    "diratime": (0, MS_NODIRATIME),
+    "relatime": (MS_RELATIME, 0),
+    "norelatime": (0, MS_RELATIME),
+    "strictatime": (MS_STRICTATIME, 0),
+    "remount": (MS_REMOUNT, 0),
+    "bind": (MS_BIND, 0),
+    "rbind": (MS_BIND | MS_REC, 0),
+    "defaults": (0, 0),
+}
+_PROPAGATION_OPTIONS: Mapping[str, int] = {
+    "private": MS_PRIVATE,
+    "rprivate": MS_PRIVATE | MS_REC,
+    "slave": MS_SLAVE,
+    "rslave": MS_SLAVE | MS_REC,
+    "shared": MS_SHARED,
+    "rshared": MS_SHARED | MS_REC,
+}
+# Flags a read-only bind remount must repeat, or the kernel refuses to keep them (EPERM).
+_LOCKED_FLAGS = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_RELATIME
+
+
+class PlanError(ValueError):
+    """The spec asks for something the launcher cannot do; the message says what."""
+
+
+@dataclass(frozen=True)
+class MountStep:
+    destination: str
+    source: str
+    fstype: str
+    flags: int
+    data: str
+    # mount(2) with MS_BIND ignores the other flags: they need a remount afterwards.
+    remount_flags: int = 0
+    propagation: int = 0
+
+    @property
+    def is_bind(self) -> bool:
+        return bool(self.flags & MS_BIND)
+
+
+@dataclass(frozen=True)
+class User:
+    uid: int = 0
+    gid: int = 0
+    additional_gids: tuple[int, ...] = ()
+    # To resolve inside the rootfs (a Docker USER string); empty when uid/gid are final.
+    username: str = ""
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    # (OCI type, path) of namespaces to join, in a safe order (pid last: it affects children).
+    join: tuple[tuple[str, str], ...]
+    new_mount_ns: bool
+    new_pid_ns: bool
+    rootfs: str
+    readonly_rootfs: bool
+    mounts: tuple[MountStep, ...]
+    # Mounted after pivot_root: /proc of a new PID namespace must be mounted from inside it.
+    late_mounts: tuple[MountStep, ...]
+    masked_paths: tuple[str, ...]
+    readonly_paths: tuple[str, ...]
+    args: tuple[str, ...]
+    env: tuple[str, ...]
+    cwd: str
+    user: User
+    terminal: bool
+    rlimits: tuple[tuple[str, int, int], ...] = ()
+    # MS_* flags applied recursively to "/" in the new mount namespace.
+    rootfs_propagation: int = MS_SLAVE | MS_REC
+    hostname: str = ""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def forks_for_pid(self) -> bool:
+        """A PID namespace applies to children only: the init must be forked after entering."""
+        return self.new_pid_ns or any(kind == "pid" for kind, _ in self.join)
+
+    def env_value(self, key: str) -> str | None:
+        for entry in self.env:
+            name, _, value = entry.partition("=")
+            if name == key:
+                return value
+        return None
+
+
+def mount_step(mount: Mapping[str, Any]) -> MountStep:
+    destination = str(mount.get("destination", ""))
+    if not destination.startswith("/"):
+        raise PlanError(f"mount destination {destination!r} must be absolute")
+    flags = clear = propagation = 0
+    data = []
+    for option in mount.get("options", ()):
+        if option in _FLAG_OPTIONS:
+            on, off = _FLAG_OPTIONS[option]
+            flags = (flags | on) & ~off
+            clear |= off
+        elif option in _PROPAGATION_OPTIONS:
+            propagation = _PROPAGATION_OPTIONS[option]
+        else:
+            data.append(str(option))
+    fstype = str(mount.get("type", "") or "")
+    if fstype == "bind":
+        flags |= MS_BIND
+    remount = 0
+    if flags & MS_BIND and flags & ~(MS_BIND | MS_REC):
+        remount = MS_REMOUNT | MS_BIND | (flags & _LOCKED_FLAGS)
+    return MountStep(
+        destination=destination,
+        source=str(mount.get("source", "") or fstype),
+        fstype="" if flags & MS_BIND else fstype,
+        flags=flags,
+        data=",".join(data),
+        remount_flags=remount,
+        propagation=propagation,
+    )
+
+
+def _user(data: Mapping[str, Any]) -> User:
+    return User(
+        uid=int(data.get("uid", 0)),
+        gid=int(data.get("gid", 0)),
+        additional_gids=tuple(int(g) for g in data.get("additionalGids", ())),
+        username=str(data.get("username", "")),
+    )
+
+
+def build_plan(spec: Mapping[str, Any]) -> LaunchPlan:
+    process = spec.get("process") or {}
+    args = tuple(str(a) for a in process.get("args", ()))
+    if not args:
+        raise PlanError("the spec's process has no args")
+    linux = spec.get("linux") or {}
+    join: list[tuple[str, str]] = []
+    own: set[str] = set()
+    for ns in linux.get("namespaces", ()):
+        kind = str(ns["type"])
+        if ns.get("path"):
+            join.append((kind, str(ns["path"])))
+        else:
+            own.add(kind)
+    unsupported = own - {"mount", "pid"}
+    if unsupported:
+        raise PlanError(f"new namespaces of type {sorted(unsupported)} are the sandbox's job")
+    join.sort(key=lambda item: item[0] == "pid")
+    early: list[MountStep] = []
+    late: list[MountStep] = []
+    for mount in spec.get("mounts", ()):
+        step = mount_step(mount)
+        (late if step.fstype == "proc" else early).append(step)
+    root = spec.get("root") or {}
+    propagation = str(linux.get("rootfsPropagation") or "rslave")
+    if propagation not in _PROPAGATION_OPTIONS:
+        raise PlanError(f"unknown rootfsPropagation {propagation!r}")
+    rlimits = tuple(
+        (str(r["type"]), int(r["soft"]), int(r["hard"])) for r in process.get("rlimits", ())
+    )
+    return LaunchPlan(
+        join=tuple(join),
+        new_mount_ns="mount" in own,
+        new_pid_ns="pid" in own,
+        rootfs=str(root.get("path", "")),
+        readonly_rootfs=bool(root.get("readonly", False)),
+        mounts=tuple(early),
+        late_mounts=tuple(late),
+        masked_paths=tuple(linux.get("maskedPaths", ())),
+        readonly_paths=tuple(linux.get("readonlyPaths", ())),
+        args=args,
+        env=tuple(str(e) for e in process.get("env", ())),
+        cwd=str(process.get("cwd", "/")),
+        user=_user(process.get("user") or {}),
+        terminal=bool(process.get("terminal", False)),
+        rlimits=rlimits,
+        rootfs_propagation=_PROPAGATION_OPTIONS[propagation] | MS_REC,
+        hostname=str(spec.get("hostname", "")),
+        annotations=dict(spec.get("annotations") or {}),
+    )
+
+
+def parse_passwd(text: str) -> list[tuple[str, int, int]]:
+    """(name, uid, gid) of each well-formed /etc/passwd line."""
+    entries = []
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 4 and fields[2].isdigit() and fields[3].isdigit():
+            entries.append((fields[0], int(fields[2]), int(fields[3])))
+    return entries
+
+
+def parse_group(text: str) -> list[tuple[str, int, tuple[str, ...]]]:
+    """(name, gid, members) of each well-formed /etc/group line."""
+    entries = []
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[2].isdigit():
+            members = tuple(m for m in (fields[3].split(",") if len(fields) > 3 else ()) if m)
+            entries.append((fields[0], int(fields[2]), members))
+    return entries
+
+
+def resolve_user(user: User, passwd: str, group: str) -> User:
+    """Numbers for a plan's user, from the rootfs's /etc/passwd and /etc/group texts (Docker's
+    USER rules: `name`, `uid`, `name:group`, `uid:gid`; a numeric uid absent from passwd is
+    fine and gets gid 0; a name absent is an error). Groups listing the user are added."""
+    passwd_entries = parse_passwd(passwd)
+    group_entries = parse_group(group)
+    uid, gid, name = user.uid, user.gid, ""
+    if user.username:
+        who, _, grp = user.username.partition(":")
+        if who.isdigit():
+            uid, gid = int(who), 0
+            for entry_name, entry_uid, entry_gid in passwd_entries:
+                if entry_uid == uid:
+                    name, gid = entry_name, entry_gid
+                    break
+        else:
+            for entry_name, entry_uid, entry_gid in passwd_entries:
+                if entry_name == who:
+                    name, uid, gid = entry_name, entry_uid, entry_gid
+                    break
+            else:
+                raise PlanError(f"user {who!r} not found in the image's /etc/passwd")
+        if grp:
+            if grp.isdigit():
+                gid = int(grp)
+            else:
+                for group_name, group_gid, _ in group_entries:
+                    if group_name == grp:
+                        gid = group_gid
+                        break
+                else:
+                    raise PlanError(f"group {grp!r} not found in the image's /etc/group")
+    else:
+        name = next((n for n, u, _ in passwd_entries if u == uid), "")
+    extra = list(user.additional_gids)
+    if name:
+        extra += [g for _, g, members in group_entries if name in members]
+    groups = tuple(dict.fromkeys(g for g in extra if g != gid))
+    return User(uid=uid, gid=gid, additional_gids=groups)
+
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def executable_candidates(name: str, path_value: str | None) -> list[str]:
+    """Paths to try for argv[0]: itself when it holds a slash, else it in each entry of the
+    container's PATH (the image's, not the shim's), in order."""
+    if "/" in name:
+        return [name]
+    directories = (DEFAULT_PATH if path_value is None else path_value).split(":")
+    return [f"{d.rstrip('/')}/{name}" if d else name for d in directories]

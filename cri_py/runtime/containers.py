@@ -1,0 +1,581 @@
+"""Containers: create, start, stop, remove, status, list, exec and log reopening.
+
+A container is a record in the store, a bundle dir (its OCI spec, overlay upper/work dirs and
+the exit file) and, once created, a process its pod's shim forked. Queries are answered from
+memory; commands block (the shim's socket, the disk) and run on worker threads. Exits arrive as
+shim events; the shim's exit file is the authority on how a container ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cri_py.config import Config
+from cri_py.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+)
+from cri_py.images.service import ImageRootfs, ImageService
+from cri_py.log import get_logger
+from cri_py.runtime.container_model import (
+    ContainerConfig,
+    ContainerFilter,
+    ContainerRecord,
+    ContainerState,
+    ExitRecord,
+)
+from cri_py.runtime.model import NamespaceMode, SandboxState
+from cri_py.runtime.sandboxes import SandboxService
+from cri_py.shim import protocol
+from cri_py.shim.client import ShimClient, ShimError
+from cri_py.shim.events import ShimEvents
+from cri_py.spec.build import SpecInputs, build_spec
+from cri_py.spec.mounts import PodFiles
+from cri_py.spec.rootfs import overlay_mount
+from cri_py.store.atomic import write_json_atomic
+from cri_py.store.containers import ContainerStore
+
+log = get_logger("cri_py.containers")
+
+# containerd's exit code for a container whose end nobody saw (its shim died first).
+UNKNOWN_EXIT_CODE = 255
+START_ERROR_EXIT_CODE = 128
+# How long to wait for an exit after SIGKILL before giving up (a D-state process).
+KILL_WAIT_SECONDS = 10.0
+SANDBOX_STOP_WAIT_SECONDS = 2.0
+EXEC_FRAME_BYTES = 64 * 1024 * 1024
+NameKey = tuple[str, str, int]
+
+
+def matches(record: ContainerRecord, selector: ContainerFilter) -> bool:
+    """ListContainers' filter: every given field must match (IDs by prefix, as crictl uses)."""
+    if selector.id and not record.id.startswith(selector.id):
+        return False
+    if selector.sandbox_id and not record.sandbox_id.startswith(selector.sandbox_id):
+        return False
+    if selector.state is not None and record.state != selector.state:
+        return False
+    labels = record.config.labels
+    return all(labels.get(k) == v for k, v in selector.labels.items())
+
+
+def stop_signal_number(name: str) -> int:
+    """A signal by name (`SIGTERM`, `TERM`, `15`); SIGTERM for an empty one."""
+    if not name:
+        return int(signal.SIGTERM)
+    if name.isdigit():
+        return int(name)
+    upper = name.upper()
+    try:
+        return int(signal.Signals[upper if upper.startswith("SIG") else f"SIG{upper}"])
+    except KeyError:
+        raise InvalidArgument(f"unknown stop signal {name!r}") from None
+
+
+def validate_config(config: ContainerConfig) -> None:
+    if not config.metadata.name:
+        raise InvalidArgument("container metadata needs a name")
+    if not config.image:
+        raise InvalidArgument("container config needs an image")
+    if config.pid_mode == NamespaceMode.TARGET and not config.target_id:
+        raise InvalidArgument("PID namespace mode TARGET needs a target_id")
+
+
+def resolve_host_paths(config: ContainerConfig) -> dict[str, str]:
+    """Each CRI mount's host path with symlinks followed; a missing one is the client's error."""
+    resolved = {}
+    for mount in config.mounts:
+        if not os.path.isabs(mount.host_path):
+            raise InvalidArgument(f"mount host path {mount.host_path!r} must be absolute")
+        real = os.path.realpath(mount.host_path)
+        if not os.path.exists(real):
+            raise InvalidArgument(f"mount host path {mount.host_path} does not exist")
+        resolved[mount.host_path] = real
+    return resolved
+
+
+class ContainerService:
+    def __init__(
+        self,
+        config: Config,
+        sandboxes: SandboxService,
+        images: ImageService,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._store = ContainerStore(Path(config.root_dir) / "containers")
+        self._sandboxes = sandboxes
+        self._images = images
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._records: dict[str, ContainerRecord] = {}
+        self._names: dict[NameKey, str] = {}
+        self._exited: dict[str, threading.Event] = {}
+        self._op_locks: dict[str, threading.Lock] = {}
+        self._events = ShimEvents(self._on_event, self._on_shim_lost)
+
+    # --- queries: memory only -------------------------------------------------------------
+
+    def _resolve(self, container_id: str) -> str | None:
+        if not container_id:
+            raise InvalidArgument("container ID must not be empty")
+        with self._lock:
+            if container_id in self._records:
+                return container_id
+            found = [i for i in self._records if i.startswith(container_id)]
+        if len(found) > 1:
+            raise InvalidArgument(f"container ID prefix {container_id!r} is ambiguous")
+        return found[0] if found else None
+
+    def status(self, container_id: str) -> ContainerRecord:
+        full = self._resolve(container_id)
+        with self._lock:
+            record = self._records.get(full or "")
+        if record is None:
+            raise NotFound(f"container {container_id} not found")
+        return record
+
+    def list(self, selector: ContainerFilter) -> list[ContainerRecord]:
+        with self._lock:
+            records = list(self._records.values())
+        return [r for r in records if matches(r, selector)]
+
+    def spec_of(self, container_id: str) -> dict[str, Any]:
+        try:
+            spec: dict[str, Any] = json.loads(
+                (self._store.dir_of(container_id) / "config.json").read_text()
+            )
+        except (OSError, ValueError):
+            return {}
+        return spec
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _set(self, record: ContainerRecord) -> None:
+        with self._lock:
+            if record.id in self._records:
+                self._records[record.id] = record
+
+    @contextlib.contextmanager
+    def _operation(self, container_id: str) -> Iterator[ContainerRecord | None]:
+        with self._lock:
+            lock = self._op_locks.setdefault(container_id, threading.Lock())
+        with lock:
+            with self._lock:
+                record = self._records.get(container_id)
+            yield record
+
+    def _shim(self, sandbox_id: str) -> ShimClient:
+        return ShimClient(self._sandboxes.shim_bundle(sandbox_id))
+
+    def _mark_exited(self, container_id: str, exit: ExitRecord) -> None:
+        with self._lock:
+            record = self._records.get(container_id)
+            if record is None or record.exit is not None:
+                return
+            self._records[container_id] = dataclasses.replace(
+                record, state=ContainerState.EXITED, exit=exit
+            )
+            event = self._exited.setdefault(container_id, threading.Event())
+        event.set()
+        log.info(
+            "container exited", container=container_id, code=exit.exit_code, reason=exit.reason
+        )
+
+    def _on_event(self, sandbox_id: str, event: protocol.Event) -> None:
+        if event.name != "exited":
+            return
+        data = event.data
+        self._mark_exited(
+            str(data["id"]),
+            ExitRecord(
+                exit_code=int(data["exit_code"]),
+                finished_at=int(data["finished_at"]),
+                reason=str(data["reason"]),
+                message=str(data.get("message", "")),
+            ),
+        )
+
+    def _on_shim_lost(self, sandbox_id: str) -> None:
+        """The shim is gone: its containers ended, as its exit files say (or unseen)."""
+        with self._lock:
+            pending = [
+                r.id for r in self._records.values() if r.sandbox_id == sandbox_id and not r.exit
+            ]
+        for container_id in pending:
+            exit = self._store.read_exit(container_id) or ExitRecord(
+                UNKNOWN_EXIT_CODE, time.time_ns(), "Unknown", "the pod's shim exited"
+            )
+            self._mark_exited(container_id, exit)
+
+    def _ensure_subscribed(self, sandbox_id: str) -> None:
+        if not self._events.subscribed(sandbox_id):
+            self._events.subscribe(sandbox_id, self._sandboxes.shim_bundle(sandbox_id))
+
+    def _wait_exit(self, container_id: str, timeout: float) -> bool:
+        with self._lock:
+            record = self._records.get(container_id)
+            if record is None or record.exit is not None:
+                return True
+            event = self._exited.setdefault(container_id, threading.Event())
+        return event.wait(timeout)
+
+    # --- create ---------------------------------------------------------------------------
+
+    async def create(self, sandbox_id: str, config: ContainerConfig) -> str:
+        validate_config(config)
+        sandbox = self._sandboxes.status(sandbox_id)
+        if sandbox.state != SandboxState.READY:
+            raise FailedPrecondition(f"pod sandbox {sandbox_id} is not ready")
+        sandbox_id = sandbox.record.id
+        key = (sandbox_id, config.metadata.name, config.metadata.attempt)
+        container_id = secrets.token_hex(32)
+        with self._lock:
+            existing = self._names.get(key)
+            if existing is not None:
+                raise AlreadyExists(
+                    f"container name {config.metadata.name} (attempt "
+                    f"{config.metadata.attempt}) is already used by {existing} in sandbox "
+                    f"{sandbox_id}; remove it first"
+                )
+            self._names[key] = container_id
+        try:
+            rootfs = await self._images.lease_layers(container_id, config.image)
+            try:
+                await asyncio.to_thread(self._create, container_id, sandbox_id, config, rootfs)
+            except BaseException:
+                await self._images.release_layers(container_id)
+                raise
+        except BaseException:
+            with self._lock:
+                self._names.pop(key, None)
+            raise
+        return container_id
+
+    def _create(
+        self, container_id: str, sandbox_id: str, config: ContainerConfig, rootfs: ImageRootfs
+    ) -> None:
+        sandbox = self._sandboxes.status(sandbox_id).record
+        directory = self._store.dir_of(container_id)
+        files = self._sandboxes.files_dir(sandbox_id)
+        host_network = sandbox.config.namespaces.network == NamespaceMode.NODE
+        target_pid_path = ""
+        if config.pid_mode == NamespaceMode.TARGET:
+            target = self.status(config.target_id)
+            if target.state != ContainerState.RUNNING or not target.pid:
+                raise FailedPrecondition(f"target container {config.target_id} is not running")
+            target_pid_path = f"/proc/{target.pid}/ns/pid"
+        inputs = SpecInputs(
+            container_id=container_id,
+            sandbox_id=sandbox_id,
+            config=config,
+            sandbox=sandbox.config,
+            image=rootfs.config,
+            image_name=config.image,
+            rootfs=str(directory / "rootfs"),
+            hostname="" if host_network else sandbox.hostname,
+            pod_namespaces=dict(sandbox.namespaces),
+            files=PodFiles(
+                hosts=str(files / "hosts"),
+                hostname=str(files / "hostname"),
+                resolv_conf=str(files / "resolv.conf"),
+                shm=sandbox.shm_path,
+            ),
+            resolved_mounts=resolve_host_paths(config),
+            target_pid_path=target_pid_path,
+        )
+        spec = build_spec(inputs)
+        log_path = ""
+        if sandbox.config.log_directory and config.log_path:
+            log_path = os.path.join(sandbox.config.log_directory, config.log_path)
+        stop_signal = config.stop_signal or rootfs.config.stop_signal
+        stop_signal_number(stop_signal)  # refused now, not at stop time
+        record = ContainerRecord(
+            id=container_id,
+            sandbox_id=sandbox_id,
+            config=dataclasses.replace(config, stop_signal=stop_signal),
+            created_at=time.time_ns(),
+            image_id=rootfs.image_id,
+            log_path=log_path,
+        )
+        with contextlib.ExitStack() as undo:
+            undo.callback(self._store.delete, container_id)
+            self._store.save(record)
+            for name in ("upper", "work", "rootfs", "empty"):
+                (directory / name).mkdir()
+                # The overlay's root takes the upper dir's mode: it must not be the daemon's
+                # umask (0700 would lock every non-root user out of the container's "/").
+                (directory / name).chmod(0o755)
+            write_json_atomic(directory / "config.json", spec)
+            mount = overlay_mount(
+                [str(p) for p in rootfs.layers],
+                str(directory / "upper"),
+                str(directory / "work"),
+                str(directory / "empty"),
+            )
+            self._ensure_subscribed(sandbox_id)
+            shim = self._shim(sandbox_id)
+            try:
+                result = shim.call(
+                    "create",
+                    {
+                        "id": container_id,
+                        "bundle": str(directory),
+                        "rootfs": [mount],
+                        "log_path": log_path,
+                        "stdin": config.stdin,
+                        "stdin_once": config.stdin_once,
+                    },
+                    timeout=30.0,
+                )
+            except ShimError as e:
+                if e.kind in ("invalid", "failed"):
+                    raise InvalidArgument(f"container {config.metadata.name}: {e}") from e
+                raise Internal(f"container {config.metadata.name}: {e}") from e
+            record = dataclasses.replace(record, pid=int(result["pid"]))
+            self._store.save(record)
+            with self._lock:
+                self._records[container_id] = record
+            undo.pop_all()
+        log.info(
+            "container created",
+            container=container_id,
+            sandbox=sandbox_id,
+            name=config.metadata.name,
+            pid=record.pid,
+        )
+
+    # --- start / stop / remove --------------------------------------------------------------
+
+    def start(self, container_id: str) -> None:
+        full = self._resolve(container_id)
+        if full is None:
+            raise NotFound(f"container {container_id} not found")
+        with self._operation(full) as record:
+            if record is None:
+                raise NotFound(f"container {container_id} not found")
+            if record.state != ContainerState.CREATED:
+                raise FailedPrecondition(
+                    f"container {full} is {record.state.name}, only CREATED can be started"
+                )
+            try:
+                result = self._shim(record.sandbox_id).call("start", {"id": full})
+            except ShimError as e:
+                if e.kind == "start_failed":
+                    message = str(e).removeprefix("shim start: ")
+                    exit = self._store.read_exit(full) or ExitRecord(
+                        START_ERROR_EXIT_CODE, time.time_ns(), "StartError", message
+                    )
+                    self._set(dataclasses.replace(record, started_at=exit.finished_at))
+                    self._mark_exited(full, exit)
+                    raise FailedPrecondition(f"container {full} failed to start: {message}") from e
+                raise Internal(f"starting container {full}: {e}") from e
+            record = dataclasses.replace(
+                record, state=ContainerState.RUNNING, started_at=int(result["started_at"])
+            )
+            self._store.save(record)
+            with self._lock:
+                current = self._records.get(full)
+                # An exit event may have raced ahead of this answer: keep it.
+                if current is not None and current.exit is not None:
+                    record = dataclasses.replace(
+                        record, state=ContainerState.EXITED, exit=current.exit
+                    )
+                self._records[full] = record
+            log.info("container started", container=full)
+
+    def stop(self, container_id: str, timeout: int) -> None:
+        """Stop signal, then SIGKILL after `timeout` seconds (0: at once). Idempotent."""
+        full = self._resolve(container_id)
+        if full is None:
+            return
+        with self._operation(full) as record:
+            if record is None or record.state != ContainerState.RUNNING:
+                return
+            self._stop(record, timeout)
+
+    def _stop(self, record: ContainerRecord, timeout: float) -> None:
+        shim = self._shim(record.sandbox_id)
+        try:
+            if timeout > 0:
+                signum = stop_signal_number(record.config.stop_signal)
+                shim.call("kill", {"id": record.id, "signal": signum})
+                if self._wait_exit(record.id, timeout):
+                    return
+            shim.call("kill", {"id": record.id, "signal": int(signal.SIGKILL)})
+        except ShimError as e:
+            if not self._events.subscribed(record.sandbox_id):
+                self._on_shim_lost(record.sandbox_id)
+                return
+            raise Internal(f"stopping container {record.id}: {e}") from e
+        if not self._wait_exit(record.id, KILL_WAIT_SECONDS):
+            raise DeadlineExceeded(f"container {record.id} did not exit after SIGKILL")
+
+    async def remove(self, container_id: str) -> None:
+        full = self._resolve(container_id)
+        if full is None:
+            return
+        await asyncio.to_thread(self._remove, full)
+        await self._images.release_layers(full)
+
+    def _remove(self, container_id: str) -> None:
+        """Kills a running container, forgets it in the shim, deletes its dir. The log stays."""
+        with self._operation(container_id) as record:
+            if record is None:
+                return
+            if record.state == ContainerState.RUNNING:
+                self._stop(record, 0)
+            with contextlib.suppress(ShimError):
+                shim = self._shim(record.sandbox_id)
+                if record.state == ContainerState.CREATED:
+                    # Never started: its init waits on the sync socket; kill it first.
+                    shim.call("kill", {"id": container_id, "signal": int(signal.SIGKILL)})
+                    self._wait_exit(container_id, KILL_WAIT_SECONDS)
+                shim.call("remove", {"id": container_id})
+            self._store.delete(container_id)
+            with self._lock:
+                self._records.pop(container_id, None)
+                self._exited.pop(container_id, None)
+                self._op_locks.pop(container_id, None)
+                key = (
+                    record.sandbox_id,
+                    record.config.metadata.name,
+                    record.config.metadata.attempt,
+                )
+                self._names.pop(key, None)
+            log.info("container removed", container=container_id)
+
+    # --- exec and logs --------------------------------------------------------------------
+
+    def _running(self, container_id: str) -> ContainerRecord:
+        record = self.status(container_id)
+        if record.state != ContainerState.RUNNING:
+            raise FailedPrecondition(f"container {record.id} is not running")
+        return record
+
+    def exec_sync(
+        self, container_id: str, command: tuple[str, ...], timeout: int
+    ) -> tuple[bytes, bytes, int]:
+        record = self._running(container_id)
+        if not command:
+            raise InvalidArgument("ExecSync needs a command")
+        # The shim enforces `timeout`; ours only guards against a shim that never answers.
+        call_timeout = timeout + 30.0 if timeout > 0 else 365 * 24 * 3600.0
+        try:
+            result = self._shim(record.sandbox_id).call(
+                "exec",
+                {"id": record.id, "args": list(command), "timeout": timeout},
+                timeout=call_timeout,
+                max_frame=EXEC_FRAME_BYTES,
+            )
+        except ShimError as e:
+            if e.kind == "timeout":
+                raise DeadlineExceeded(
+                    f"command {list(command)} timed out after {timeout}s in container "
+                    f"{record.id} (killed)"
+                ) from e
+            raise Internal(f"exec in container {record.id}: {e}") from e
+        return (
+            base64.b64decode(result["stdout"]),
+            base64.b64decode(result["stderr"]),
+            int(result["exit_code"]),
+        )
+
+    def reopen_log(self, container_id: str) -> None:
+        record = self._running(container_id)
+        try:
+            self._shim(record.sandbox_id).call("reopen-log", {"id": record.id})
+        except ShimError as e:
+            raise Internal(f"reopening the log of container {record.id}: {e}") from e
+
+    # --- the sandbox's hooks ----------------------------------------------------------------
+
+    def stop_sandbox_containers(self, sandbox_id: str) -> None:
+        """Before a pod's shim goes: every running container gets SIGKILL at once (kubelet
+        has stopped them gracefully already) and we wait, bounded, for their exits. Those not
+        seen by then are recorded by the shim as it shuts down, and read back from their exit
+        files when its event connection closes."""
+        running = [
+            r
+            for r in self.list(ContainerFilter(sandbox_id=sandbox_id))
+            if r.sandbox_id == sandbox_id and r.state == ContainerState.RUNNING
+        ]
+        shim = self._shim(sandbox_id)
+        for record in running:
+            try:
+                shim.call("kill", {"id": record.id, "signal": int(signal.SIGKILL)})
+            except ShimError as e:
+                log.warning("cannot kill a container", container=record.id, error=str(e))
+        deadline = time.monotonic() + SANDBOX_STOP_WAIT_SECONDS
+        for record in running:
+            self._wait_exit(record.id, max(0.0, deadline - time.monotonic()))
+
+    def sandbox_stopped(self, sandbox_id: str) -> None:
+        """After a pod's shim is gone: its containers' ends, from the exit files it left."""
+        self._events.unsubscribe(sandbox_id)
+        self._on_shim_lost(sandbox_id)
+
+    def remove_sandbox_containers(self, sandbox_id: str) -> None:
+        """Called from a worker thread by RemovePodSandbox."""
+        for record in self.list(ContainerFilter(sandbox_id=sandbox_id)):
+            if record.sandbox_id != sandbox_id:
+                continue
+            self._remove(record.id)
+            asyncio.run_coroutine_threadsafe(
+                self._images.release_layers(record.id), self._loop
+            ).result(timeout=60)
+
+    # --- life of the service --------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Rebuilds the index from the store, the exit files and the live shims."""
+        for record in self._store.load_all():
+            exit = self._store.read_exit(record.id)
+            if exit is not None:
+                record = dataclasses.replace(record, state=ContainerState.EXITED, exit=exit)
+            self._records[record.id] = record
+            key = (record.sandbox_id, record.config.metadata.name, record.config.metadata.attempt)
+            self._names[key] = record.id
+        sandboxes = {r.sandbox_id for r in self._records.values() if r.exit is None}
+        for sandbox_id in sandboxes:
+            known: set[str] = set()
+            try:
+                if self._sandboxes.status(sandbox_id).state == SandboxState.READY:
+                    answer = self._events.subscribe(
+                        sandbox_id, self._sandboxes.shim_bundle(sandbox_id)
+                    )
+                    known = {str(c["id"]) for c in answer.get("containers", ())}
+            except Exception as e:
+                log.warning("cannot reach a sandbox's shim", sandbox=sandbox_id, error=str(e))
+            for record in list(self._records.values()):
+                if (
+                    record.sandbox_id == sandbox_id
+                    and record.exit is None
+                    and record.id not in known
+                ):
+                    self._on_shim_lost_one(record)
+        log.info("containers recovered", count=len(self._records))
+
+    def _on_shim_lost_one(self, record: ContainerRecord) -> None:
+        exit = self._store.read_exit(record.id) or ExitRecord(
+            UNKNOWN_EXIT_CODE, time.time_ns(), "Unknown", "the pod's shim no longer knows it"
+        )
+        self._mark_exited(record.id, exit)
+
+    def close(self) -> None:
+        self._events.close()

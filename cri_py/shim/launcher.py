@@ -1,0 +1,418 @@
+"""The container side of a launch: code that runs in a process the shim forked, enters the
+container's namespaces, builds its filesystem view and finally execs the container's command.
+
+Decisions come from the launch plan (`cri_py.oci.plan`); this module performs them with the
+syscall edge and reports over a sync socket (SOCK_SEQPACKET, one message per send):
+  child -> shim  b"R" + JSON {uid, gid, groups}  ready, blocked before execve
+                 b"E" + text                     setup or execve failed (then it exits)
+  shim -> child  b"S"                            go: execve (success closes the socket)
+The "R" message carries SCM_CREDENTIALS, so the shim learns the init's PID in its own PID
+namespace whatever namespace the init lives in. Nothing here returns: every path ends in
+execve or os._exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import resource
+import signal
+import socket
+import stat
+import struct
+import termios
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
+
+from cri_py.linux import syscalls
+from cri_py.oci.plan import LaunchPlan, MountStep, User, executable_candidates, resolve_user
+
+EXIT_SETUP_FAILED = 1
+# What a shell reports for "command could not be run"; the daemon records 128 (StartError).
+EXIT_EXEC_FAILED = 127
+
+NAMESPACE_FLAGS = {
+    "network": syscalls.CLONE_NEWNET,
+    "ipc": syscalls.CLONE_NEWIPC,
+    "uts": syscalls.CLONE_NEWUTS,
+    "pid": syscalls.CLONE_NEWPID,
+    "mount": syscalls.CLONE_NEWNS,
+}
+# Device nodes of every container's /dev (major, minor), as runc creates them.
+DEVICES = {
+    "null": (1, 3),
+    "zero": (1, 5),
+    "full": (1, 7),
+    "random": (1, 8),
+    "urandom": (1, 9),
+    "tty": (5, 0),
+}
+DEV_LINKS = {
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+    "ptmx": "pts/ptmx",
+    "core": "/proc/kcore",
+}
+_RLIMITS = {name: getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")}
+SYNC_FD = 3
+
+
+class LaunchError(Exception):
+    """A step failed; the message (sent to the shim) names the step."""
+
+
+def send_ready(sync: socket.socket, payload: Mapping[str, Any]) -> None:
+    creds = struct.pack("iII", os.getpid(), os.getuid(), os.getgid())
+    sync.sendmsg(
+        [b"R" + json.dumps(payload).encode()],
+        [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)],
+    )
+
+
+def fail(sync: socket.socket, message: str, code: int) -> NoReturn:
+    with contextlib.suppress(OSError):
+        sync.send(b"E" + message.encode(errors="replace")[:60000])
+    os._exit(code)
+
+
+def setup_stdio(stdio: Sequence[int], sync_fd: int) -> socket.socket:
+    """fds 0-2 from `stdio`, the sync socket at fd 3, everything else closed."""
+    sync_copy = os.dup(sync_fd)
+    for target, fd in enumerate(stdio):
+        os.dup2(fd, target)
+    os.dup2(sync_copy, SYNC_FD)
+    os.closerange(SYNC_FD + 1, os.sysconf("SC_OPEN_MAX"))
+    os.set_inheritable(SYNC_FD, False)
+    return socket.socket(fileno=SYNC_FD)
+
+
+def join_namespaces(join: Sequence[tuple[str, str]]) -> None:
+    # Opened first, entered after: joining the mount namespace would hide the paths.
+    fds = [(kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC)) for kind, path in join]
+    for kind, fd in fds:
+        try:
+            syscalls.setns(fd, NAMESPACE_FLAGS[kind])
+        except OSError as e:
+            raise LaunchError(f"joining the {kind} namespace: {e}") from e
+        finally:
+            os.close(fd)
+
+
+def secure_join(root: str, path: str) -> str:
+    """`path` inside `root`, with symlinks resolved as if `root` were `/` (so an image's
+    symlink cannot make a mount land outside the rootfs)."""
+    parts = [p for p in path.split("/") if p]
+    resolved: list[str] = []
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = os.path.join(root, *resolved, part)
+        try:
+            target = os.readlink(candidate)
+        except OSError:
+            resolved.append(part)
+            continue
+        links += 1
+        if links > 40:
+            raise LaunchError(f"too many symlinks resolving {path} in the rootfs")
+        if target.startswith("/"):
+            resolved = []
+        parts = [p for p in target.split("/") if p] + parts
+    return os.path.join(root, *resolved)
+
+
+def make_mount_point(target: str, source: str, is_bind: bool) -> None:
+    file_source = False
+    if is_bind:
+        try:
+            file_source = not stat.S_ISDIR(os.stat(source).st_mode)
+        except FileNotFoundError:
+            raise LaunchError(f"bind mount source {source} does not exist") from None
+    if file_source:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if not os.path.lexists(target):
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    else:
+        os.makedirs(target, exist_ok=True)
+
+
+def perform_mount(step: MountStep, target: str) -> None:
+    if step.fstype == "cgroup":
+        # The container's cgroup view is the cgroups issue's (issue 7): until it lands,
+        # /sys/fs/cgroup stays the empty directory of the container's fresh sysfs.
+        return
+    if step.is_bind:
+        syscalls.mount(step.source, target, None, step.flags & (syscalls.MS_BIND | syscalls.MS_REC))
+        if step.remount_flags:
+            flags = step.remount_flags | _locked_flags(target)
+            syscalls.mount(None, target, None, flags)
+    else:
+        syscalls.mount(step.source, target, step.fstype, step.flags, step.data or None)
+    if step.propagation:
+        syscalls.mount(None, target, None, step.propagation)
+
+
+def _locked_flags(path: str) -> int:
+    """Flags a remount must keep or the kernel refuses it (EPERM): nosuid/nodev/noexec/...
+    already on the mount. statvfs's ST_* bits are the MS_* bits for these."""
+    lockable = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
+    return os.statvfs(path).f_flag & lockable
+
+
+def _mount_point_of(path: str) -> str:
+    """The mount point `path` lives on (the longest mount point that is a prefix of it)."""
+    best = "/"
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split(" ")[4].encode().decode("unicode_escape")
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) > len(
+                best
+            ):
+                best = point
+    return best
+
+
+def populate_dev(root: str) -> None:
+    dev = os.path.join(root, "dev")
+    if not os.path.isdir(dev):
+        return
+    old = os.umask(0)
+    try:
+        for name, (major, minor) in DEVICES.items():
+            path = os.path.join(dev, name)
+            if not os.path.lexists(path):
+                os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        for name, target in DEV_LINKS.items():
+            path = os.path.join(dev, name)
+            if not os.path.lexists(path):
+                os.symlink(target, path)
+    finally:
+        os.umask(old)
+
+
+def prepare_rootfs(plan: LaunchPlan, rootfs_mounts: Sequence[MountStep]) -> None:
+    """Inside the new mount namespace: the rootfs, the spec's mounts, then pivot_root."""
+    # rslave (the default): host mounts made later still reach rslave volumes, nothing
+    # mounted here reaches the host. rshared keeps the tree the host's peer, for rshared
+    # volumes; then the rootfs's parent must be private, or the overlay below would appear
+    # on the host too (and pivot_root refuses a shared parent).
+    syscalls.mount(None, "/", None, plan.rootfs_propagation)
+    root = plan.rootfs
+    syscalls.mount(None, _mount_point_of(root), None, syscalls.MS_PRIVATE)
+    for step in rootfs_mounts:
+        try:
+            syscalls.mount(step.source, root, step.fstype, step.flags, step.data or None)
+        except OSError as e:
+            raise LaunchError(f"mounting the rootfs at {root}: {e}") from e
+    for step in plan.mounts:
+        target = secure_join(root, step.destination)
+        try:
+            make_mount_point(target, step.source, step.is_bind)
+            perform_mount(step, target)
+        except OSError as e:
+            raise LaunchError(f"mount {step.source} at {step.destination}: {e}") from e
+    populate_dev(root)
+    os.chdir(root)
+    # pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves
+    # only the new root (runc's trick: no put_old directory needed in the image).
+    syscalls.pivot_root(".", ".")
+    syscalls.umount2(".", syscalls.MNT_DETACH)
+    os.chdir("/")
+
+
+def finish_mounts(plan: LaunchPlan) -> None:
+    """After pivot_root: /proc (from inside the PID namespace), masked and read-only paths."""
+    for step in plan.late_mounts:
+        target = secure_join("/", step.destination)
+        try:
+            os.makedirs(target, exist_ok=True)
+            perform_mount(step, target)
+        except OSError as e:
+            raise LaunchError(f"mount {step.fstype} at {step.destination}: {e}") from e
+    for path in plan.masked_paths:
+        try:
+            if os.path.isdir(path):
+                syscalls.mount("tmpfs", path, "tmpfs", syscalls.MS_RDONLY)
+            else:
+                syscalls.mount("/dev/null", path, None, syscalls.MS_BIND)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise LaunchError(f"masking {path}: {e}") from e
+    for path in plan.readonly_paths:
+        try:
+            syscalls.mount(path, path, None, syscalls.MS_BIND | syscalls.MS_REC)
+            flags = syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY
+            syscalls.mount(None, path, None, flags | _locked_flags(path))
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise LaunchError(f"making {path} read-only: {e}") from e
+    if plan.readonly_rootfs:
+        flags = syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY
+        syscalls.mount(None, "/", None, flags)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def set_rlimits(rlimits: Sequence[tuple[str, int, int]]) -> None:
+    for name, soft, hard in rlimits:
+        kind = _RLIMITS.get(name)
+        if kind is None:
+            raise LaunchError(f"unknown rlimit {name}")
+        _, current_hard = resource.getrlimit(kind)
+        # Raising a hard limit needs CAP_SYS_RESOURCE, which this runtime may lack: clamp.
+        if current_hard != resource.RLIM_INFINITY:
+            hard = min(hard, current_hard)
+            soft = min(soft, hard)
+        resource.setrlimit(kind, (soft, hard))
+
+
+def become(user: User, cwd: str) -> None:
+    # The working dir is made as root (an image may lack it), entered as the user.
+    os.makedirs(cwd, exist_ok=True)
+    os.setgroups(list(user.additional_gids))
+    os.setgid(user.gid)
+    os.setuid(user.uid)
+    os.chdir(cwd)
+
+
+def exec_command(args: Sequence[str], env: Sequence[str], path: str | None) -> str:
+    """execve's the command (never returns on success); the error text otherwise."""
+    environ = dict(e.partition("=")[::2] for e in env)
+    denied = ""
+    for candidate in executable_candidates(args[0], path):
+        try:
+            os.execve(candidate, list(args), environ)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except PermissionError as e:
+            denied = f"exec {candidate}: {e.strerror}"
+        except OSError as e:
+            return f"exec {candidate}: {e.strerror}"
+    if denied:
+        return denied
+    if "/" in args[0]:
+        return f'exec: "{args[0]}": stat {args[0]}: no such file or directory'
+    return f'exec: "{args[0]}": executable file not found in $PATH'
+
+
+def attach_terminal() -> None:
+    os.setsid()
+    if os.isatty(0):
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _parent_of_init(child: int, sync: socket.socket, mirror_exit: bool) -> NoReturn:
+    """The process that forked the init into its PID namespace. Normally it just leaves and
+    the shim (a subreaper) adopts the init. But when the shim's children live in the pod's PID
+    namespace, the kernel gives orphans to that namespace's init, not to the shim: then this
+    process stays, waits for the init and exits with its status, for the shim to reap."""
+    if not mirror_exit:
+        os._exit(0)
+    sync.close()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(128 - code if code < 0 else code)
+
+
+def run_init(
+    plan: LaunchPlan,
+    rootfs_mounts: Sequence[MountStep],
+    stdio: Sequence[int],
+    sync_fd: int,
+    mirror_exit: bool = False,
+) -> NoReturn:
+    """The container's init, from the shim's fork to execve. Never returns."""
+    sync = setup_stdio(stdio, sync_fd)
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        join_namespaces(plan.join)
+        flags = syscalls.CLONE_NEWNS if plan.new_mount_ns else 0
+        if plan.new_pid_ns:
+            flags |= syscalls.CLONE_NEWPID
+        if flags:
+            syscalls.unshare(flags)
+        if plan.forks_for_pid:
+            child = os.fork()
+            if child != 0:
+                _parent_of_init(child, sync, mirror_exit)
+        attach_terminal()
+        prepare_rootfs(plan, rootfs_mounts)
+        finish_mounts(plan)
+        user = resolve_user(plan.user, _read("/etc/passwd"), _read("/etc/group"))
+        set_rlimits(plan.rlimits)
+        become(user, plan.cwd)
+        send_ready(sync, {"uid": user.uid, "gid": user.gid, "groups": list(user.additional_gids)})
+    except Exception as e:
+        fail(sync, f"container setup: {e}", EXIT_SETUP_FAILED)
+    try:
+        go = sync.recv(16)
+    except OSError:
+        go = b""
+    if go != b"S":
+        os._exit(EXIT_SETUP_FAILED)  # the shim gave up on us (remove before start)
+    fail(sync, exec_command(plan.args, plan.env, plan.env_value("PATH")), EXIT_EXEC_FAILED)
+
+
+def run_exec(
+    join: Sequence[tuple[str, str]],
+    user: User,
+    cwd: str,
+    args: Sequence[str],
+    env: Sequence[str],
+    stdio: Sequence[int],
+    sync_fd: int,
+) -> NoReturn:
+    """A process in a running container's namespaces (ExecSync). This process enters them,
+    forks the command and waits for it, exiting with its status: the command lives in the
+    container's PID namespace, where only we (not the shim) can reap it."""
+    sync = setup_stdio(stdio, sync_fd)
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        join_namespaces(join)
+    except Exception as e:
+        fail(sync, f"exec setup: {e}", EXIT_SETUP_FAILED)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            become(user, cwd)
+            send_ready(sync, {})
+        except Exception as e:
+            fail(sync, f"exec setup: {e}", EXIT_SETUP_FAILED)
+        path = dict(entry.partition("=")[::2] for entry in env).get("PATH")
+        # As a shell would: the reason on stderr, 127 (126 when not executable).
+        message = exec_command(args, env, path)
+        os.write(2, message.encode(errors="replace") + b"\n")
+        os._exit(126 if "permission denied" in message.lower() else EXIT_EXEC_FAILED)
+    sync.close()
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(128 - code if code < 0 else code)

@@ -1,0 +1,104 @@
+"""One container's OCI runtime spec from the CRI request, its sandbox and its image: the
+composition of the small steps in this package, in the order a reader checks them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cri_py.images.manifest import RuntimeConfig
+from cri_py.runtime.container_model import ContainerConfig, Propagation
+from cri_py.runtime.model import SandboxConfig
+from cri_py.spec.mounts import PodFiles, container_mounts, masked_paths, readonly_paths
+from cri_py.spec.namespaces import container_namespaces
+from cri_py.spec.process import (
+    DEFAULT_RLIMITS,
+    container_env,
+    container_user,
+    process_args,
+    working_dir,
+)
+
+OCI_VERSION = "1.2.0"
+
+
+@dataclass(frozen=True)
+class SpecInputs:
+    """Everything the spec depends on, gathered (with any I/O) by the container service."""
+
+    container_id: str
+    sandbox_id: str
+    config: ContainerConfig
+    sandbox: SandboxConfig
+    image: RuntimeConfig
+    image_name: str
+    rootfs: str
+    # The pod's hostname ("" with host network: the container then has the host's).
+    hostname: str = ""
+    # Pinned pod namespaces by kind ("net", "ipc", "uts", "pid").
+    pod_namespaces: Mapping[str, str] = field(default_factory=dict)
+    files: PodFiles = field(default_factory=PodFiles)
+    # Real paths of the CRI mounts' host paths (symlinks followed).
+    resolved_mounts: Mapping[str, str] = field(default_factory=dict)
+    # /proc/<pid>/ns/pid of the target container (PID mode TARGET).
+    target_pid_path: str = ""
+
+
+def spec_annotations(inputs: SpecInputs) -> dict[str, str]:
+    """The client's annotations plus the ones containerd sets (tools key on these names)."""
+    sandbox = inputs.sandbox.metadata
+    ours = {
+        "io.kubernetes.cri.container-type": "container",
+        "io.kubernetes.cri.container-name": inputs.config.metadata.name,
+        "io.kubernetes.cri.image-name": inputs.image_name,
+        "io.kubernetes.cri.sandbox-id": inputs.sandbox_id,
+        "io.kubernetes.cri.sandbox-name": sandbox.name,
+        "io.kubernetes.cri.sandbox-namespace": sandbox.namespace,
+        "io.kubernetes.cri.sandbox-uid": sandbox.uid,
+    }
+    return {**inputs.config.annotations, **ours}
+
+
+def build_spec(inputs: SpecInputs) -> dict[str, Any]:
+    config, image = inputs.config, inputs.image
+    privileged = config.privileged
+    process: dict[str, Any] = {
+        "terminal": config.tty,
+        "user": container_user(
+            image.user,
+            config.run_as_user,
+            config.run_as_username,
+            config.run_as_group,
+            config.supplemental_groups,
+        ),
+        "args": process_args(config.command, config.args, image.entrypoint, image.cmd),
+        "env": container_env(inputs.hostname, image.env, config.envs),
+        "cwd": working_dir(config.working_dir, image.working_dir),
+        "rlimits": [dict(r) for r in DEFAULT_RLIMITS],
+    }
+    spec: dict[str, Any] = {
+        "ociVersion": OCI_VERSION,
+        "process": process,
+        "root": {"path": inputs.rootfs, "readonly": config.readonly_rootfs},
+    }
+    if inputs.hostname:
+        spec["hostname"] = inputs.hostname
+    spec["mounts"] = container_mounts(
+        inputs.files, config.mounts, inputs.resolved_mounts, config.readonly_rootfs, privileged
+    )
+    spec["annotations"] = spec_annotations(inputs)
+    spec["linux"] = {
+        "namespaces": container_namespaces(
+            inputs.pod_namespaces, config.pid_mode, inputs.target_pid_path
+        ),
+        "maskedPaths": masked_paths(privileged),
+        "readonlyPaths": readonly_paths(privileged),
+        # rslave: the host's later mounts reach the container, none of its mounts leak out.
+        # A bidirectional CRI mount needs the container's tree to stay the host's peer
+        # (containerd does the same).
+        "rootfsPropagation": "rshared"
+        if any(m.propagation == Propagation.BIDIRECTIONAL for m in config.mounts)
+        else "rslave",
+    }
+    return spec

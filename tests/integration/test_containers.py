@@ -1,0 +1,291 @@
+"""Containers against a real daemon and the lab registry: launch, logs, exec, stop, exit codes,
+StartError, isolation, and nothing left behind.
+
+The daemon pulls busybox from the local registry (`make registry images`) through the lab's
+mirror config; the tests skip when that registry does not answer. Pods run on the test bridge
+`cri-pyt1` (10.95.0.0/24), never on a real cri-py's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cri_py.api import api_pb2 as pb
+from cri_py.linux.namespaces import mount_points
+
+from .conftest import Daemon, needs_root, start_daemon
+
+pytestmark = needs_root
+
+ROOT = Path(__file__).resolve().parents[2]
+BUSYBOX = "registry.k8s.io/e2e-test-images/busybox:1.29-2"
+CONFIG = (
+    (ROOT / "e2e" / "lab-config.yaml").read_text()
+    + "network:\n  bridge: cri-pyt1\n  subnet: 10.95.0.0/24\n  cni_conf_dir: /nonexistent\n"
+)
+
+
+def registry_up() -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", 5000), 1):
+        return True
+    return False
+
+
+@dataclass
+class Lab:
+    daemon: Daemon
+    logs: Path
+    pods: list[str] = field(default_factory=list)
+    configs: dict[str, pb.PodSandboxConfig] = field(default_factory=dict)
+
+    def run_pod(self, name: str, pid_mode: int = 1) -> str:
+        config = pb.PodSandboxConfig(
+            metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="test"),
+            hostname=f"{name}-host",
+            log_directory=str(self.logs / name),
+            linux=pb.LinuxPodSandboxConfig(
+                security_context=pb.LinuxSandboxSecurityContext(
+                    namespace_options=pb.NamespaceOption(pid=pid_mode)  # type: ignore[arg-type]
+                )
+            ),
+        )
+        sandbox_id = (
+            self.daemon.runtime()
+            .RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=30)
+            .pod_sandbox_id
+        )
+        self.pods.append(sandbox_id)
+        self.configs[sandbox_id] = config
+        return sandbox_id
+
+    def create(self, sandbox_id: str, name: str, command: list[str], pid_mode: int = 1) -> str:
+        config = pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name=name),
+            image=pb.ImageSpec(image=BUSYBOX),
+            command=command,
+            log_path=f"{name}.log",
+            labels={"test": name},
+            linux=pb.LinuxContainerConfig(
+                security_context=pb.LinuxContainerSecurityContext(
+                    namespace_options=pb.NamespaceOption(pid=pid_mode)  # type: ignore[arg-type]
+                )
+            ),
+        )
+        return (
+            self.daemon.runtime()
+            .CreateContainer(
+                pb.CreateContainerRequest(
+                    pod_sandbox_id=sandbox_id,
+                    config=config,
+                    sandbox_config=self.configs[sandbox_id],
+                ),
+                timeout=30,
+            )
+            .container_id
+        )
+
+    def start(self, container_id: str) -> None:
+        self.daemon.runtime().StartContainer(
+            pb.StartContainerRequest(container_id=container_id), timeout=30
+        )
+
+    def status(self, container_id: str) -> pb.ContainerStatus:
+        return (
+            self.daemon.runtime()
+            .ContainerStatus(pb.ContainerStatusRequest(container_id=container_id), timeout=10)
+            .status
+        )
+
+    def wait_exited(self, container_id: str, timeout: float = 10) -> pb.ContainerStatus:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status(container_id)
+            if status.state == pb.CONTAINER_EXITED:
+                return status
+            time.sleep(0.05)
+        raise AssertionError(f"container {container_id} did not exit within {timeout}s")
+
+    def exec(self, container_id: str, *cmd: str, timeout: int = 10) -> pb.ExecSyncResponse:
+        return self.daemon.runtime().ExecSync(
+            pb.ExecSyncRequest(container_id=container_id, cmd=list(cmd), timeout=timeout),
+            timeout=timeout + 10,
+        )
+
+    def remove_pod(self, sandbox_id: str) -> None:
+        rt = self.daemon.runtime()
+        rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id), timeout=30)
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id), timeout=30)
+
+    def leftovers(self) -> list[str]:
+        found = []
+        base = str(self.daemon.root_dir.parent)
+        found += [m for m in mount_points(Path("/proc/self/mountinfo").read_text()) if base in m]
+        containers = self.daemon.root_dir / "containers"
+        if containers.exists():
+            found += [str(p) for p in containers.iterdir()]
+        sandboxes = self.daemon.run_dir / "sandboxes"
+        if sandboxes.exists():
+            found += [str(p) for p in sandboxes.iterdir()]
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if b"cri_py.shim" in cmdline and base.encode() in cmdline:
+                    found.append(f"shim pid {pid}")
+        return found
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    if not registry_up():
+        pytest.skip("the lab registry on 127.0.0.1:5000 is not running (make registry images)")
+    base = tmp_path_factory.mktemp("containers")
+    daemon = start_daemon(base / "daemon", CONFIG)
+    lab = Lab(daemon, base / "logs")
+    try:
+        daemon.images().PullImage(
+            pb.PullImageRequest(image=pb.ImageSpec(image=BUSYBOX)), timeout=120
+        )
+        yield lab
+    finally:
+        for sandbox_id in lab.pods:
+            with contextlib.suppress(grpc.RpcError):
+                lab.remove_pod(sandbox_id)
+        daemon.stop()
+
+
+def read_log(lab: Lab, sandbox_id: str, name: str) -> list[tuple[str, str, str]]:
+    path = Path(lab.configs[sandbox_id].log_directory) / f"{name}.log"
+    records = []
+    for line in path.read_text().splitlines():
+        _, stream, tag, text = line.split(" ", 3)
+        records.append((stream, tag, text))
+    return records
+
+
+def test_container_runs_with_its_own_pid_namespace_rootfs_and_the_pods_hostname(lab: Lab) -> None:
+    pod = lab.run_pod("basic")
+    script = (
+        "cat /proc/1/cmdline | tr '\\0' ' '; echo; hostname; ls /; "
+        "echo to-stderr >&2; cat /proc/self/mountinfo | wc -l; exit 7"
+    )
+    cid = lab.create(pod, "basic", ["sh", "-c", script])
+    assert lab.status(cid).state == pb.CONTAINER_CREATED
+    lab.start(cid)
+    status = lab.wait_exited(cid)
+    assert (status.exit_code, status.reason) == (7, "Error")
+    assert status.started_at <= status.finished_at
+    assert status.log_path == str(Path(lab.configs[pod].log_directory) / "basic.log")
+    assert status.image_ref.startswith("sha256:") and status.image_id == status.image_ref
+    lines = read_log(lab, pod, "basic")
+    texts = [text for stream, _, text in lines if stream == "stdout"]
+    assert texts[0] == f"sh -c {script} "
+    assert texts[1] == "basic-host"
+    assert {"bin", "etc", "proc", "dev", "sys"} <= set(texts[2:-1])
+    # A handful of container mounts, none of the host's many.
+    assert int(texts[-1]) < 30
+    assert ("stderr", "F", "to-stderr") in lines
+    lab.remove_pod(pod)
+
+
+def test_exec_stop_and_remove_of_a_long_running_container(lab: Lab) -> None:
+    pod = lab.run_pod("longrun")
+    cid = lab.create(pod, "sleeper", ["sleep", "1000"])
+    lab.start(cid)
+    assert lab.status(cid).state == pb.CONTAINER_RUNNING
+    reply = lab.exec(cid, "echo", "hi")
+    assert (reply.stdout, reply.stderr, reply.exit_code) == (b"hi\n", b"", 0)
+    assert lab.exec(cid, "sh", "-c", "exit 4").exit_code == 4
+    assert lab.exec(cid, "no-such-command").exit_code == 127
+    assert lab.exec(cid, "cat", "/proc/1/cmdline").stdout == b"sleep\x001000\x00"
+    with pytest.raises(grpc.RpcError) as caught:
+        lab.exec(cid, "sleep", "4321", timeout=1)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert b"4321" not in lab.exec(cid, "ps").stdout  # the timed-out process is gone
+    rt = lab.daemon.runtime()
+    started = time.monotonic()
+    # PID 1 ignores SIGTERM it has no handler for: SIGKILL after the timeout.
+    rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=1), timeout=30)
+    assert time.monotonic() - started < 5
+    status = lab.status(cid)
+    assert (status.state, status.exit_code, status.reason) == (pb.CONTAINER_EXITED, 137, "Error")
+    rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=1), timeout=30)
+    rt.StopContainer(pb.StopContainerRequest(container_id="f" * 64, timeout=1), timeout=30)
+    rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
+    rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
+    with pytest.raises(grpc.RpcError) as caught:
+        lab.status(cid)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert (Path(lab.configs[pod].log_directory) / "sleeper.log").exists()  # the log stays
+    lab.remove_pod(pod)
+
+
+def test_missing_binary_fails_start_with_start_error(lab: Lab) -> None:
+    pod = lab.run_pod("missing")
+    cid = lab.create(pod, "missing", ["no-such-binary"])
+    with pytest.raises(grpc.RpcError) as caught:
+        lab.start(cid)
+    assert "no-such-binary" in (caught.value.details() or "")
+    status = lab.status(cid)
+    assert (status.state, status.exit_code, status.reason) == (
+        pb.CONTAINER_EXITED,
+        128,
+        "StartError",
+    )
+    assert "executable file not found" in status.message
+    lab.remove_pod(pod)
+
+
+def test_two_containers_share_the_network_but_not_their_processes(lab: Lab) -> None:
+    pod = lab.run_pod("pair")
+    server = lab.create(pod, "server", ["sh", "-c", "echo pong | nc -l -p 8080; sleep 1000"])
+    client = lab.create(pod, "client", ["sleep", "1000"])
+    lab.start(server)
+    lab.start(client)
+    processes = lab.exec(client, "ps").stdout
+    assert b"nc -l" not in processes and processes.count(b"\n") == 3  # header, sleep, ps
+    connect = "for i in 1 2 3 4 5; do nc 127.0.0.1 8080 && break; sleep 0.2; done"
+    reply = lab.exec(client, "sh", "-c", connect)
+    assert reply.stdout == b"pong\n"
+    rt = lab.daemon.runtime()
+    listed = rt.ListContainers(
+        pb.ListContainersRequest(
+            filter=pb.ContainerFilter(pod_sandbox_id=pod, label_selector={"test": "client"})
+        )
+    ).containers
+    assert [c.id for c in listed] == [client]
+    # Stopping the pod stops its containers, with their exits recorded.
+    rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=30)
+    assert lab.status(server).state == pb.CONTAINER_EXITED
+    assert lab.status(client).exit_code == 137
+    rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=30)
+    assert rt.ListContainers(pb.ListContainersRequest()).containers == []
+
+
+def test_long_log_lines_are_split_and_nothing_is_lost(lab: Lab) -> None:
+    pod = lab.run_pod("chatty")
+    # 40 lines of 50000 bytes each: each becomes 3 partial lines and one full line.
+    script = (
+        "i=0; while [ $i -lt 40 ]; do head -c 50000 /dev/zero | tr '\\0' x; echo; i=$((i+1)); done"
+    )
+    cid = lab.create(pod, "chatty", ["sh", "-c", script])
+    lab.start(cid)
+    assert lab.wait_exited(cid).exit_code == 0
+    lines = read_log(lab, pod, "chatty")
+    assert all(len(text) <= 16 * 1024 for _, _, text in lines)
+    assert [tag for _, tag, _ in lines] == ["P", "P", "P", "F"] * 40
+    assert sum(len(text) for _, _, text in lines) == 40 * 50000
+    lab.remove_pod(pod)
+
+
+def test_nothing_is_left_behind(lab: Lab) -> None:
+    # Runs last in this module: every test above removed its pods.
+    assert lab.leftovers() == []

@@ -1,0 +1,103 @@
+"""The launch plan: mount options to flags, namespaces to join, users resolved in the rootfs."""
+
+from __future__ import annotations
+
+import pytest
+
+from cri_py.oci import plan as p
+from cri_py.oci.plan import PlanError, User, build_plan, executable_candidates, mount_step
+
+SPEC = {
+    "process": {"args": ["sh"], "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+    "root": {"path": "/r"},
+    "mounts": [
+        {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid"]},
+        {"destination": "/data", "type": "bind", "source": "/d",
+         "options": ["rbind", "rslave", "ro"]},
+    ],
+    "linux": {
+        "namespaces": [
+            {"type": "pid", "path": "/p/pid"},
+            {"type": "network", "path": "/p/net"},
+            {"type": "mount"},
+        ]
+    },
+}  # fmt: skip
+
+
+def test_read_only_bind_mount_needs_a_remount_and_keeps_its_propagation() -> None:
+    step = mount_step(SPEC["mounts"][1])  # type: ignore[index]
+    assert step.is_bind and step.fstype == ""
+    assert step.flags == p.MS_BIND | p.MS_REC | p.MS_RDONLY
+    assert step.remount_flags == p.MS_REMOUNT | p.MS_BIND | p.MS_RDONLY
+    assert step.propagation == p.MS_SLAVE | p.MS_REC
+
+
+def test_plain_bind_mount_needs_no_remount() -> None:
+    step = mount_step(
+        {"destination": "/x", "type": "bind", "source": "/y", "options": ["rbind", "rw"]}
+    )
+    assert step.remount_flags == 0
+
+
+def test_unknown_options_become_filesystem_data() -> None:
+    step = mount_step(
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}
+    )  # fmt: skip
+    assert step.flags == p.MS_NOSUID | p.MS_STRICTATIME
+    assert step.data == "mode=755,size=65536k"
+
+
+def test_relative_destination_is_refused() -> None:
+    with pytest.raises(PlanError):
+        mount_step({"destination": "data", "type": "bind", "source": "/d"})
+
+
+def test_plan_joins_pid_last_and_mounts_proc_after_pivot() -> None:
+    plan = build_plan(SPEC)
+    assert plan.join == (("network", "/p/net"), ("pid", "/p/pid"))
+    assert plan.new_mount_ns and not plan.new_pid_ns and plan.forks_for_pid
+    assert [m.destination for m in plan.late_mounts] == ["/proc"]
+    assert [m.destination for m in plan.mounts] == ["/data"]
+
+
+def test_plan_refuses_namespaces_only_a_sandbox_may_create() -> None:
+    spec = {**SPEC, "linux": {"namespaces": [{"type": "network"}]}}
+    with pytest.raises(PlanError, match="network"):
+        build_plan(spec)
+
+
+PASSWD = (
+    "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\nwww:x:33:33::/:\n"
+)
+GROUP = "root:x:0:\nwheel:x:10:root,www\nwww:x:33:\nstaff:x:50:www\n"
+
+
+@pytest.mark.parametrize(
+    ("user", "expected"),
+    [
+        (User(), User(0, 0, (10,))),
+        (User(username="nobody"), User(65534, 65534, ())),
+        (User(username="www"), User(33, 33, (10, 50))),
+        (User(username="33"), User(33, 33, (10, 50))),
+        (User(username="1234"), User(1234, 0, ())),
+        (User(username="www:staff"), User(33, 50, (10,))),
+        (User(username="www:7"), User(33, 7, (10, 50))),
+        (User(1000, 3000, (5,)), User(1000, 3000, (5,))),
+    ],
+)
+def test_resolve_user(user: User, expected: User) -> None:
+    assert p.resolve_user(user, PASSWD, GROUP) == expected
+
+
+@pytest.mark.parametrize("username", ["ghost", "www:nogroup"])
+def test_resolve_user_refuses_unknown_names(username: str) -> None:
+    with pytest.raises(PlanError):
+        p.resolve_user(User(username=username), PASSWD, GROUP)
+
+
+def test_executable_candidates_follow_the_container_path() -> None:
+    assert executable_candidates("sh", "/usr/bin:/bin/") == ["/usr/bin/sh", "/bin/sh"]
+    assert executable_candidates("./run", "/bin") == ["./run"]
+    assert executable_candidates("sh", None)[0] == "/usr/local/sbin/sh"
