@@ -25,9 +25,15 @@ make_dir() {
 systemd_running() { [ -d /run/systemd/system ]; }
 
 install_all() {
+    # The prefix's missing parents are made first and recorded once the manifest exists.
+    local parents=() d
+    d=$(dirname "$prefix")
+    while [ ! -d "$d" ]; do parents=("$d" "${parents[@]}"); d=$(dirname "$d"); done
+    for d in "${parents[@]}"; do mkdir "$d"; done
     "$python" -m venv "$prefix"
     "$prefix/bin/pip" install --quiet --disable-pip-version-check "$top"
     : >"$manifest"
+    for d in "${parents[@]}"; do echo "dir $d" >>"$manifest"; done
     make_dir "$unitdir"
     sed "s|@PREFIX@|$prefix|g" "$top/systemd/cri-py.service" >"$unitdir/cri-py.service"
     record "$unitdir/cri-py.service"
