@@ -24,6 +24,7 @@ from cri_py.errors import AlreadyExists, CriError, Internal, InvalidArgument, No
 from cri_py.linux import syscalls
 from cri_py.linux.namespaces import pin_namespace, unpin_namespace
 from cri_py.log import get_logger
+from cri_py.network.hostports import HostPorts
 from cri_py.network.selector import BUILTIN, NetworkSelector
 from cri_py.runtime import pod_files
 from cri_py.runtime.model import (
@@ -85,7 +86,11 @@ def validate_config(config: SandboxConfig) -> None:
 
 
 class SandboxService:
-    def __init__(self, config: Config, network: NetworkSelector) -> None:
+    def __init__(
+        self, config: Config, network: NetworkSelector, hostports: HostPorts | None = None
+    ) -> None:
+        # hostPorts of built-in-network pods (CNI pods get theirs from the portmap plugin).
+        self._hostports = hostports
         self._store = SandboxStore(Path(config.root_dir) / "sandboxes")
         self._run_root = Path(config.run_dir) / "sandboxes"
         self._run_root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -285,6 +290,9 @@ class SandboxService:
                     record, ip=ips[0] if ips else "", additional_ips=ips[1:]
                 )
                 (files / "hosts").write_text(pod_files.hosts_file(hostname, ips))
+                if network_kind == BUILTIN and self._hostports and ips:
+                    undo.callback(self._hostports.close, sandbox_id)
+                    self._hostports.open(sandbox_id, ips[0], config.port_mappings)
             record = dataclasses.replace(record, phase=Phase.CREATED)
             self._store.save(record)
             undo.pop_all()
@@ -297,6 +305,8 @@ class SandboxService:
         self._watcher.unwatch(sandbox_id)
         with self._lock:
             self._alive.discard(sandbox_id)
+        if self._hostports:
+            self._hostports.close(sandbox_id)
         if record.config.namespaces.network != NamespaceMode.NODE:
             self._network.teardown(record.network, sandbox_id, self._store.dir_of(sandbox_id))
         if record.shim is not None:
@@ -376,6 +386,7 @@ class SandboxService:
                 continue
             if self._watcher.watch(record.id, _shim_process(record.shim)):
                 self._alive.add(record.id)
+                self._reopen_hostports(record)
                 try:
                     ShimClient(self._bundle(record.id)).call("ping", timeout=2.0)
                 except ShimError as e:
@@ -389,6 +400,13 @@ class SandboxService:
                 log.info("releasing an address left allocated", sandbox=owner)
                 self._network.teardown(BUILTIN, owner, self._store.dir_of(owner))
         log.info("sandboxes recovered", count=len(self._records), ready=len(self._alive))
+
+    def _reopen_hostports(self, record: SandboxRecord) -> None:
+        if self._hostports and record.network == BUILTIN and record.ip:
+            try:
+                self._hostports.open(record.id, record.ip, record.config.port_mappings)
+            except CriError as e:
+                log.error("hostPorts not reopened", sandbox=record.id, error=str(e))
 
     def close(self) -> None:
         self._watcher.close()

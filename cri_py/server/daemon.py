@@ -25,6 +25,7 @@ from cri_py.errors import StartupError
 from cri_py.images.service import ImageService
 from cri_py.log import get_logger
 from cri_py.network.bridge import BuiltinNetwork
+from cri_py.network.hostports import HostPorts
 from cri_py.network.selector import NetworkSelector
 from cri_py.runtime.containers import ContainerService
 from cri_py.runtime.node import NodeState
@@ -116,7 +117,7 @@ def build_server(
     return server
 
 
-def start_sandboxes(config: Config) -> SandboxService:
+def start_sandboxes(config: Config, hostports: HostPorts) -> SandboxService:
     """The sandbox service, with the bridge ensured and state recovered from the last run.
 
     The built-in bridge is made even when a CNI config exists: it is cheap, and the node stays
@@ -128,7 +129,7 @@ def start_sandboxes(config: Config) -> SandboxService:
         log.error("built-in network unusable", bridge=config.network.bridge, error=str(e))
     else:
         log.info("built-in network", bridge=config.network.bridge, ready=state.ready)
-    sandboxes = SandboxService(config, NetworkSelector(config.network, network))
+    sandboxes = SandboxService(config, NetworkSelector(config.network, network), hostports)
     sandboxes.recover()
     return sandboxes
 
@@ -144,7 +145,8 @@ async def serve(config: Config) -> None:
     with run_dir_lock(run_dir):
         claim_socket(sock)
         node = NodeState(root_dir)
-        sandboxes = await asyncio.to_thread(start_sandboxes, config)
+        hostports = HostPorts(asyncio.get_running_loop())
+        sandboxes = await asyncio.to_thread(start_sandboxes, config, hostports)
         images = ImageService(config)
         containers = ContainerService(config, sandboxes, images, asyncio.get_running_loop())
         sandboxes.before_stop = containers.stop_sandbox_containers

@@ -13,7 +13,6 @@ import json
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from cri_py.linux.namespaces import mount_points, run_in_netns
 
 from ..unit.network.fake_cni import calls, install_fake_plugins
 from .conftest import needs_root, start_daemon
-from .test_sandboxes import Pods, ping, pod_config
+from .test_sandboxes import Pods, ping, pod_config, round_trip, serve_in_pod
 
 DEBIAN_PLUGINS = Path("/usr/lib/cni")
 BRIDGE = "cri-pycni0"
@@ -178,22 +177,6 @@ def lab(tmp_path: Path) -> Iterator[CniLab]:
             daemon = state.pods.daemon
             daemon.stop()
         assert not leaks, leaks
-
-
-def serve_in_pod(netns: str, port: int) -> socket.socket:
-    """A TCP listener on all of the pod's addresses (the socket stays in the pod's netns)."""
-    return run_in_netns(Path(netns), lambda: socket.create_server(("0.0.0.0", port)))
-
-
-def round_trip(listener: socket.socket, address: tuple[str, int]) -> str:
-    """Connects to `address`, which must reach `listener`; returns the peer the pod saw."""
-    listener.settimeout(5)
-    with socket.create_connection(address, timeout=5) as client:
-        server, peer = listener.accept()
-        with server:
-            server.sendall(b"hello from the pod")
-            assert client.recv(100) == b"hello from the pod"
-    return str(peer[0])
 
 
 def nat_rules_for(ip: str) -> list[str]:

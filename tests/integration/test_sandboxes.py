@@ -348,3 +348,38 @@ def test_sigkilled_daemon_restarts_with_pods_ready_and_same_ips(pods: Pods) -> N
         assert ping(ips[sandbox_id])
     new = pods.run(pod_config("after-restart"))
     assert pods.status(new).status.network.ip not in ips.values()
+
+
+def serve_in_pod(netns: str, port: int) -> socket.socket:
+    """A TCP listener on all of the pod's addresses (the socket stays in the pod's netns)."""
+    return run_in_netns(Path(netns), lambda: socket.create_server(("0.0.0.0", port)))
+
+
+def round_trip(listener: socket.socket, address: tuple[str, int]) -> str:
+    """Connects to `address`, which must reach `listener`; returns the peer the pod saw."""
+    listener.settimeout(5)
+    with socket.create_connection(address, timeout=5) as client:
+        server, peer = listener.accept()
+        with server:
+            server.sendall(b"hello from the pod")
+            assert client.recv(100) == b"hello from the pod"
+    return str(peer[0])
+
+
+def test_builtin_network_serves_host_ports_until_the_pod_stops(pods: Pods) -> None:
+    config = pod_config("web")
+    config.port_mappings.add(container_port=8080, host_port=18181, host_ip="127.0.0.1")
+    sandbox_id = pods.run(config)
+    # The port is taken while the pod lives: a second pod asking for it fails cleanly.
+    clash = pod_config("web-clash")
+    clash.port_mappings.add(container_port=8080, host_port=18181, host_ip="127.0.0.1")
+    with pytest.raises(grpc.RpcError) as excinfo:
+        pods.run(clash)
+    assert "hostPort 127.0.0.1:18181" in (excinfo.value.details() or "")
+    netns = str(pods.daemon.run_dir / "sandboxes" / sandbox_id / "ns" / "net")
+    with serve_in_pod(netns, 8080) as listener:
+        # The pod sees the relay's connection from the bridge address.
+        assert round_trip(listener, ("127.0.0.1", 18181)) == "10.99.0.1"
+        pods.stop(sandbox_id)
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", 18181), timeout=2).close()
