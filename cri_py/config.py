@@ -77,6 +77,15 @@ class StreamConfig:
 
 
 @dataclass(frozen=True)
+class CgroupsConfig:
+    # Where containers' cgroups go when the sandbox names no cgroup_parent (absolute from each
+    # hierarchy's root, never relative to the daemon's own cgroup).
+    default_parent: str = "/cri-py"
+    # pids.max of every container (the CRI has no field for it); 0: no limit.
+    pids_limit: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     root_dir: str = "/var/lib/cri-py"
     run_dir: str = "/run/cri-py"
@@ -86,6 +95,7 @@ class Config:
     stream: StreamConfig = field(default_factory=StreamConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
+    cgroups: CgroupsConfig = field(default_factory=CgroupsConfig)
     registries: Mapping[str, RegistryHost] = field(default_factory=dict)
 
 
@@ -182,6 +192,11 @@ def _validate(config: Config, source: str) -> None:
         raise ConfigError(source, "images.max_concurrent_downloads", "must be between 1 and 64")
     if config.images.progress_timeout_seconds <= 0:
         raise ConfigError(source, "images.progress_timeout_seconds", "must be positive")
+    parent = config.cgroups.default_parent
+    if not parent.startswith("/") or any(p in (".", "..") for p in parent.split("/")):
+        raise ConfigError(source, "cgroups.default_parent", "must be an absolute cgroup path")
+    if config.cgroups.pids_limit < 0:
+        raise ConfigError(source, "cgroups.pids_limit", "must not be negative")
     for host, registry in config.registries.items():
         for i, mirror in enumerate(registry.mirrors):
             url = urlsplit(mirror)

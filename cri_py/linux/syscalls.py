@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Sequence
 
 # <linux/sched.h>
 CLONE_NEWNS = 0x00020000
@@ -35,6 +36,12 @@ MNT_DETACH = 0x2
 
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
 PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
@@ -131,3 +138,163 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
         _libc.prctl(option, arg2, arg3, arg4, arg5),
         f"prctl(option={option}, arg2={arg2}, arg3={arg3}, arg4={arg4}, arg5={arg5})",
     )
+
+
+# <linux/capability.h>
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _to_mask(bits: frozenset[int] | set[int]) -> int:
+    mask = 0
+    for bit in bits:
+        mask |= 1 << bit
+    return mask
+
+
+def _to_bits(mask: int) -> frozenset[int]:
+    return frozenset(bit for bit in range(64) if mask >> bit & 1)
+
+
+def capget() -> tuple[frozenset[int], frozenset[int], frozenset[int]]:
+    """This thread's (effective, permitted, inheritable) capability bit numbers."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.capget(ctypes.byref(header), data), "capget()")
+    effective = data[0].effective | data[1].effective << 32
+    permitted = data[0].permitted | data[1].permitted << 32
+    inheritable = data[0].inheritable | data[1].inheritable << 32
+    return _to_bits(effective), _to_bits(permitted), _to_bits(inheritable)
+
+
+def capset(
+    effective: frozenset[int], permitted: frozenset[int], inheritable: frozenset[int]
+) -> None:
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    masks = (_to_mask(effective), _to_mask(permitted), _to_mask(inheritable))
+    for index, shift in enumerate((0, 32)):
+        e, p, i = (mask >> shift & 0xFFFFFFFF for mask in masks)
+        data[index].effective, data[index].permitted, data[index].inheritable = e, p, i
+    _check(
+        _libc.capset(ctypes.byref(header), data),
+        f"capset(effective={sorted(effective)}, permitted={sorted(permitted)}, "
+        f"inheritable={sorted(inheritable)})",
+    )
+
+
+# libseccomp, opened on first use (most shims never load a filter).
+SCMP_FLTATR_CTL_NNP = 3
+
+
+class ScmpArgCmp(ctypes.Structure):
+    _fields_ = [
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    ]
+
+
+_seccomp: ctypes.CDLL | None = None
+
+
+def _libseccomp() -> ctypes.CDLL:
+    global _seccomp
+    if _seccomp is None:
+        try:
+            lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+        except OSError as e:
+            raise OSError(f"libseccomp.so.2 cannot be opened (install libseccomp2): {e}") from e
+        lib.seccomp_init.argtypes = [ctypes.c_uint32]
+        lib.seccomp_init.restype = ctypes.c_void_p
+        lib.seccomp_release.argtypes = [ctypes.c_void_p]
+        lib.seccomp_release.restype = None
+        lib.seccomp_arch_resolve_name.argtypes = [ctypes.c_char_p]
+        lib.seccomp_arch_resolve_name.restype = ctypes.c_uint32
+        lib.seccomp_arch_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+        lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+        lib.seccomp_rule_add_array.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_uint32,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.POINTER(ScmpArgCmp),
+        ]
+        lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
+        lib.seccomp_load.argtypes = [ctypes.c_void_p]
+        _seccomp = lib
+    return _seccomp
+
+
+def open_libseccomp() -> None:
+    """Opens libseccomp now: a process about to leave the host's filesystem (pivot_root,
+    setns into a container's mount namespace) must do it first."""
+    _libseccomp()
+
+
+def _check_negative(result: int, call: str) -> int:
+    """libseccomp returns -errno instead of setting errno."""
+    if result < 0:
+        raise OSError(-result, f"{call}: {os.strerror(-result)}")
+    return result
+
+
+def seccomp_init(default_action: int) -> int:
+    ctx = _libseccomp().seccomp_init(default_action)
+    if not ctx:
+        raise OSError(0, f"seccomp_init(default_action={default_action:#x}) failed")
+    return int(ctx)
+
+
+def seccomp_release(ctx: int) -> None:
+    _libseccomp().seccomp_release(ctx)
+
+
+def seccomp_arch_resolve_name(name: str) -> int:
+    """An architecture token; 0 for a name libseccomp does not know."""
+    return int(_libseccomp().seccomp_arch_resolve_name(name.encode()))
+
+
+def seccomp_arch_add(ctx: int, arch: int) -> None:
+    _check_negative(_libseccomp().seccomp_arch_add(ctx, arch), f"seccomp_arch_add(arch={arch:#x})")
+
+
+def seccomp_syscall_resolve_name(name: str) -> int:
+    """The syscall's number (negative pseudo-numbers for multiplexed ones); -1
+    (__NR_SCMP_ERROR) for a name libseccomp does not know."""
+    return int(_libseccomp().seccomp_syscall_resolve_name(name.encode()))
+
+
+def seccomp_rule_add_array(
+    ctx: int, action: int, syscall: int, conditions: Sequence[tuple[int, int, int, int]]
+) -> None:
+    """`conditions`: (argument index, operator, datum_a, datum_b) each."""
+    array = (ScmpArgCmp * max(1, len(conditions)))(*[ScmpArgCmp(*c) for c in conditions])
+    _check_negative(
+        _libseccomp().seccomp_rule_add_array(ctx, action, syscall, len(conditions), array),
+        f"seccomp_rule_add_array(action={action:#x}, syscall={syscall}, "
+        f"conditions={list(conditions)})",
+    )
+
+
+def seccomp_attr_set(ctx: int, attribute: int, value: int) -> None:
+    _check_negative(
+        _libseccomp().seccomp_attr_set(ctx, attribute, value),
+        f"seccomp_attr_set(attribute={attribute}, value={value})",
+    )
+
+
+def seccomp_load(ctx: int) -> None:
+    _check_negative(_libseccomp().seccomp_load(ctx), "seccomp_load()")

@@ -8,6 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cri_py.oci.capabilities import CapabilityError, CapabilitySets
+from cri_py.oci.seccomp import SeccompError, SeccompFilter, seccomp_filter
+
+# Set by the spec builder when the CRI asks for SupplementalGroupsPolicy Strict: the image's
+# /etc/group memberships of the user are then not added (there is no OCI field for it).
+SUPPLEMENTAL_GROUPS_POLICY_ANNOTATION = "io.cri-py.supplemental-groups-policy"
+
 # <sys/mount.h> values, repeated here to keep this module free of ctypes.
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -90,6 +97,18 @@ class User:
     additional_gids: tuple[int, ...] = ()
     # To resolve inside the rootfs (a Docker USER string); empty when uid/gid are final.
     username: str = ""
+    # SupplementalGroupsPolicy Merge: add the groups the image's /etc/group lists the user in.
+    merge_image_groups: bool = True
+
+
+@dataclass(frozen=True)
+class Security:
+    """What the launcher applies last, for the init and every exec: capabilities (None: the
+    spec has none, keep the runtime's), no_new_privs and a seccomp filter (None: none)."""
+
+    capabilities: CapabilitySets | None = None
+    no_new_privileges: bool = False
+    seccomp: SeccompFilter | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +134,10 @@ class LaunchPlan:
     rootfs_propagation: int = MS_SLAVE | MS_REC
     hostname: str = ""
     annotations: Mapping[str, str] = field(default_factory=dict)
+    # The container's /sys/fs/cgroup: (name under it, host dir of the container's cgroup) per
+    # hierarchy, from the daemon (which knows the host's mounts); name "" on cgroup v2.
+    cgroup_mounts: tuple[tuple[str, str], ...] = ()
+    security: Security = field(default_factory=lambda: Security())
 
     @property
     def forks_for_pid(self) -> bool:
@@ -161,13 +184,27 @@ def mount_step(mount: Mapping[str, Any]) -> MountStep:
     )
 
 
-def _user(data: Mapping[str, Any]) -> User:
+def _user(data: Mapping[str, Any], annotations: Mapping[str, Any]) -> User:
     return User(
         uid=int(data.get("uid", 0)),
         gid=int(data.get("gid", 0)),
         additional_gids=tuple(int(g) for g in data.get("additionalGids", ())),
         username=str(data.get("username", "")),
+        merge_image_groups=annotations.get(SUPPLEMENTAL_GROUPS_POLICY_ANNOTATION) != "Strict",
     )
+
+
+def _security(process: Mapping[str, Any], linux: Mapping[str, Any]) -> Security:
+    try:
+        capabilities = process.get("capabilities")
+        section = linux.get("seccomp")
+        return Security(
+            capabilities=None if capabilities is None else CapabilitySets.from_spec(capabilities),
+            no_new_privileges=bool(process.get("noNewPrivileges", False)),
+            seccomp=None if section is None else seccomp_filter(section),
+        )
+    except (CapabilityError, SeccompError) as e:
+        raise PlanError(str(e)) from e
 
 
 def build_plan(spec: Mapping[str, Any]) -> LaunchPlan:
@@ -213,12 +250,13 @@ def build_plan(spec: Mapping[str, Any]) -> LaunchPlan:
         args=args,
         env=tuple(str(e) for e in process.get("env", ())),
         cwd=str(process.get("cwd", "/")),
-        user=_user(process.get("user") or {}),
+        user=_user(process.get("user") or {}, spec.get("annotations") or {}),
         terminal=bool(process.get("terminal", False)),
         rlimits=rlimits,
         rootfs_propagation=_PROPAGATION_OPTIONS[propagation] | MS_REC,
         hostname=str(spec.get("hostname", "")),
         annotations=dict(spec.get("annotations") or {}),
+        security=_security(process, linux),
     )
 
 
@@ -246,7 +284,9 @@ def parse_group(text: str) -> list[tuple[str, int, tuple[str, ...]]]:
 def resolve_user(user: User, passwd: str, group: str) -> User:
     """Numbers for a plan's user, from the rootfs's /etc/passwd and /etc/group texts (Docker's
     USER rules: `name`, `uid`, `name:group`, `uid:gid`; a numeric uid absent from passwd is
-    fine and gets gid 0; a name absent is an error). Groups listing the user are added."""
+    fine and gets gid 0; a name absent is an error). The supplementary groups are the primary
+    group (as containerd reports and sets them), the requested ones and, unless the policy is
+    Strict, the groups /etc/group lists the user in."""
     passwd_entries = parse_passwd(passwd)
     group_entries = parse_group(group)
     uid, gid, name = user.uid, user.gid, ""
@@ -277,11 +317,15 @@ def resolve_user(user: User, passwd: str, group: str) -> User:
                     raise PlanError(f"group {grp!r} not found in the image's /etc/group")
     else:
         name = next((n for n, u, _ in passwd_entries if u == uid), "")
-    extra = list(user.additional_gids)
-    if name:
-        extra += [g for _, g, members in group_entries if name in members]
-    groups = tuple(dict.fromkeys(g for g in extra if g != gid))
-    return User(uid=uid, gid=gid, additional_gids=groups)
+    groups = [gid, *user.additional_gids]
+    if name and user.merge_image_groups:
+        groups += [g for _, g, members in group_entries if name in members]
+    return User(
+        uid=uid,
+        gid=gid,
+        additional_gids=tuple(dict.fromkeys(groups)),
+        merge_image_groups=user.merge_image_groups,
+    )
 
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -8,8 +8,13 @@ by cri-py; parents are kubelet's (or ours, for the default one) and stay.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
+import os
+import posixpath
+import signal
+import time
 
 from cri_py.errors import FailedPrecondition, InvalidArgument
 from cri_py.linux.cgroupfs import Cgroupfs, CgroupMode, clean_cgroup_path
@@ -22,9 +27,9 @@ DEFAULT_PARENT = "/cri-py"
 LEAF_PREFIX = "cri-py-"
 
 
-def container_cgroup(parent: str, container_id: str) -> str:
+def container_cgroup(parent: str, container_id: str, default_parent: str = DEFAULT_PARENT) -> str:
     """The cgroup path of a container; `parent` comes from the CRI and is checked."""
-    parent = clean_cgroup_path(parent) if parent else DEFAULT_PARENT
+    parent = clean_cgroup_path(parent) if parent else clean_cgroup_path(default_parent)
     if not container_id or "/" in container_id or container_id in (".", ".."):
         raise InvalidArgument(f"container ID {container_id!r} cannot name a cgroup")
     return f"{parent.rstrip('/')}/{LEAF_PREFIX}{container_id}"
@@ -92,17 +97,50 @@ class CgroupManager:
                     self.fs.write(cgroup, [p])  # values read back are accepted as written
                 except OSError:
                     log.error("could not restore cgroup value", cgroup=cgroup, file=p.file)
-            if e.errno in (errno.EINVAL, errno.EBUSY):
+            if e.errno in (errno.EINVAL, errno.EBUSY, errno.ERANGE):
                 raise InvalidArgument(f"cgroup {cgroup}: {e.strerror}") from None
             raise
 
     def add_process(self, cgroup: str, pid: int) -> None:
         self.fs.add_process(cgroup, pid)
 
+    def procs_files(self, cgroup: str) -> list[str]:
+        """The cgroup.procs file of the cgroup in every hierarchy: writing a PID to each moves
+        that process (and its future children) into the container's cgroup."""
+        return [str(d / "cgroup.procs") for d in self.fs.dirs(cgroup)]
+
+    def mount_sources(self, cgroup: str) -> list[tuple[str, str]]:
+        """What a container's /sys/fs/cgroup shows: (dir name, host dir) per hierarchy, the
+        name being the hierarchy's own (cpu,cpuacct, memory, systemd); "" on cgroup v2."""
+        if self.fs.mode == CgroupMode.V2:
+            return [("", str(self.fs.dirs(cgroup)[0]))]
+        return [
+            (posixpath.basename(h.mountpoint), str(d))
+            for h, d in zip(self.fs.hierarchies, self.fs.dirs(cgroup), strict=True)
+        ]
+
+    def oom_file(self, cgroup: str) -> str:
+        """The file whose `oom_kill` counter counts the kernel's OOM kills in this cgroup."""
+        if self.fs.mode == CgroupMode.V2:
+            return str(self.fs.file(cgroup, "", "memory.events"))
+        try:
+            return str(self.fs.file(cgroup, "memory", "memory.oom_control"))
+        except OSError:
+            return ""  # no memory controller: OOM kills cannot be told apart
+
     def remove(self, cgroup: str, timeout: float = 5.0) -> None:
+        """Removes the cgroup. Processes left in it (a container sharing the pod's PID
+        namespace leaves its orphans behind when its init ends) are killed first: they are
+        the container's, and an rmdir of a populated cgroup fails with EBUSY."""
         if not is_ours(cgroup):
             raise InvalidArgument(f"cgroup {cgroup} is not a cri-py container cgroup")
-        self.fs.remove(cgroup, timeout)
+        deadline = time.monotonic() + timeout
+        while (pids := self.fs.pids(cgroup)) and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.01)
+        self.fs.remove(cgroup, max(0.1, deadline - time.monotonic()))
 
 
 def _as_limit(value: str) -> int | None:

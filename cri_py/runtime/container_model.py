@@ -7,6 +7,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from cri_py.oci.cgroups import Resources
 from cri_py.runtime.model import NamespaceMode
 
 
@@ -25,6 +26,31 @@ class Propagation(enum.IntEnum):
     PRIVATE = 0
     HOST_TO_CONTAINER = 1
     BIDIRECTIONAL = 2
+
+
+class ProfileType(enum.IntEnum):
+    """CRI's SecurityProfile.ProfileType values."""
+
+    RUNTIME_DEFAULT = 0
+    UNCONFINED = 1
+    LOCALHOST = 2
+
+
+class SupplementalGroupsPolicy(enum.IntEnum):
+    """CRI's SupplementalGroupsPolicy: Merge adds the image's /etc/group memberships of the
+    user to the requested groups, Strict uses only the requested ones."""
+
+    MERGE = 0
+    STRICT = 1
+
+
+@dataclass(frozen=True)
+class SecurityProfile:
+    """A seccomp or AppArmor profile as the CRI names it."""
+
+    type: ProfileType = ProfileType.RUNTIME_DEFAULT
+    # Localhost: an absolute path (seccomp) or a profile name (AppArmor).
+    localhost_ref: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,8 +93,29 @@ class ContainerConfig:
     target_id: str = ""
     readonly_rootfs: bool = False
     privileged: bool = False
+    # Capability names as the client sent them ("NET_ADMIN", "CAP_NET_ADMIN", "ALL").
+    add_capabilities: tuple[str, ...] = ()
+    drop_capabilities: tuple[str, ...] = ()
+    add_ambient_capabilities: tuple[str, ...] = ()
+    no_new_privs: bool = False
+    # None: the field was unset (Unconfined, or the deprecated seccomp_profile_path's choice).
+    seccomp: SecurityProfile | None = None
+    # The deprecated `seccomp_profile_path` ("runtime/default", "unconfined", "localhost/...").
+    seccomp_profile_path: str = ""
+    apparmor: SecurityProfile | None = None
+    apparmor_profile: str = ""
+    # SELinux is absent on our hosts: a requested level or type is refused at create.
+    selinux_options: tuple[str, ...] = ()
+    # Empty: the runtime's defaults.
+    masked_paths: tuple[str, ...] = ()
+    readonly_paths: tuple[str, ...] = ()
+    supplemental_groups_policy: SupplementalGroupsPolicy = SupplementalGroupsPolicy.MERGE
     # A signal name ("SIGTERM") or "" for the image's StopSignal / SIGTERM.
     stop_signal: str = ""
+    # The cgroup limits; UpdateContainerResources replaces them in the stored record.
+    resources: Resources = field(default_factory=Resources)
+    # kubelet sends one for every container (-997 Guaranteed ... 1000 BestEffort).
+    oom_score_adj: int = 0
 
 
 @dataclass(frozen=True)
@@ -79,6 +126,15 @@ class ExitRecord:
     finished_at: int  # ns since the epoch
     reason: str
     message: str = ""
+
+
+@dataclass(frozen=True)
+class ContainerUser:
+    """Who the container's process runs as, resolved against the image (ContainerStatus.user)."""
+
+    uid: int
+    gid: int
+    supplemental_groups: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,6 +153,9 @@ class ContainerRecord:
     pid: int = 0
     started_at: int = 0
     exit: ExitRecord | None = None
+    user: ContainerUser | None = None
+    # The container's cgroup path, absolute from each hierarchy's root ("" = none made).
+    cgroup: str = ""
 
 
 @dataclass(frozen=True)

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import secrets
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +35,35 @@ from cri_py.errors import (
 )
 from cri_py.images.service import ImageRootfs, ImageService
 from cri_py.log import get_logger
+from cri_py.oci.cgroups import Resources, to_oci
+from cri_py.runtime.cgroups import CgroupManager, container_cgroup
 from cri_py.runtime.container_model import (
     ContainerConfig,
     ContainerFilter,
     ContainerRecord,
     ContainerState,
+    ContainerUser,
     ExitRecord,
+    ProfileType,
 )
-from cri_py.runtime.model import NamespaceMode, SandboxState
+from cri_py.runtime.model import NamespaceMode, SandboxFilter, SandboxState, SandboxView
 from cri_py.runtime.sandboxes import SandboxService
+from cri_py.runtime.stats import (
+    CgroupUsage,
+    CpuUsage,
+    FilesystemUsage,
+    MemoryUsage,
+    NetworkUsage,
+    UsageReader,
+    sum_usage,
+)
 from cri_py.shim import protocol
 from cri_py.shim.client import ShimClient, ShimError
 from cri_py.shim.events import ShimEvents
 from cri_py.spec.build import SpecInputs, build_spec
 from cri_py.spec.mounts import PodFiles
 from cri_py.spec.rootfs import overlay_mount
+from cri_py.spec.security import seccomp_profile
 from cri_py.store.atomic import write_json_atomic
 from cri_py.store.containers import ContainerStore
 
@@ -61,6 +77,40 @@ KILL_WAIT_SECONDS = 10.0
 SANDBOX_STOP_WAIT_SECONDS = 2.0
 EXEC_FRAME_BYTES = 64 * 1024 * 1024
 NameKey = tuple[str, str, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerUsage:
+    record: ContainerRecord
+    cgroup: CgroupUsage | None  # None: no cgroup (or it is gone)
+    writable_layer: FilesystemUsage | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxUsage:
+    view: SandboxView
+    cpu: CpuUsage
+    memory: MemoryUsage
+    network: NetworkUsage | None
+    process_count: int
+    containers: tuple[ContainerUsage, ...]
+
+
+def merge_resources(current: Resources, update: Resources) -> Resources:
+    """What the cgroup holds after an update: set fields replace, unset (0, "") ones stay."""
+    changes = {
+        f.name: getattr(update, f.name)
+        for f in dataclasses.fields(update)
+        if getattr(update, f.name)
+    }
+    merged = dataclasses.replace(current, **changes)
+    if update.hugepage_limits:
+        merged = dataclasses.replace(
+            merged, hugepage_limits={**current.hugepage_limits, **update.hugepage_limits}
+        )
+    if update.unified:
+        merged = dataclasses.replace(merged, unified={**current.unified, **update.unified})
+    return merged
 
 
 def matches(record: ContainerRecord, selector: ContainerFilter) -> bool:
@@ -110,6 +160,34 @@ def resolve_host_paths(config: ContainerConfig) -> dict[str, str]:
     return resolved
 
 
+def read_seccomp_localhost(config: ContainerConfig) -> dict[str, Any] | None:
+    """The parsed file of a Localhost seccomp profile (None for other profiles, and for
+    privileged containers, which get no filter)."""
+    profile = seccomp_profile(config)
+    if config.privileged or profile.type != ProfileType.LOCALHOST:
+        return None
+    path = profile.localhost_ref
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read(4 * 1024 * 1024))
+    except FileNotFoundError:
+        raise InvalidArgument(f"seccomp profile {path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise InvalidArgument(f"seccomp profile {path} cannot be read: {e}") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"seccomp profile {path} is not a JSON object")
+    return data
+
+
+def container_user(view: Mapping[str, Any]) -> ContainerUser | None:
+    user = view.get("user")
+    if not isinstance(user, dict):
+        return None
+    return ContainerUser(
+        int(user["uid"]), int(user["gid"]), tuple(int(g) for g in user.get("groups", ()))
+    )
+
+
 class ContainerService:
     def __init__(
         self,
@@ -117,7 +195,11 @@ class ContainerService:
         sandboxes: SandboxService,
         images: ImageService,
         loop: asyncio.AbstractEventLoop,
+        cgroups: CgroupManager | None = None,
     ) -> None:
+        self._config = config
+        self._cgroups = cgroups
+        self._usage = UsageReader(cgroups.fs) if cgroups is not None else None
         self._store = ContainerStore(Path(config.root_dir) / "containers")
         self._sandboxes = sandboxes
         self._images = images
@@ -280,6 +362,11 @@ class ContainerService:
             if target.state != ContainerState.RUNNING or not target.pid:
                 raise FailedPrecondition(f"target container {config.target_id} is not running")
             target_pid_path = f"/proc/{target.pid}/ns/pid"
+        cgroup = ""
+        if self._cgroups is not None:
+            cgroup = container_cgroup(
+                sandbox.config.cgroup_parent, container_id, self._config.cgroups.default_parent
+            )
         inputs = SpecInputs(
             container_id=container_id,
             sandbox_id=sandbox_id,
@@ -298,6 +385,8 @@ class ContainerService:
             ),
             resolved_mounts=resolve_host_paths(config),
             target_pid_path=target_pid_path,
+            seccomp_localhost=read_seccomp_localhost(config),
+            cgroups_path=cgroup,
         )
         spec = build_spec(inputs)
         log_path = ""
@@ -312,6 +401,7 @@ class ContainerService:
             created_at=time.time_ns(),
             image_id=rootfs.image_id,
             log_path=log_path,
+            cgroup=cgroup,
         )
         with contextlib.ExitStack() as undo:
             undo.callback(self._store.delete, container_id)
@@ -328,6 +418,15 @@ class ContainerService:
                 str(directory / "work"),
                 str(directory / "empty"),
             )
+            cgroup_params: dict[str, Any] = {}
+            if self._cgroups is not None:
+                self._create_cgroup(cgroup, config.resources)
+                undo.callback(self._remove_cgroup, container_id, cgroup)
+                cgroup_params = {
+                    "cgroup_procs": self._cgroups.procs_files(cgroup),
+                    "oom_file": self._cgroups.oom_file(cgroup),
+                    "cgroup_mounts": self._cgroups.mount_sources(cgroup),
+                }
             self._ensure_subscribed(sandbox_id)
             shim = self._shim(sandbox_id)
             try:
@@ -340,6 +439,8 @@ class ContainerService:
                         "log_path": log_path,
                         "stdin": config.stdin,
                         "stdin_once": config.stdin_once,
+                        "oom_score_adj": config.oom_score_adj,
+                        **cgroup_params,
                     },
                     timeout=30.0,
                 )
@@ -347,7 +448,10 @@ class ContainerService:
                 if e.kind in ("invalid", "failed"):
                     raise InvalidArgument(f"container {config.metadata.name}: {e}") from e
                 raise Internal(f"container {config.metadata.name}: {e}") from e
-            record = dataclasses.replace(record, pid=int(result["pid"]))
+            undo.callback(self._forget_in_shim, sandbox_id, container_id)
+            record = dataclasses.replace(
+                record, pid=int(result["pid"]), user=container_user(result)
+            )
             self._store.save(record)
             with self._lock:
                 self._records[container_id] = record
@@ -359,6 +463,33 @@ class ContainerService:
             name=config.metadata.name,
             pid=record.pid,
         )
+
+    def _create_cgroup(self, cgroup: str, resources: Resources) -> None:
+        assert self._cgroups is not None
+        try:
+            self._cgroups.create(cgroup, resources)
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.ERANGE):
+                raise InvalidArgument(f"cgroup {cgroup}: {e.strerror}") from None
+            raise Internal(f"creating cgroup {cgroup}: {e}") from None
+
+    def _remove_cgroup(self, container_id: str, cgroup: str) -> None:
+        if self._usage is not None:
+            self._usage.forget(container_id)
+        if self._cgroups is None or not cgroup:
+            return
+        try:
+            self._cgroups.remove(cgroup)
+        except OSError as e:
+            log.error("cannot remove a container's cgroup", cgroup=cgroup, error=str(e))
+
+    def _forget_in_shim(self, sandbox_id: str, container_id: str) -> None:
+        """Undo of a shim create: its init waits on the sync socket; kill and forget it."""
+        with contextlib.suppress(ShimError):
+            shim = self._shim(sandbox_id)
+            shim.call("kill", {"id": container_id, "signal": int(signal.SIGKILL)})
+            self._wait_exit(container_id, KILL_WAIT_SECONDS)
+            shim.call("remove", {"id": container_id})
 
     # --- start / stop / remove --------------------------------------------------------------
 
@@ -447,6 +578,7 @@ class ContainerService:
                     shim.call("kill", {"id": container_id, "signal": int(signal.SIGKILL)})
                     self._wait_exit(container_id, KILL_WAIT_SECONDS)
                 shim.call("remove", {"id": container_id})
+            self._remove_cgroup(container_id, record.cgroup)
             self._store.delete(container_id)
             with self._lock:
                 self._records.pop(container_id, None)
@@ -502,6 +634,101 @@ class ContainerService:
             self._shim(record.sandbox_id).call("reopen-log", {"id": record.id})
         except ShimError as e:
             raise Internal(f"reopening the log of container {record.id}: {e}") from e
+
+    # --- resources and usage ----------------------------------------------------------------
+
+    def update_resources(self, container_id: str, resources: Resources) -> None:
+        """UpdateContainerResources: the live cgroup first (all or nothing), then the record
+        and the spec, so ContainerStatus and a restarted daemon report the new values. Fields
+        left 0 keep their current value, as the cgroup does."""
+        full = self._resolve(container_id)
+        if full is None:
+            raise NotFound(f"container {container_id} not found")
+        with self._operation(full) as record:
+            if record is None:
+                raise NotFound(f"container {container_id} not found")
+            if record.state not in (ContainerState.CREATED, ContainerState.RUNNING):
+                raise FailedPrecondition(
+                    f"container {full} is {record.state.name}; only a created or running "
+                    "container's resources can change"
+                )
+            if self._cgroups is None or not record.cgroup:
+                raise FailedPrecondition(f"container {full} has no cgroup to update")
+            try:
+                self._cgroups.update(record.cgroup, resources)
+            except FileNotFoundError as e:
+                raise FailedPrecondition(f"container {full}: its cgroup is gone ({e})") from None
+            merged = merge_resources(record.config.resources, resources)
+            record = dataclasses.replace(
+                record, config=dataclasses.replace(record.config, resources=merged)
+            )
+            self._store.save(record)
+            spec = self.spec_of(full)
+            if spec:
+                spec.setdefault("linux", {})["resources"] = to_oci(merged)
+                write_json_atomic(self._store.dir_of(full) / "config.json", spec)
+            with self._lock:
+                current = self._records.get(full)
+                if current is not None:
+                    self._records[full] = dataclasses.replace(current, config=record.config)
+        log.info("container resources updated", container=full)
+
+    def usage(self, record: ContainerRecord) -> ContainerUsage:
+        """One container's numbers (blocking: reads cgroup files, walks the writable layer
+        at most every few seconds)."""
+        cgroup_usage = None
+        if self._usage is not None and record.cgroup:
+            cgroup_usage = self._usage.cgroup(record.id, record.cgroup)
+        layer = None
+        if self._usage is not None:
+            layer = self._usage.writable_layer(
+                record.id,
+                str(self._store.dir_of(record.id) / "upper"),
+                self._config.root_dir,
+            )
+        return ContainerUsage(record, cgroup_usage, layer)
+
+    def list_usage(self, selector: ContainerFilter) -> builtins.list[ContainerUsage]:
+        """ListContainerStats: containers that are not exited (kubelet's own rule)."""
+        return [
+            self.usage(r)
+            for r in self.list(selector)
+            if r.state in (ContainerState.CREATED, ContainerState.RUNNING)
+        ]
+
+    def sandbox_usage(self, selector: SandboxFilter) -> builtins.list[SandboxUsage]:
+        """ListPodSandboxStats: ready pods, their containers' sums, their network."""
+        result = []
+        for view in self._sandboxes.list(selector):
+            if view.state != SandboxState.READY:
+                continue
+            containers = self.list_usage(ContainerFilter(sandbox_id=view.record.id))
+            containers = [c for c in containers if c.record.sandbox_id == view.record.id]
+            result.append(self._sandbox_usage(view, containers))
+        return result
+
+    def _sandbox_usage(
+        self, view: SandboxView, containers: builtins.list[ContainerUsage]
+    ) -> SandboxUsage:
+        now = time.time_ns()
+        cpu_ns, memory, processes = sum_usage(
+            now, [c.cgroup for c in containers if c.cgroup is not None]
+        )
+        rate = None
+        network = None
+        if self._usage is not None:
+            rate = self._usage.rate(f"sandbox:{view.record.id}", now, cpu_ns)
+            shim = view.record.shim
+            if shim is not None and view.record.config.namespaces.network != NamespaceMode.NODE:
+                network = self._usage.network(shim.pid)
+        return SandboxUsage(
+            view=view,
+            cpu=CpuUsage(now, cpu_ns, rate),
+            memory=memory,
+            network=network,
+            process_count=processes,
+            containers=tuple(containers),
+        )
 
     # --- the sandbox's hooks ----------------------------------------------------------------
 

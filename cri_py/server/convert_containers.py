@@ -8,6 +8,7 @@ from typing import Any
 
 from cri_py.api import api_pb2 as pb
 from cri_py.errors import InvalidArgument
+from cri_py.oci.cgroups import Resources
 from cri_py.runtime.container_model import (
     ContainerConfig,
     ContainerFilter,
@@ -15,7 +16,10 @@ from cri_py.runtime.container_model import (
     ContainerRecord,
     ContainerState,
     Mount,
+    ProfileType,
     Propagation,
+    SecurityProfile,
+    SupplementalGroupsPolicy,
 )
 from cri_py.runtime.model import NamespaceMode
 from cri_py.store.codec import to_data
@@ -36,6 +40,47 @@ def _signal_value(name: str) -> int:
         return int(pb.Signal.Value(f"SIGNAL_{name}"))
     except ValueError:
         return 0
+
+
+def resources(linux: pb.LinuxContainerResources) -> Resources:
+    """CRI LinuxContainerResources as our Resources (0 / empty = not set, as in the CRI)."""
+    return Resources(
+        cpu_shares=linux.cpu_shares,
+        cpu_quota=linux.cpu_quota,
+        cpu_period=linux.cpu_period,
+        memory_limit_in_bytes=linux.memory_limit_in_bytes,
+        memory_swap_limit_in_bytes=linux.memory_swap_limit_in_bytes,
+        cpuset_cpus=linux.cpuset_cpus,
+        cpuset_mems=linux.cpuset_mems,
+        hugepage_limits={h.page_size: h.limit for h in linux.hugepage_limits},
+        unified=dict(linux.unified),
+    )
+
+
+def linux_resources(r: Resources, oom_score_adj: int = 0) -> pb.LinuxContainerResources:
+    return pb.LinuxContainerResources(
+        cpu_shares=r.cpu_shares,
+        cpu_quota=r.cpu_quota,
+        cpu_period=r.cpu_period,
+        memory_limit_in_bytes=r.memory_limit_in_bytes,
+        memory_swap_limit_in_bytes=r.memory_swap_limit_in_bytes,
+        cpuset_cpus=r.cpuset_cpus,
+        cpuset_mems=r.cpuset_mems,
+        oom_score_adj=oom_score_adj,
+        hugepage_limits=[
+            pb.HugepageLimit(page_size=size, limit=limit)
+            for size, limit in sorted(r.hugepage_limits.items())
+        ],
+        unified=dict(r.unified),
+    )
+
+
+def _profile(message: pb.SecurityProfile, what: str) -> SecurityProfile:
+    try:
+        kind = ProfileType(message.profile_type)
+    except ValueError:
+        raise InvalidArgument(f"unknown {what} profile type {message.profile_type}") from None
+    return SecurityProfile(kind, message.localhost_ref)
 
 
 def container_config(config: pb.ContainerConfig) -> ContainerConfig:
@@ -74,8 +119,38 @@ def container_config(config: pb.ContainerConfig) -> ContainerConfig:
         target_id=security.namespace_options.target_id,
         readonly_rootfs=security.readonly_rootfs,
         privileged=security.privileged,
+        add_capabilities=tuple(security.capabilities.add_capabilities),
+        drop_capabilities=tuple(security.capabilities.drop_capabilities),
+        add_ambient_capabilities=tuple(security.capabilities.add_ambient_capabilities),
+        no_new_privs=security.no_new_privs,
+        seccomp=_profile(security.seccomp, "seccomp") if security.HasField("seccomp") else None,
+        seccomp_profile_path=security.seccomp_profile_path,
+        apparmor=_profile(security.apparmor, "AppArmor") if security.HasField("apparmor") else None,
+        apparmor_profile=security.apparmor_profile,
+        selinux_options=tuple(
+            v
+            for v in (
+                security.selinux_options.user,
+                security.selinux_options.role,
+                security.selinux_options.type,
+                security.selinux_options.level,
+            )
+            if v
+        ),
+        masked_paths=tuple(security.masked_paths),
+        readonly_paths=tuple(security.readonly_paths),
+        supplemental_groups_policy=_groups_policy(security.supplemental_groups_policy),
         stop_signal=_signal_name(config.stop_signal),
+        resources=resources(config.linux.resources),
+        oom_score_adj=config.linux.resources.oom_score_adj,
     )
+
+
+def _groups_policy(value: int) -> SupplementalGroupsPolicy:
+    try:
+        return SupplementalGroupsPolicy(value)
+    except ValueError:
+        raise InvalidArgument(f"unknown supplemental groups policy {value}") from None
 
 
 def container_filter(request: pb.ListContainersRequest) -> ContainerFilter:
@@ -141,6 +216,22 @@ def container_status(record: ContainerRecord) -> pb.ContainerStatus:
         ],
         log_path=record.log_path,
         stop_signal=_signal_value(record.config.stop_signal),  # type: ignore[arg-type]
+        user=_user(record),
+        resources=pb.ContainerResources(
+            linux=linux_resources(record.config.resources, record.config.oom_score_adj)
+        ),
+    )
+
+
+def _user(record: ContainerRecord) -> pb.ContainerUser | None:
+    if record.user is None:
+        return None
+    return pb.ContainerUser(
+        linux=pb.LinuxContainerUser(
+            uid=record.user.uid,
+            gid=record.user.gid,
+            supplemental_groups=list(record.user.supplemental_groups),
+        )
     )
 
 

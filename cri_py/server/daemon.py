@@ -23,10 +23,12 @@ from cri_py.api import api_pb2 as pb
 from cri_py.config import Config
 from cri_py.errors import StartupError
 from cri_py.images.service import ImageService
+from cri_py.linux.cgroupfs import Cgroupfs
 from cri_py.log import get_logger
 from cri_py.network.bridge import BuiltinNetwork
 from cri_py.network.hostports import HostPorts
 from cri_py.network.selector import NetworkSelector
+from cri_py.runtime.cgroups import CgroupManager
 from cri_py.runtime.containers import ContainerService
 from cri_py.runtime.node import NodeState
 from cri_py.runtime.sandboxes import SandboxService
@@ -134,6 +136,18 @@ def start_sandboxes(config: Config, hostports: HostPorts) -> SandboxService:
     return sandboxes
 
 
+def start_cgroups(config: Config) -> CgroupManager | None:
+    """The cgroup manager over this host's hierarchies; without any, containers run
+    unconfined (and stats are empty) rather than not at all."""
+    try:
+        fs = Cgroupfs.from_host()
+    except OSError as e:
+        log.error("no cgroup hierarchy; containers get no limits", error=str(e))
+        return None
+    log.info("cgroups", mode=fs.mode.value, default_parent=config.cgroups.default_parent)
+    return CgroupManager(fs, config.cgroups.pids_limit)
+
+
 async def serve(config: Config) -> None:
     """Runs the daemon until SIGTERM or SIGINT; the socket is removed on the way out."""
     check_root()
@@ -148,7 +162,9 @@ async def serve(config: Config) -> None:
         hostports = HostPorts(asyncio.get_running_loop())
         sandboxes = await asyncio.to_thread(start_sandboxes, config, hostports)
         images = ImageService(config)
-        containers = ContainerService(config, sandboxes, images, asyncio.get_running_loop())
+        containers = ContainerService(
+            config, sandboxes, images, asyncio.get_running_loop(), start_cgroups(config)
+        )
         sandboxes.before_stop = containers.stop_sandbox_containers
         sandboxes.after_stop = containers.sandbox_stopped
         sandboxes.before_remove = containers.remove_sandbox_containers

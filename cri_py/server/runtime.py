@@ -9,11 +9,12 @@ import time
 import cri_py
 from cri_py.api import api_pb2 as pb
 from cri_py.config import Config, to_data
-from cri_py.errors import Unimplemented
+from cri_py.errors import FailedPrecondition, Unimplemented
 from cri_py.runtime.containers import ContainerService
+from cri_py.runtime.model import SandboxFilter
 from cri_py.runtime.node import NodeState, conditions
 from cri_py.runtime.sandboxes import SandboxService
-from cri_py.server import convert, convert_containers
+from cri_py.server import convert, convert_containers, convert_stats
 from cri_py.server.guard import Context
 
 RUNTIME_NAME = "cri-py"
@@ -70,6 +71,8 @@ class RuntimeServicer:
             status=status,
             info=info,
             runtime_handlers=[pb.RuntimeHandler(name="", features=pb.RuntimeHandlerFeatures())],
+            # Merge and Strict both hold (the launcher resolves groups in the image).
+            features=pb.RuntimeFeatures(supplemental_groups_policy=True),
         )
 
     async def RuntimeConfig(
@@ -180,3 +183,51 @@ class RuntimeServicer:
     ) -> pb.ReopenContainerLogResponse:
         await asyncio.to_thread(self._containers.reopen_log, request.container_id)
         return pb.ReopenContainerLogResponse()
+
+    # --- resources and stats --------------------------------------------------------------------
+
+    async def UpdateContainerResources(
+        self, request: pb.UpdateContainerResourcesRequest, context: Context
+    ) -> pb.UpdateContainerResourcesResponse:
+        resources = convert_containers.resources(request.linux)
+        await asyncio.to_thread(self._containers.update_resources, request.container_id, resources)
+        return pb.UpdateContainerResourcesResponse()
+
+    async def ContainerStats(
+        self, request: pb.ContainerStatsRequest, context: Context
+    ) -> pb.ContainerStatsResponse:
+        record = self._containers.status(request.container_id)
+        usage = await asyncio.to_thread(self._containers.usage, record)
+        return pb.ContainerStatsResponse(stats=convert_stats.container_stats(usage, time.time_ns()))
+
+    async def ListContainerStats(
+        self, request: pb.ListContainerStatsRequest, context: Context
+    ) -> pb.ListContainerStatsResponse:
+        selector = convert_stats.container_stats_filter(request)
+        usages = await asyncio.to_thread(self._containers.list_usage, selector)
+        now = time.time_ns()
+        return pb.ListContainerStatsResponse(
+            stats=[convert_stats.container_stats(u, now) for u in usages]
+        )
+
+    async def PodSandboxStats(
+        self, request: pb.PodSandboxStatsRequest, context: Context
+    ) -> pb.PodSandboxStatsResponse:
+        view = self._sandboxes.status(request.pod_sandbox_id)
+        usages = await asyncio.to_thread(
+            self._containers.sandbox_usage, SandboxFilter(id=view.record.id)
+        )
+        usage = next((u for u in usages if u.view.record.id == view.record.id), None)
+        if usage is None:
+            raise FailedPrecondition(f"pod sandbox {view.record.id} is not ready")
+        return pb.PodSandboxStatsResponse(stats=convert_stats.sandbox_stats(usage, time.time_ns()))
+
+    async def ListPodSandboxStats(
+        self, request: pb.ListPodSandboxStatsRequest, context: Context
+    ) -> pb.ListPodSandboxStatsResponse:
+        selector = convert_stats.sandbox_stats_filter(request)
+        usages = await asyncio.to_thread(self._containers.sandbox_usage, selector)
+        now = time.time_ns()
+        return pb.ListPodSandboxStatsResponse(
+            stats=[convert_stats.sandbox_stats(u, now) for u in usages]
+        )

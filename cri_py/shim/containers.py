@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -19,7 +20,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,43 @@ def write_exit_file(path: Path, record: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def exit_reason(code: int) -> str:
-    return "Completed" if code == 0 else "Error"
+def exit_reason(code: int, oom_kills: int = 0) -> str:
+    """kubelet's words: OOMKilled when the kernel's OOM killer hit the container's cgroup
+    (its init, or a child whose death made the init fail)."""
+    if code == 0:
+        return "Completed"
+    return "OOMKilled" if oom_kills > 0 else "Error"
+
+
+def oom_kills(path: str) -> int:
+    """The `oom_kill` counter of a memory.oom_control (v1) or memory.events (v2) file. The
+    kernel raises it before it sends SIGKILL, so a reaper that saw the exit sees the count."""
+    if not path:
+        return 0
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def join_cgroup(procs_files: Sequence[str], pid: int) -> None:
+    """Moves `pid` into the container's cgroup in every hierarchy (its later children follow)."""
+    for path in procs_files:
+        with open(path, "w") as f:
+            f.write(str(pid))
+
+
+def set_oom_score_adj(pid: int, value: int) -> None:
+    """Lowering a score needs CAP_SYS_RESOURCE, which this runtime may lack: then the process
+    keeps the (higher) score it inherited, as the closest allowed value."""
+    path = f"/proc/{pid}/oom_score_adj"
+    with contextlib.suppress(PermissionError), open(path, "w") as f:
+        f.write(str(value))
 
 
 def _nonblocking(fd: int) -> int:
@@ -153,6 +189,10 @@ class Container:
     sync: socket.socket | None = None
     stdin_fd: int = -1
     outputs: dict[int, LogLines] = field(default_factory=dict)
+    # The cgroup.procs files of the container's cgroup (one per hierarchy) and the file with
+    # its `oom_kill` counter (memory.oom_control on v1, memory.events on v2).
+    cgroup_procs: tuple[str, ...] = ()
+    oom_file: str = ""
 
     def view(self) -> dict[str, Any]:
         return {
@@ -162,6 +202,11 @@ class Container:
             "created_at": self.created_at,
             "started_at": self.started_at,
             "exit": self.exit,
+            "user": {
+                "uid": self.user.uid,
+                "gid": self.user.gid,
+                "groups": list(self.user.additional_gids),
+            },
         }
 
 
@@ -209,6 +254,10 @@ class Containers:
         spec = json.loads((bundle / SPEC_FILE).read_text())
         try:
             plan = build_plan(spec)
+            mounts = params.get("cgroup_mounts", ())
+            plan = dataclasses.replace(
+                plan, cgroup_mounts=tuple((str(n), str(d)) for n, d in mounts)
+            )
             rootfs = [mount_step({**m, "destination": plan.rootfs}) for m in params["rootfs"]]
         except ValueError as e:
             raise ContainerError("invalid", str(e)) from e
@@ -257,6 +306,15 @@ class Containers:
                 raise ContainerError("failed", f"waiting for the container's init: {e}") from e
             container.pid = pid
             container.sync = ours
+            # Joined while the init waits for "S": no code of the image runs outside it.
+            container.cgroup_procs = tuple(str(p) for p in params.get("cgroup_procs", ()))
+            container.oom_file = str(params.get("oom_file", ""))
+            try:
+                join_cgroup(container.cgroup_procs, pid)
+                if params.get("oom_score_adj"):
+                    set_oom_score_adj(pid, int(params["oom_score_adj"]))
+            except OSError as e:
+                raise ContainerError("failed", f"joining the container's cgroup: {e}") from e
             container.user = User(
                 int(payload["uid"]), int(payload["gid"]), tuple(payload.get("groups", ()))
             )
@@ -406,7 +464,8 @@ class Containers:
         if container.sync is not None:
             container.sync.close()
             container.sync = None
-        self._record_exit(container, code, exit_reason(code), "")
+        reason = exit_reason(code, oom_kills(container.oom_file))
+        self._record_exit(container, code, reason, "")
 
     def kill_all(self) -> None:
         """At shim shutdown: every container still running gets SIGKILL (PID 1 of a PID
@@ -445,7 +504,9 @@ class Containers:
         plan = container.plan
         try:
             pid = _fork_child(
-                lambda: launcher.run_exec(
+                lambda: _join_then(
+                    container.cgroup_procs,
+                    launcher.run_exec,
                     join,
                     container.user,
                     plan.cwd,
@@ -453,6 +514,7 @@ class Containers:
                     plan.env,
                     [null, out_w, err_w],
                     theirs.fileno(),
+                    plan.security,
                 )
             )
         finally:
@@ -532,6 +594,13 @@ class Containers:
                     os.kill(session.command_pid, signal.SIGKILL)
             elif session.drain_deadline and now >= session.drain_deadline:
                 self._maybe_finish(session, force=True)
+
+
+def _join_then(procs_files: Sequence[str], run: Callable[..., None], *args: Any) -> None:
+    """In an exec's child: into the container's cgroup first, so the command (forked after
+    it enters the namespaces) starts there too."""
+    join_cgroup(procs_files, os.getpid())
+    run(*args)
 
 
 def _kill_and_reap(pid: int) -> None:

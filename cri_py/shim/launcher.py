@@ -28,7 +28,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from cri_py.linux import syscalls
-from cri_py.oci.plan import LaunchPlan, MountStep, User, executable_candidates, resolve_user
+from cri_py.oci.capabilities import CAP_SYS_ADMIN, before_exec, sets_for_user
+from cri_py.oci.plan import (
+    LaunchPlan,
+    MountStep,
+    Security,
+    User,
+    executable_candidates,
+    resolve_user,
+)
+from cri_py.oci.seccomp import SeccompFilter
 
 EXIT_SETUP_FAILED = 1
 # What a shell reports for "command could not be run"; the daemon records 128 (StartError).
@@ -163,6 +172,39 @@ def perform_mount(step: MountStep, target: str) -> None:
         syscalls.mount(None, target, None, step.propagation)
 
 
+def mount_cgroups(step: MountStep, target: str, sources: Sequence[tuple[str, str]]) -> None:
+    """The container's /sys/fs/cgroup (cgroup v1, as runc does it): a tmpfs holding one dir per
+    hierarchy, each a bind mount of the container's own cgroup there, read-only unless the
+    spec says rw (privileged). On v2, the container's cgroup dir itself. Runs before
+    pivot_root, so the host's hierarchies are still in reach."""
+    if not sources:
+        return  # cgroups not managed: the empty dir of the container's sysfs stays
+    readonly = bool(step.flags & syscalls.MS_RDONLY)
+    lockable = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
+    if len(sources) == 1 and not sources[0][0]:  # cgroup v2
+        _bind_cgroup(sources[0][1], target, readonly, lockable)
+        return
+    syscalls.mount("tmpfs", target, "tmpfs", lockable, "mode=755")
+    for name, source in sources:
+        os.makedirs(os.path.join(target, name), exist_ok=True)
+        _bind_cgroup(source, os.path.join(target, name), readonly, lockable)
+        controllers = name.split(",")
+        if len(controllers) > 1:  # cpu,cpuacct: also reachable as cpu and cpuacct
+            for controller in controllers:
+                link = os.path.join(target, controller)
+                if not os.path.lexists(link):
+                    os.symlink(name, link)
+    if readonly:
+        flags = syscalls.MS_REMOUNT | syscalls.MS_RDONLY | lockable
+        syscalls.mount(None, target, None, flags, "mode=755")
+
+
+def _bind_cgroup(source: str, target: str, readonly: bool, flags: int) -> None:
+    syscalls.mount(source, target, None, syscalls.MS_BIND)
+    remount = syscalls.MS_REMOUNT | syscalls.MS_BIND | flags
+    syscalls.mount(None, target, None, remount | (syscalls.MS_RDONLY if readonly else 0))
+
+
 def _locked_flags(path: str) -> int:
     """Flags a remount must keep or the kernel refuses it (EPERM): nosuid/nodev/noexec/...
     already on the mount. statvfs's ST_* bits are the MS_* bits for these."""
@@ -219,7 +261,10 @@ def prepare_rootfs(plan: LaunchPlan, rootfs_mounts: Sequence[MountStep]) -> None
         target = secure_join(root, step.destination)
         try:
             make_mount_point(target, step.source, step.is_bind)
-            perform_mount(step, target)
+            if step.fstype == "cgroup":
+                mount_cgroups(step, target, plan.cgroup_mounts)
+            else:
+                perform_mount(step, target)
         except OSError as e:
             raise LaunchError(f"mount {step.source} at {step.destination}: {e}") from e
     populate_dev(root)
@@ -285,13 +330,80 @@ def set_rlimits(rlimits: Sequence[tuple[str, int, int]]) -> None:
         resource.setrlimit(kind, (soft, hard))
 
 
-def become(user: User, cwd: str) -> None:
+def become(user: User, cwd: str, security: Security | None = None) -> None:
+    """Switches to the container's user with its capabilities. The bounding set is cut first
+    (that needs CAP_SETPCAP, which the target user may not keep); PR_SET_KEEPCAPS keeps the
+    permitted set across setuid, and capset then sets the final sets, plus CAP_SYS_ADMIN until
+    execve when a seccomp filter is to be loaded without no_new_privs (see `before_exec`);
+    ambient capabilities are raised last (they need permitted and inheritable)."""
     # The working dir is made as root (an image may lack it), entered as the user.
     os.makedirs(cwd, exist_ok=True)
+    capabilities = security.capabilities if security is not None else None
+    if capabilities is not None:
+        assert security is not None
+        _, held, _ = syscalls.capget()
+        last = _last_capability()
+        for bit in range(last + 1):
+            if bit not in capabilities.bounding:
+                syscalls.prctl(syscalls.PR_CAPBSET_DROP, bit)
+        syscalls.prctl(syscalls.PR_SET_KEEPCAPS, 1)
     os.setgroups(list(user.additional_gids))
     os.setgid(user.gid)
     os.setuid(user.uid)
+    if capabilities is not None:
+        assert security is not None
+        keep = {CAP_SYS_ADMIN} if security.seccomp and not security.no_new_privileges else set()
+        final = before_exec(sets_for_user(capabilities, user.uid), keep, held)
+        syscalls.capset(final.effective, final.permitted, final.inheritable)
+        for bit in sorted(final.ambient):
+            syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_RAISE, bit)
+        syscalls.prctl(syscalls.PR_SET_KEEPCAPS, 0)
     os.chdir(cwd)
+
+
+def _last_capability() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 40
+
+
+def load_seccomp(rules: SeccompFilter, no_new_privileges: bool) -> None:
+    """Compiles and loads the filter with libseccomp. Syscall names this libseccomp does not
+    know are skipped (a profile may name newer ones, as runc allows). Without no_new_privs the
+    kernel wants CAP_SYS_ADMIN, which `become` kept until now."""
+    ctx = syscalls.seccomp_init(rules.default_action)
+    try:
+        # We set no_new_privs ourselves when the spec asks; libseccomp would always set it.
+        syscalls.seccomp_attr_set(ctx, syscalls.SCMP_FLTATR_CTL_NNP, 0)
+        for name in rules.architectures:
+            token = syscalls.seccomp_arch_resolve_name(name)
+            if token == 0:
+                continue
+            try:
+                syscalls.seccomp_arch_add(ctx, token)
+            except OSError as e:
+                if e.errno != errno.EEXIST:
+                    raise
+        for rule in rules.rules:
+            number = syscalls.seccomp_syscall_resolve_name(rule.syscall)
+            if number == -1:
+                continue
+            conditions = [(c.index, c.op, c.value, c.value_two) for c in rule.conditions]
+            syscalls.seccomp_rule_add_array(ctx, rule.action, number, conditions)
+        syscalls.seccomp_load(ctx)
+    finally:
+        syscalls.seccomp_release(ctx)
+
+
+def lock_down(security: Security) -> None:
+    """The last steps before execve: no_new_privs, then the seccomp filter (after it, only the
+    syscalls the container may make are left to make)."""
+    if security.no_new_privileges:
+        syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
+    if security.seccomp is not None:
+        load_seccomp(security.seccomp, security.no_new_privileges)
 
 
 def exec_command(args: Sequence[str], env: Sequence[str], path: str | None) -> str:
@@ -350,6 +462,8 @@ def run_init(
             signal.signal(signum, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        if plan.security.seccomp is not None:
+            syscalls.open_libseccomp()  # from the host, before the rootfs replaces it
         join_namespaces(plan.join)
         flags = syscalls.CLONE_NEWNS if plan.new_mount_ns else 0
         if plan.new_pid_ns:
@@ -365,7 +479,7 @@ def run_init(
         finish_mounts(plan)
         user = resolve_user(plan.user, _read("/etc/passwd"), _read("/etc/group"))
         set_rlimits(plan.rlimits)
-        become(user, plan.cwd)
+        become(user, plan.cwd, plan.security)
         send_ready(sync, {"uid": user.uid, "gid": user.gid, "groups": list(user.additional_gids)})
     except Exception as e:
         fail(sync, f"container setup: {e}", EXIT_SETUP_FAILED)
@@ -375,6 +489,10 @@ def run_init(
         go = b""
     if go != b"S":
         os._exit(EXIT_SETUP_FAILED)  # the shim gave up on us (remove before start)
+    try:
+        lock_down(plan.security)
+    except Exception as e:
+        fail(sync, f"container setup: {e}", EXIT_SETUP_FAILED)
     fail(sync, exec_command(plan.args, plan.env, plan.env_value("PATH")), EXIT_EXEC_FAILED)
 
 
@@ -386,8 +504,10 @@ def run_exec(
     env: Sequence[str],
     stdio: Sequence[int],
     sync_fd: int,
+    security: Security | None = None,
 ) -> NoReturn:
-    """A process in a running container's namespaces (ExecSync). This process enters them,
+    """A process in a running container's namespaces (ExecSync), with the container's user,
+    capabilities, no_new_privs and seccomp filter. This process enters them,
     forks the command and waits for it, exiting with its status: the command lives in the
     container's PID namespace, where only we (not the shim) can reap it."""
     sync = setup_stdio(stdio, sync_fd)
@@ -396,6 +516,8 @@ def run_exec(
             signal.signal(signum, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        if security is not None and security.seccomp is not None:
+            syscalls.open_libseccomp()  # from the host, before the container's mounts
         join_namespaces(join)
     except Exception as e:
         fail(sync, f"exec setup: {e}", EXIT_SETUP_FAILED)
@@ -403,10 +525,15 @@ def run_exec(
     if pid == 0:
         try:
             os.setsid()
-            become(user, cwd)
+            become(user, cwd, security)
             send_ready(sync, {})
         except Exception as e:
             fail(sync, f"exec setup: {e}", EXIT_SETUP_FAILED)
+        try:
+            lock_down(security or Security())
+        except Exception as e:
+            os.write(2, f"exec setup: {e}\n".encode(errors="replace"))
+            os._exit(EXIT_SETUP_FAILED)
         path = dict(entry.partition("=")[::2] for entry in env).get("PATH")
         # As a shell would: the reason on stderr, 127 (126 when not executable).
         message = exec_command(args, env, path)

@@ -8,8 +8,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cri_py.images.manifest import RuntimeConfig
-from cri_py.runtime.container_model import ContainerConfig, Propagation
+from cri_py.oci.cgroups import to_oci
+from cri_py.oci.plan import SUPPLEMENTAL_GROUPS_POLICY_ANNOTATION
+from cri_py.runtime.container_model import (
+    ContainerConfig,
+    Propagation,
+    SupplementalGroupsPolicy,
+)
 from cri_py.runtime.model import SandboxConfig
+from cri_py.spec.capabilities import container_capabilities
 from cri_py.spec.mounts import PodFiles, container_mounts, masked_paths, readonly_paths
 from cri_py.spec.namespaces import container_namespaces
 from cri_py.spec.process import (
@@ -18,6 +25,12 @@ from cri_py.spec.process import (
     container_user,
     process_args,
     working_dir,
+)
+from cri_py.spec.security import (
+    check_mac,
+    check_privileged,
+    container_seccomp,
+    seccomp_profile,
 )
 
 OCI_VERSION = "1.2.0"
@@ -43,6 +56,10 @@ class SpecInputs:
     resolved_mounts: Mapping[str, str] = field(default_factory=dict)
     # /proc/<pid>/ns/pid of the target container (PID mode TARGET).
     target_pid_path: str = ""
+    # The parsed file of a Localhost seccomp profile (read by the container service).
+    seccomp_localhost: Mapping[str, Any] | None = None
+    # The container's cgroup (absolute from each hierarchy's root; "" = cgroups not managed).
+    cgroups_path: str = ""
 
 
 def spec_annotations(inputs: SpecInputs) -> dict[str, str]:
@@ -57,12 +74,23 @@ def spec_annotations(inputs: SpecInputs) -> dict[str, str]:
         "io.kubernetes.cri.sandbox-namespace": sandbox.namespace,
         "io.kubernetes.cri.sandbox-uid": sandbox.uid,
     }
+    if inputs.config.supplemental_groups_policy == SupplementalGroupsPolicy.STRICT:
+        # The launcher resolves groups against the image's /etc/group: it reads this.
+        ours[SUPPLEMENTAL_GROUPS_POLICY_ANNOTATION] = "Strict"
     return {**inputs.config.annotations, **ours}
 
 
 def build_spec(inputs: SpecInputs) -> dict[str, Any]:
     config, image = inputs.config, inputs.image
     privileged = config.privileged
+    check_privileged(config, inputs.sandbox.privileged, config.metadata.name)
+    check_mac(config)
+    capabilities = container_capabilities(
+        config.add_capabilities,
+        config.drop_capabilities,
+        config.add_ambient_capabilities,
+        privileged,
+    )
     process: dict[str, Any] = {
         "terminal": config.tty,
         "user": container_user(
@@ -76,6 +104,8 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
         "env": container_env(inputs.hostname, image.env, config.envs),
         "cwd": working_dir(config.working_dir, image.working_dir),
         "rlimits": [dict(r) for r in DEFAULT_RLIMITS],
+        "capabilities": capabilities,
+        "noNewPrivileges": config.no_new_privs,
     }
     spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
@@ -90,10 +120,13 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
     spec["annotations"] = spec_annotations(inputs)
     spec["linux"] = {
         "namespaces": container_namespaces(
-            inputs.pod_namespaces, config.pid_mode, inputs.target_pid_path
+            inputs.pod_namespaces,
+            config.pid_mode,
+            inputs.target_pid_path,
+            inputs.sandbox.namespaces.pid,
         ),
-        "maskedPaths": masked_paths(privileged),
-        "readonlyPaths": readonly_paths(privileged),
+        "maskedPaths": masked_paths(privileged, config.masked_paths),
+        "readonlyPaths": readonly_paths(privileged, config.readonly_paths),
         # rslave: the host's later mounts reach the container, none of its mounts leak out.
         # A bidirectional CRI mount needs the container's tree to stay the host's peer
         # (containerd does the same).
@@ -101,4 +134,14 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
         if any(m.propagation == Propagation.BIDIRECTIONAL for m in config.mounts)
         else "rslave",
     }
+    seccomp = container_seccomp(
+        seccomp_profile(config), privileged, capabilities["bounding"], inputs.seccomp_localhost
+    )
+    if seccomp is not None:
+        spec["linux"]["seccomp"] = seccomp
+    if inputs.cgroups_path:
+        spec["linux"]["cgroupsPath"] = inputs.cgroups_path
+        spec["linux"]["resources"] = to_oci(config.resources)
+    if config.oom_score_adj:
+        process["oomScoreAdj"] = config.oom_score_adj
     return spec

@@ -135,9 +135,15 @@ def container_mounts(
     return result + requested
 
 
-def masked_paths(privileged: bool) -> list[str]:
-    return [] if privileged else list(MASKED_PATHS)
+def masked_paths(privileged: bool, requested: Sequence[str] = ()) -> list[str]:
+    """kubelet sends its own list (the same defaults, or none with procMount Unmasked, which
+    arrives as empty and so cannot be told from "unset"): a non-empty one replaces ours."""
+    if privileged:
+        return []
+    return list(requested) if requested else list(MASKED_PATHS)
 
 
-def readonly_paths(privileged: bool) -> list[str]:
-    return [] if privileged else list(READONLY_PATHS)
+def readonly_paths(privileged: bool, requested: Sequence[str] = ()) -> list[str]:
+    if privileged:
+        return []
+    return list(requested) if requested else list(READONLY_PATHS)

@@ -13,7 +13,10 @@ _POD_NAMESPACES = (("network", "net"), ("ipc", "ipc"), ("uts", "uts"))
 
 
 def container_namespaces(
-    pod_pins: Mapping[str, str], pid_mode: NamespaceMode, target_pid_path: str = ""
+    pod_pins: Mapping[str, str],
+    pid_mode: NamespaceMode,
+    target_pid_path: str = "",
+    pod_pid_mode: NamespaceMode = NamespaceMode.NODE,
 ) -> list[dict[str, str]]:
     """`pod_pins` maps "net"/"ipc"/"uts"/"pid" to the pod's pinned namespace files; one that is
     absent is the host's (pod with host network / IPC / PID), which the container then shares
@@ -27,10 +30,14 @@ def container_namespaces(
     if pid_mode == NamespaceMode.CONTAINER:
         namespaces.append({"type": "pid"})
     elif pid_mode == NamespaceMode.POD:
-        # A pod without a PID namespace of its own shares the host's (kubelet never asks for
-        # POD mode then, but an older client may): nothing to join.
         if "pid" in pod_pins:
             namespaces.append({"type": "pid", "path": pod_pins["pid"]})
+        elif pod_pid_mode != NamespaceMode.NODE:
+            # A pod whose containers each have their own PID namespace pins none; POD mode
+            # (the CRI's zero value, so any client that leaves it unset) must not then mean
+            # the host's: the container gets its own, as in CONTAINER mode.
+            namespaces.append({"type": "pid"})
+        # else: a host-PID pod, whose containers share the host's: nothing to join.
     elif pid_mode == NamespaceMode.TARGET:
         if not target_pid_path:
             raise InvalidArgument("PID namespace mode TARGET needs a running target container")

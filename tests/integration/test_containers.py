@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
 import socket
 import time
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ import grpc
 import pytest
 
 from cri_py.api import api_pb2 as pb
+from cri_py.linux.cgroupfs import Cgroupfs
 from cri_py.linux.namespaces import mount_points
 
 from .conftest import Daemon, needs_root, start_daemon
@@ -28,10 +31,27 @@ pytestmark = needs_root
 
 ROOT = Path(__file__).resolve().parents[2]
 BUSYBOX = "registry.k8s.io/e2e-test-images/busybox:1.29-2"
+# Containers' cgroups go under a parent of the tests' own, removed when the module ends.
+CGROUP_PARENT = f"/cri-py-tests/{secrets.token_hex(4)}"
 CONFIG = (
     (ROOT / "e2e" / "lab-config.yaml").read_text()
     + "network:\n  bridge: cri-pyt1\n  subnet: 10.95.0.0/24\n  cni_conf_dir: /nonexistent\n"
+    + f"cgroups:\n  default_parent: {CGROUP_PARENT}\n"
 )
+
+
+def remove_cgroup_parent() -> None:
+    """The tests' parent and anything left in it, in every hierarchy (a failed test's)."""
+    fs = Cgroupfs.from_host()
+    for cgroup in (CGROUP_PARENT, "/cri-py-tests"):
+        for directory in fs.dirs(cgroup):
+            if not directory.is_dir():
+                continue
+            for child in [p for p in directory.iterdir() if p.is_dir()]:
+                with contextlib.suppress(OSError):
+                    os.rmdir(child)
+            with contextlib.suppress(OSError):  # another module's parent may be there
+                os.rmdir(directory)
 
 
 def registry_up() -> bool:
@@ -160,6 +180,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             with contextlib.suppress(grpc.RpcError):
                 lab.remove_pod(sandbox_id)
         daemon.stop()
+        remove_cgroup_parent()
 
 
 def read_log(lab: Lab, sandbox_id: str, name: str) -> list[tuple[str, str, str]]:
@@ -283,6 +304,33 @@ def test_long_log_lines_are_split_and_nothing_is_lost(lab: Lab) -> None:
     assert all(len(text) <= 16 * 1024 for _, _, text in lines)
     assert [tag for _, tag, _ in lines] == ["P", "P", "P", "F"] * 40
     assert sum(len(text) for _, _, text in lines) == 40 * 50000
+    lab.remove_pod(pod)
+
+
+def test_100_mb_of_long_lines_parse_in_cri_format_with_nothing_lost(lab: Lab) -> None:
+    pod = lab.run_pod("flood")
+    lines_wanted, width = 2000, 50_000  # 100 MB of output in lines longer than 16 KiB
+    script = (
+        f"i=0; while [ $i -lt {lines_wanted} ]; do head -c {width} /dev/zero | tr '\\0' y; "
+        "echo; i=$((i+1)); done"
+    )
+    cid = lab.create(pod, "flood", ["sh", "-c", script])
+    lab.start(cid)
+    assert lab.wait_exited(cid, timeout=300).exit_code == 0
+    path = Path(lab.configs[pod].log_directory) / "flood.log"
+    total = full_lines = 0
+    # Go's RFC3339Nano, as kubelet parses it: trailing zeros of the fraction are dropped.
+    stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$")
+    with path.open("rb") as log_file:
+        for raw in log_file:
+            timestamp, stream, tag, text = raw.rstrip(b"\n").split(b" ", 3)
+            assert stamp.match(timestamp.decode()), timestamp
+            assert (stream, tag in (b"P", b"F")) == (b"stdout", True)
+            assert len(text) <= 16 * 1024
+            assert text.strip(b"y") == b""
+            total += len(text)
+            full_lines += tag == b"F"
+    assert (total, full_lines) == (lines_wanted * width, lines_wanted)
     lab.remove_pod(pod)
 
 

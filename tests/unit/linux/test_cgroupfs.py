@@ -77,9 +77,13 @@ def test_v2_golden_tree_for_kubelet_request(tmp_path: Path) -> None:
     parent.mkdir(parents=True)
     (tmp_path / "kubepods" / "cgroup.subtree_control").write_text("")
     (parent / "cgroup.subtree_control").write_text("")
-    resources = Resources(cpu_shares=512, cpu_quota=50000, cpu_period=100000,
-                          memory_limit_in_bytes=64 * 1024 * 1024,
-                          unified={"memory.oom.group": "1"})
+    resources = Resources(
+        cpu_shares=512,
+        cpu_quota=50000,
+        cpu_period=100000,
+        memory_limit_in_bytes=64 * 1024 * 1024,
+        unified={"memory.oom.group": "1"},
+    )
     manager.create("/kubepods/pod1/cri-py-c1", resources)
     leaf = parent / "cri-py-c1"
     files = {p.name: p.read_text() for p in sorted(leaf.iterdir())}

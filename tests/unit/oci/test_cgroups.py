@@ -33,8 +33,10 @@ CASES = sorted(p.name.removesuffix(".resources.json") for p in GOLDEN.glob("*.re
 
 def _writes(produce: Any) -> Any:
     try:
-        return [f"{w.controller}:{w.file}={w.value}" if w.controller else f"{w.file}={w.value}"
-                for w in produce()]
+        return [
+            f"{w.controller}:{w.file}={w.value}" if w.controller else f"{w.file}={w.value}"
+            for w in produce()
+        ]
     except InvalidArgument as e:
         return {"error": str(e)}
 
@@ -62,8 +64,14 @@ def test_enough_golden_cases() -> None:
 
 
 def test_kubelet_500m_64mi_is_exact_on_v1() -> None:
-    writes = v1_writes(Resources(cpu_shares=512, cpu_quota=50000, cpu_period=100000,
-                                 memory_limit_in_bytes=64 * 1024 * 1024))
+    writes = v1_writes(
+        Resources(
+            cpu_shares=512,
+            cpu_quota=50000,
+            cpu_period=100000,
+            memory_limit_in_bytes=64 * 1024 * 1024,
+        )
+    )
     assert {w.file: w.value for w in writes} == {
         "cpu.shares": "512",
         "cpu.cfs_period_us": "100000",
@@ -107,6 +115,9 @@ def test_bad_values_are_invalid_argument_on_both_versions(
 
 
 def test_v2_controllers_to_enable() -> None:
-    writes = [Write("", "cpu.max", "max 100000"), Write("", "memory.oom.group", "1"),
-              Write("", "pids.max", "10")]
+    writes = [
+        Write("", "cpu.max", "max 100000"),
+        Write("", "memory.oom.group", "1"),
+        Write("", "pids.max", "10"),
+    ]
     assert v2_controllers(writes) == ["cpu", "memory", "pids"]

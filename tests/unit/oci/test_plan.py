@@ -77,18 +77,58 @@ GROUP = "root:x:0:\nwheel:x:10:root,www\nwww:x:33:\nstaff:x:50:www\n"
 @pytest.mark.parametrize(
     ("user", "expected"),
     [
-        (User(), User(0, 0, (10,))),
-        (User(username="nobody"), User(65534, 65534, ())),
-        (User(username="www"), User(33, 33, (10, 50))),
-        (User(username="33"), User(33, 33, (10, 50))),
-        (User(username="1234"), User(1234, 0, ())),
-        (User(username="www:staff"), User(33, 50, (10,))),
-        (User(username="www:7"), User(33, 7, (10, 50))),
-        (User(1000, 3000, (5,)), User(1000, 3000, (5,))),
+        (User(), User(0, 0, (0, 10))),
+        (User(username="nobody"), User(65534, 65534, (65534,))),
+        (User(username="www"), User(33, 33, (33, 10, 50))),
+        (User(username="33"), User(33, 33, (33, 10, 50))),
+        (User(username="1234"), User(1234, 0, (0,))),
+        (User(username="www:staff"), User(33, 50, (50, 10))),
+        (User(username="www:7"), User(33, 7, (7, 10, 50))),
+        (User(1000, 3000, (5,)), User(1000, 3000, (3000, 5))),
+        (User(username="33", additional_gids=(1234,)), User(33, 33, (33, 1234, 10, 50))),
     ],
 )
-def test_resolve_user(user: User, expected: User) -> None:
+def test_resolve_user_lists_the_primary_requested_and_image_groups(
+    user: User, expected: User
+) -> None:
     assert p.resolve_user(user, PASSWD, GROUP) == expected
+
+
+def test_resolve_user_strict_policy_leaves_out_the_image_groups() -> None:
+    user = User(username="33", additional_gids=(1234,), merge_image_groups=False)
+    assert p.resolve_user(user, PASSWD, GROUP).additional_gids == (33, 1234)
+
+
+def test_plan_reads_the_strict_groups_policy_annotation() -> None:
+    spec = {**SPEC, "annotations": {p.SUPPLEMENTAL_GROUPS_POLICY_ANNOTATION: "Strict"}}
+    assert not build_plan(spec).user.merge_image_groups
+    assert build_plan(SPEC).user.merge_image_groups
+
+
+def test_plan_carries_capabilities_no_new_privs_and_seccomp() -> None:
+    spec = {
+        **SPEC,
+        "process": {
+            **SPEC["process"],
+            "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"]},
+            "noNewPrivileges": True,
+        },
+        "linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}},
+    }
+    security = build_plan(spec).security
+    assert security.capabilities is not None and security.capabilities.bounding == {5}
+    assert security.no_new_privileges
+    assert security.seccomp is not None and security.seccomp.rules == ()
+    assert build_plan(SPEC).security == p.Security()
+
+
+def test_plan_refuses_unknown_capabilities_and_seccomp_actions() -> None:
+    bad_cap = {**SPEC, "process": {**SPEC["process"], "capabilities": {"bounding": ["CAP_X"]}}}
+    with pytest.raises(PlanError, match="CAP_X"):
+        build_plan(bad_cap)
+    bad_action = {**SPEC, "linux": {"seccomp": {"defaultAction": "SCMP_ACT_NOTIFY"}}}
+    with pytest.raises(PlanError, match="NOTIFY"):
+        build_plan(bad_action)
 
 
 @pytest.mark.parametrize("username", ["ghost", "www:nogroup"])

@@ -7,6 +7,7 @@ import signal
 import pytest
 
 from cri_py.errors import InvalidArgument
+from cri_py.oci.cgroups import Resources
 from cri_py.runtime.container_model import (
     ContainerConfig,
     ContainerFilter,
@@ -14,7 +15,12 @@ from cri_py.runtime.container_model import (
     ContainerRecord,
     ContainerState,
 )
-from cri_py.runtime.containers import matches, stop_signal_number, validate_config
+from cri_py.runtime.containers import (
+    matches,
+    merge_resources,
+    stop_signal_number,
+    validate_config,
+)
 from cri_py.runtime.model import NamespaceMode
 
 
@@ -69,3 +75,17 @@ def test_unknown_stop_signal_is_refused() -> None:
 def test_invalid_configs(config: ContainerConfig) -> None:
     with pytest.raises(InvalidArgument):
         validate_config(config)
+
+
+def test_an_update_keeps_what_it_leaves_unset() -> None:
+    current = Resources(
+        cpu_shares=512, memory_limit_in_bytes=64 << 20, hugepage_limits={"2MB": 1 << 21}
+    )
+    update = Resources(cpu_shares=1024, cpu_quota=20000, hugepage_limits={"1GB": 0})
+    merged = merge_resources(current, update)
+    assert merged == Resources(
+        cpu_shares=1024,
+        cpu_quota=20000,
+        memory_limit_in_bytes=64 << 20,
+        hugepage_limits={"2MB": 1 << 21, "1GB": 0},
+    )

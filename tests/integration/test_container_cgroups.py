@@ -1,0 +1,270 @@
+"""Containers in their cgroups, against a real daemon: limits at create, the init inside the
+cgroup, /sys/fs/cgroup in the container, UpdateContainerResources, OOM kills, stats, removal.
+
+The daemon's default cgroup parent is `/cri-py-tests/<random>`; the module removes it (and any
+leftover child) in every hierarchy, pass or fail. Needs the lab registry, like
+test_containers.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from cri_py.api import api_pb2 as pb
+from cri_py.linux.cgroupfs import Cgroupfs, CgroupMode
+
+from .conftest import needs_root, start_daemon
+from .test_containers import (
+    BUSYBOX,
+    CGROUP_PARENT,
+    CONFIG,
+    Lab,
+    registry_up,
+    remove_cgroup_parent,
+)
+
+pytestmark = needs_root
+
+PARENT = CGROUP_PARENT
+
+
+@pytest.fixture(scope="module")
+def fs() -> Cgroupfs:
+    fs = Cgroupfs.from_host()
+    if fs.mode == CgroupMode.V2:
+        pytest.skip("these tests read cgroup v1 files; v2 is covered by golden tests")
+    return fs
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory, fs: Cgroupfs) -> Iterator[Lab]:
+    if not registry_up():
+        pytest.skip("the lab registry on 127.0.0.1:5000 is not running (make registry images)")
+    base = tmp_path_factory.mktemp("cgroups")
+    daemon = start_daemon(base / "daemon", CONFIG)
+    lab = Lab(daemon, base / "logs")
+    try:
+        daemon.images().PullImage(
+            pb.PullImageRequest(image=pb.ImageSpec(image=BUSYBOX)), timeout=120
+        )
+        yield lab
+    finally:
+        for sandbox_id in lab.pods:
+            with contextlib.suppress(grpc.RpcError):
+                lab.remove_pod(sandbox_id)
+        daemon.stop()
+        remove_cgroup_parent()
+
+
+def create(
+    lab: Lab,
+    sandbox_id: str,
+    name: str,
+    command: list[str],
+    resources: pb.LinuxContainerResources | None = None,
+    labels: dict[str, str] | None = None,
+    pid_mode: int = 1,
+) -> str:
+    config = pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name=name),
+        image=pb.ImageSpec(image=BUSYBOX),
+        command=command,
+        log_path=f"{name}.log",
+        labels=labels or {"test": name},
+        linux=pb.LinuxContainerConfig(
+            resources=resources,
+            security_context=pb.LinuxContainerSecurityContext(
+                namespace_options=pb.NamespaceOption(pid=pid_mode)  # type: ignore[arg-type]
+            ),
+        ),
+    )
+    request = pb.CreateContainerRequest(
+        pod_sandbox_id=sandbox_id, config=config, sandbox_config=lab.configs[sandbox_id]
+    )
+    return lab.daemon.runtime().CreateContainer(request, timeout=30).container_id
+
+
+def verbose_info(lab: Lab, container_id: str) -> dict[str, Any]:
+    request = pb.ContainerStatusRequest(container_id=container_id, verbose=True)
+    info: dict[str, Any] = json.loads(
+        lab.daemon.runtime().ContainerStatus(request, timeout=10).info["info"]
+    )
+    return info
+
+
+def cgroup_of(container_id: str) -> str:
+    return f"{PARENT}/cri-py-{container_id}"
+
+
+def test_limits_are_written_before_the_init_runs_and_shown_read_only_inside(
+    lab: Lab, fs: Cgroupfs
+) -> None:
+    pod = lab.run_pod("limits")
+    # What kubelet sends for cpu 500m, memory 64Mi.
+    resources = pb.LinuxContainerResources(
+        cpu_shares=512, cpu_quota=50000, cpu_period=100000, memory_limit_in_bytes=64 << 20
+    )
+    cid = create(lab, pod, "limited", ["sleep", "1000"], resources)
+    cgroup = cgroup_of(cid)
+    assert fs.read(cgroup, "cpu", "cpu.shares") == "512"
+    assert fs.read(cgroup, "cpu", "cpu.cfs_quota_us") == "50000"
+    assert fs.read(cgroup, "cpu", "cpu.cfs_period_us") == "100000"
+    assert fs.read(cgroup, "memory", "memory.limit_in_bytes") == "67108864"
+    # Created, not started: the init already sits in every hierarchy's cgroup.
+    pid = int(verbose_info(lab, cid)["pid"])
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers:  # the v2 line ("0::...") of a hybrid host is not ours
+            assert path == cgroup, line
+    lab.start(cid)
+    inside = lab.exec(cid, "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+    assert inside.stdout == b"67108864\n"
+    denied = lab.exec(cid, "sh", "-c", "echo 1 > /sys/fs/cgroup/memory/memory.limit_in_bytes")
+    assert denied.exit_code != 0 and b"Read-only" in denied.stderr
+    # ExecSync's processes join the container's cgroup too.
+    procs = lab.exec(cid, "sh", "-c", "cat /proc/self/cgroup")
+    assert f"memory:{cgroup}".encode() in procs.stdout
+    spec = verbose_info(lab, cid)["runtimeSpec"]
+    assert spec["linux"]["cgroupsPath"] == cgroup
+    assert spec["linux"]["resources"]["memory"] == {"limit": 67108864}
+    lab.remove_pod(pod)
+    assert not fs.exists(cgroup)
+
+
+def test_update_container_resources_changes_the_live_cgroup_and_the_status(
+    lab: Lab, fs: Cgroupfs
+) -> None:
+    pod = lab.run_pod("update")
+    resources = pb.LinuxContainerResources(cpu_shares=256, memory_limit_in_bytes=64 << 20)
+    cid = create(lab, pod, "updated", ["sleep", "1000"], resources)
+    lab.start(cid)
+    rt = lab.daemon.runtime()
+    rt.UpdateContainerResources(
+        pb.UpdateContainerResourcesRequest(
+            container_id=cid,
+            linux=pb.LinuxContainerResources(
+                cpu_shares=1024, cpu_quota=20000, cpu_period=100000, memory_limit_in_bytes=96 << 20
+            ),
+        ),
+        timeout=10,
+    )
+    cgroup = cgroup_of(cid)
+    assert fs.read(cgroup, "cpu", "cpu.shares") == "1024"
+    assert fs.read(cgroup, "cpu", "cpu.cfs_quota_us") == "20000"
+    assert fs.read(cgroup, "memory", "memory.limit_in_bytes") == str(96 << 20)
+    reported = lab.status(cid).resources.linux
+    assert (reported.cpu_shares, reported.cpu_quota, reported.memory_limit_in_bytes) == (
+        1024,
+        20000,
+        96 << 20,
+    )
+    # A value the kernel refuses changes nothing.
+    with pytest.raises(grpc.RpcError) as caught:
+        rt.UpdateContainerResources(
+            pb.UpdateContainerResourcesRequest(
+                container_id=cid,
+                linux=pb.LinuxContainerResources(cpu_shares=2048, cpuset_cpus="4096"),
+            ),
+            timeout=10,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert fs.read(cgroup, "cpu", "cpu.shares") == "1024"
+    assert lab.status(cid).resources.linux.cpu_shares == 1024
+    lab.remove_pod(pod)
+    assert not fs.exists(cgroup)
+
+
+def test_a_container_past_its_memory_limit_is_oom_killed(lab: Lab) -> None:
+    pod = lab.run_pod("oom")
+    limit = 15 * 1024 * 1024
+    resources = pb.LinuxContainerResources(
+        memory_limit_in_bytes=limit, memory_swap_limit_in_bytes=limit
+    )
+    # critest's "Container OOM" command, and an init that is itself the victim.
+    child = create(lab, pod, "oom-child", ["sh", "-c", "dd if=/dev/zero of=/dev/null bs=20M"],
+                   resources)  # fmt: skip
+    init = create(lab, pod, "oom-init", ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M"],
+                  resources)  # fmt: skip
+    lab.start(child)
+    lab.start(init)
+    for cid in (child, init):
+        status = lab.wait_exited(cid, timeout=30)
+        assert (status.exit_code, status.reason) == (137, "OOMKilled")
+    # A plain non-zero exit stays an Error.
+    plain = create(lab, pod, "plain", ["sh", "-c", "exit 3"], resources)
+    lab.start(plain)
+    assert lab.wait_exited(plain).reason == "Error"
+    lab.remove_pod(pod)
+
+
+def test_stats_show_cpu_memory_layer_and_network(lab: Lab) -> None:
+    pod = lab.run_pod("stats")
+    busy = create(
+        lab,
+        pod,
+        "busy",
+        ["sh", "-c", "head -c 5000000 /dev/zero > /big; while true; do :; done"],
+        labels={"role": "busy"},
+    )
+    idle = create(lab, pod, "idle", ["sleep", "1000"], labels={"role": "idle"})
+    lab.start(busy)
+    lab.start(idle)
+    # The layer's size is cached for a while: first wait for the file to be written.
+    wait_written = "until [ $(wc -c < /big) -ge 5000000 ]; do sleep 0.05; done"
+    assert lab.exec(busy, "sh", "-c", wait_written).exit_code == 0
+    rt = lab.daemon.runtime()
+    rt.ListContainerStats(pb.ListContainerStatsRequest(), timeout=10)
+    time.sleep(1.2)  # usage_nano_cores is a rate: it needs two samples a second apart
+    stats = rt.ContainerStats(pb.ContainerStatsRequest(container_id=busy), timeout=10).stats
+    assert stats.attributes.id == busy and stats.attributes.metadata.name == "busy"
+    assert stats.cpu.usage_core_nano_seconds.value > 0
+    assert stats.cpu.usage_nano_cores.value > 300_000_000  # a spinning shell: most of a core
+    assert stats.memory.working_set_bytes.value > 0 and stats.memory.usage_bytes.value > 0
+    assert stats.memory.page_faults.value > 0
+    assert stats.writable_layer.used_bytes.value >= 5_000_000
+    assert stats.writable_layer.inodes_used.value >= 1
+    listed = rt.ListContainerStats(
+        pb.ListContainerStatsRequest(
+            filter=pb.ContainerStatsFilter(pod_sandbox_id=pod, label_selector={"role": "idle"})
+        ),
+        timeout=10,
+    ).stats
+    assert [s.attributes.id for s in listed] == [idle]
+    by_id = rt.ListContainerStats(
+        pb.ListContainerStatsRequest(filter=pb.ContainerStatsFilter(id=busy)), timeout=10
+    ).stats
+    assert [s.attributes.id for s in by_id] == [busy]
+    # Some traffic on the pod's interface, then the pod's numbers.
+    lab.exec(idle, "sh", "-c", "ping -c 1 -W 1 10.95.0.1 || true")
+    pod_stats = rt.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=pod), timeout=10)
+    linux = pod_stats.stats.linux
+    assert pod_stats.stats.attributes.id == pod
+    assert linux.cpu.usage_core_nano_seconds.value >= stats.cpu.usage_core_nano_seconds.value
+    assert linux.memory.working_set_bytes.value > 0
+    assert linux.process.process_count.value >= 2
+    assert {c.attributes.id for c in linux.containers} == {busy, idle}
+    assert linux.network.default_interface.name == "eth0"
+    assert linux.network.default_interface.tx_bytes.value > 0
+    listed_pods = rt.ListPodSandboxStats(
+        pb.ListPodSandboxStatsRequest(filter=pb.PodSandboxStatsFilter(id=pod)), timeout=10
+    ).stats
+    assert [p.attributes.id for p in listed_pods] == [pod]
+    lab.remove_pod(pod)
+
+
+def test_no_cgroup_is_left_after_the_pods_are_removed(lab: Lab, fs: Cgroupfs) -> None:
+    pod = lab.run_pod("leftover", pid_mode=0)
+    # Orphans in the pod's PID namespace outlive their container's init: removal kills them.
+    cid = create(lab, pod, "forker", ["sh", "-c", "sleep 1000 & sleep 1000"], pid_mode=0)
+    lab.start(cid)
+    lab.remove_pod(pod)
+    for directory in fs.dirs(PARENT):
+        assert not directory.exists() or not [p for p in directory.iterdir() if p.is_dir()]
