@@ -17,13 +17,22 @@ mkdir -p "$results"
 "$python" -m cri_py.cli serve --config "$top/e2e/lab-config.yaml" --config-dir "$state/none" \
     --root-dir "$state/root" --run-dir "$state/run" --socket "$sock" >"$results/cri-py.log" 2>&1 &
 daemon=$!
+crictl() { "$tools/crictl" --runtime-endpoint "unix://$sock" --image-endpoint "unix://$sock" "$@"; }
 cleanup() {
+    # Pods a failed spec left behind are removed through the runtime (shims outlive the daemon
+    # by design, so stopping the daemon alone would leave them running).
+    if kill -0 "$daemon" 2>/dev/null; then
+        for pod in $(crictl pods -q 2>/dev/null); do
+            crictl stopp "$pod" >/dev/null 2>&1 || true
+            crictl rmp "$pod" >/dev/null 2>&1 || true
+        done
+    fi
     kill -TERM "$daemon" 2>/dev/null && wait "$daemon" || true
     rm -rf "$state"
 }
 trap cleanup EXIT
 for _ in $(seq 100); do
-    [ -S "$sock" ] && "$tools/crictl" --runtime-endpoint "unix://$sock" version >/dev/null 2>&1 && break
+    [ -S "$sock" ] && crictl version >/dev/null 2>&1 && break
     kill -0 "$daemon" 2>/dev/null || { cat "$results/cri-py.log"; exit 1; }
     sleep 0.1
 done
