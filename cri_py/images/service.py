@@ -473,11 +473,17 @@ class ImageService:
         return rootfs
 
     async def release_layers(self, owner: str) -> None:
-        """Drops `owner`'s lease; layers nothing else keeps are collected. Idempotent."""
+        """Drops `owner`'s lease and those of `owner/...` (a container's image volumes);
+        layers nothing else keeps are collected. Idempotent."""
         async with self._lock:
-            if owner not in self._state.leases:
+            prefix = f"{owner}/"
+            leases = {
+                k: v
+                for k, v in self._state.leases.items()
+                if k != owner and not k.startswith(prefix)
+            }
+            if len(leases) == len(self._state.leases):
                 return
-            leases = {k: v for k, v in self._state.leases.items() if k != owner}
             await self._save(dataclasses.replace(self._state, leases=leases))
             await self._collect_garbage()
 

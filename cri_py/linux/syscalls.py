@@ -133,6 +133,51 @@ def pivot_root(new_root: str | os.PathLike[str], put_old: str | os.PathLike[str]
     )
 
 
+# <linux/mount.h>, <fcntl.h>: mount_setattr(2) (Linux 5.12), the same number on every arch.
+_SYS_MOUNT_SETATTR = 442
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+AT_SYMLINK_NOFOLLOW = 0x100
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR_IDMAP = 0x100000
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def mount_setattr(
+    path: str | os.PathLike[str],
+    flags: int,
+    attr_set: int,
+    attr_clr: int = 0,
+    propagation: int = 0,
+    userns_fd: int = 0,
+    dirfd: int = AT_FDCWD,
+) -> None:
+    attr = _MountAttr(attr_set, attr_clr, propagation, userns_fd)
+    _check(
+        _libc.syscall(
+            ctypes.c_long(_SYS_MOUNT_SETATTR),
+            ctypes.c_int(dirfd),
+            _path(path),
+            ctypes.c_uint(flags),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        ),
+        f"mount_setattr(path={path!s}, flags={flags:#x}, attr_set={attr_set:#x}, "
+        f"attr_clr={attr_clr:#x})",
+    )
+
+
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return _check(
         _libc.prctl(option, arg2, arg3, arg4, arg5),

@@ -84,10 +84,28 @@ class MountStep:
     # mount(2) with MS_BIND ignores the other flags: they need a remount afterwards.
     remount_flags: int = 0
     propagation: int = 0
+    # "rro": read-only all the way down, with mount_setattr(AT_RECURSIVE) after the mount.
+    recursive_readonly: bool = False
+    # An image volume's directory to show instead of the image's root (cri-py's
+    # `imageSubPath`): the overlay is mounted aside and this part of it bound at destination.
+    sub_path: str = ""
 
     @property
     def is_bind(self) -> bool:
         return bool(self.flags & MS_BIND)
+
+
+@dataclass(frozen=True)
+class DeviceStep:
+    """A device node to make in the container (the spec's `linux.devices`)."""
+
+    path: str
+    type: str  # "c", "b" (or "u", unbuffered char) or "p" (a FIFO)
+    major: int
+    minor: int
+    file_mode: int = 0o666
+    uid: int = 0
+    gid: int = 0
 
 
 @dataclass(frozen=True)
@@ -138,6 +156,7 @@ class LaunchPlan:
     # hierarchy, from the daemon (which knows the host's mounts); name "" on cgroup v2.
     cgroup_mounts: tuple[tuple[str, str], ...] = ()
     security: Security = field(default_factory=lambda: Security())
+    devices: tuple[DeviceStep, ...] = ()
 
     @property
     def forks_for_pid(self) -> bool:
@@ -157,9 +176,12 @@ def mount_step(mount: Mapping[str, Any]) -> MountStep:
     if not destination.startswith("/"):
         raise PlanError(f"mount destination {destination!r} must be absolute")
     flags = clear = propagation = 0
+    recursive_readonly = False
     data = []
     for option in mount.get("options", ()):
-        if option in _FLAG_OPTIONS:
+        if option == "rro":
+            recursive_readonly = True
+        elif option in _FLAG_OPTIONS:
             on, off = _FLAG_OPTIONS[option]
             flags = (flags | on) & ~off
             clear |= off
@@ -181,6 +203,26 @@ def mount_step(mount: Mapping[str, Any]) -> MountStep:
         data=",".join(data),
         remount_flags=remount,
         propagation=propagation,
+        recursive_readonly=recursive_readonly,
+        sub_path=str(mount.get("imageSubPath", "") or ""),
+    )
+
+
+def device_step(device: Mapping[str, Any]) -> DeviceStep:
+    path = str(device.get("path", ""))
+    if not path.startswith("/") or ".." in path.split("/"):
+        raise PlanError(f"device path {path!r} must be absolute, without '..'")
+    kind = str(device.get("type", ""))
+    if kind not in ("c", "b", "u", "p"):
+        raise PlanError(f"device {path}: unknown type {kind!r}")
+    return DeviceStep(
+        path=path,
+        type=kind,
+        major=int(device.get("major", 0)),
+        minor=int(device.get("minor", 0)),
+        file_mode=int(device.get("fileMode", 0o666)),
+        uid=int(device.get("uid", 0)),
+        gid=int(device.get("gid", 0)),
     )
 
 
@@ -257,6 +299,7 @@ def build_plan(spec: Mapping[str, Any]) -> LaunchPlan:
         hostname=str(spec.get("hostname", "")),
         annotations=dict(spec.get("annotations") or {}),
         security=_security(process, linux),
+        devices=tuple(device_step(d) for d in linux.get("devices", ())),
     )
 
 

@@ -62,9 +62,28 @@ class ContainerMetadata:
 @dataclass(frozen=True)
 class Mount:
     container_path: str
-    host_path: str
+    host_path: str = ""  # empty for an image volume
     readonly: bool = False
     propagation: Propagation = Propagation.PRIVATE
+    # Read-only all the way down (mount_setattr AT_RECURSIVE); the CRI requires `readonly`
+    # and PRIVATE propagation with it.
+    recursive_read_only: bool = False
+    # An image volume (KEP 4639): the image as the client named it instead of a host path,
+    # optionally only a directory of it; always read-only.
+    image: str = ""
+    image_sub_path: str = ""
+    # The image's ID, resolved at create (ContainerStatus reports it as the mount's image_ref).
+    image_ref: str = ""
+
+
+@dataclass(frozen=True)
+class Device:
+    """A host device node the container gets at `container_path` (CRI Device)."""
+
+    container_path: str
+    host_path: str
+    # Cgroup access: some of "r", "w", "m" ("" = all).
+    permissions: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,6 +97,7 @@ class ContainerConfig:
     # (key, value) in the client's order; later duplicates win.
     envs: tuple[tuple[str, str], ...] = ()
     mounts: tuple[Mount, ...] = ()
+    devices: tuple[Device, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     # Relative to the sandbox's log_directory.

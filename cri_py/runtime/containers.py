@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import signal
+import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -34,8 +35,11 @@ from cri_py.errors import (
     NotFound,
 )
 from cri_py.images.service import ImageRootfs, ImageService
+from cri_py.linux.cgroupfs import CgroupMode
+from cri_py.linux.terminal import open_pty
 from cri_py.log import get_logger
 from cri_py.oci.cgroups import Resources, to_oci
+from cri_py.oci.devices import v1_device_writes
 from cri_py.runtime.cgroups import CgroupManager, container_cgroup
 from cri_py.runtime.container_model import (
     ContainerConfig,
@@ -58,10 +62,12 @@ from cri_py.runtime.stats import (
     sum_usage,
 )
 from cri_py.shim import protocol
-from cri_py.shim.client import ShimClient, ShimError
+from cri_py.shim.client import ShimClient, ShimError, call_passing_fds
 from cri_py.shim.events import ShimEvents
+from cri_py.shim.spec import SOCKET_FILE
 from cri_py.spec.build import SpecInputs, build_spec
-from cri_py.spec.mounts import PodFiles
+from cri_py.spec.devices import DeviceNode
+from cri_py.spec.mounts import PodFiles, check_image_sub_path
 from cri_py.spec.rootfs import overlay_mount
 from cri_py.spec.security import seccomp_profile
 from cri_py.store.atomic import write_json_atomic
@@ -151,6 +157,8 @@ def resolve_host_paths(config: ContainerConfig) -> dict[str, str]:
     """Each CRI mount's host path with symlinks followed; a missing one is the client's error."""
     resolved = {}
     for mount in config.mounts:
+        if mount.image:
+            continue  # an image volume: no host path
         if not os.path.isabs(mount.host_path):
             raise InvalidArgument(f"mount host path {mount.host_path!r} must be absolute")
         real = os.path.realpath(mount.host_path)
@@ -158,6 +166,82 @@ def resolve_host_paths(config: ContainerConfig) -> dict[str, str]:
             raise InvalidArgument(f"mount host path {mount.host_path} does not exist")
         resolved[mount.host_path] = real
     return resolved
+
+
+def check_image_sub_paths(config: ContainerConfig, volumes: Mapping[str, ImageRootfs]) -> None:
+    """An image volume's sub path must exist in its image (the CRI: else fail the create).
+    Looked up in the unpacked layers; the launcher resolves it for real in the overlay."""
+    for mount in config.mounts:
+        sub_path = mount.image_sub_path.strip("/")
+        if not mount.image or not sub_path:
+            continue
+        check_image_sub_path(mount.image_sub_path, mount.container_path)
+        layers = volumes[mount.container_path].layers
+        if not any(os.path.lexists(layer / sub_path) for layer in layers):
+            raise InvalidArgument(
+                f"image volume at {mount.container_path}: sub path {sub_path!r} does not "
+                f"exist in image {mount.image}"
+            )
+
+
+# Host /dev entries a privileged container does not get as nodes (they are mounts of its own,
+# or the host's console), as containerd's host-device walk skips them.
+# /dev/ptmx too: the container's is the link into its own devpts instance.
+_HOST_DEV_SKIPPED = (
+    "pts", "shm", "fd", "mqueue", "console", "ptmx", ".lxc", ".lxd-mounts", ".udev",
+)  # fmt: skip
+
+
+def _device_node(host_path: str, container_path: str, permissions: str) -> DeviceNode | None:
+    """The node `host_path` names (symlinks followed); None when it is not a device."""
+    info = os.stat(host_path)
+    if stat.S_ISCHR(info.st_mode):
+        kind = "c"
+    elif stat.S_ISBLK(info.st_mode):
+        kind = "b"
+    else:
+        return None
+    return DeviceNode(
+        path=container_path,
+        type=kind,
+        major=os.major(info.st_rdev),
+        minor=os.minor(info.st_rdev),
+        file_mode=stat.S_IMODE(info.st_mode),
+        uid=info.st_uid,
+        gid=info.st_gid,
+        permissions=permissions,
+    )
+
+
+def resolve_devices(config: ContainerConfig, host_dev: str = "/dev") -> tuple[DeviceNode, ...]:
+    """The CRI's devices as nodes like the host's; a privileged container gets every host
+    device too (the CRI: "all devices from the host's /dev are available")."""
+    nodes = []
+    for device in config.devices:
+        if not device.host_path.startswith("/") or not device.container_path.startswith("/"):
+            raise InvalidArgument(
+                f"device {device.host_path} -> {device.container_path}: paths must be absolute"
+            )
+        try:
+            node = _device_node(device.host_path, device.container_path, device.permissions)
+        except OSError as e:
+            raise InvalidArgument(f"device {device.host_path}: {e.strerror}") from None
+        if node is None:
+            raise InvalidArgument(f"device {device.host_path} is not a device node")
+        nodes.append(node)
+    if config.privileged:
+        for directory, dirs, files in os.walk(host_dev):
+            if directory == host_dev:
+                dirs[:] = [d for d in dirs if d not in _HOST_DEV_SKIPPED]
+            for name in sorted(files):
+                if directory == host_dev and name in _HOST_DEV_SKIPPED:
+                    continue
+                path = os.path.join(directory, name)
+                with contextlib.suppress(OSError):
+                    node = _device_node(path, path, "rwm")
+                    if node is not None:
+                        nodes.append(node)
+    return tuple(nodes)
 
 
 def read_seccomp_localhost(config: ContainerConfig) -> dict[str, Any] | None:
@@ -339,7 +423,10 @@ class ContainerService:
         try:
             rootfs = await self._images.lease_layers(container_id, config.image)
             try:
-                await asyncio.to_thread(self._create, container_id, sandbox_id, config, rootfs)
+                volumes = await self._lease_image_volumes(container_id, config)
+                await asyncio.to_thread(
+                    self._create, container_id, sandbox_id, config, rootfs, volumes
+                )
             except BaseException:
                 await self._images.release_layers(container_id)
                 raise
@@ -349,10 +436,43 @@ class ContainerService:
             raise
         return container_id
 
+    async def _lease_image_volumes(
+        self, container_id: str, config: ContainerConfig
+    ) -> dict[str, ImageRootfs]:
+        """The layers of each image volume's image, leased under `<container ID>/...` (which
+        `release_layers(container ID)` releases too). The image must have been pulled."""
+        volumes = {}
+        for index, mount in enumerate(config.mounts):
+            if not mount.image:
+                continue
+            try:
+                volumes[mount.container_path] = await self._images.lease_layers(
+                    f"{container_id}/image-volume/{index}", mount.image
+                )
+            except NotFound as e:
+                raise NotFound(f"image volume at {mount.container_path}: {e}") from None
+        return volumes
+
     def _create(
-        self, container_id: str, sandbox_id: str, config: ContainerConfig, rootfs: ImageRootfs
+        self,
+        container_id: str,
+        sandbox_id: str,
+        config: ContainerConfig,
+        rootfs: ImageRootfs,
+        volumes: Mapping[str, ImageRootfs],
     ) -> None:
         sandbox = self._sandboxes.status(sandbox_id).record
+        if volumes:
+            check_image_sub_paths(config, volumes)
+            config = dataclasses.replace(
+                config,
+                mounts=tuple(
+                    dataclasses.replace(m, image_ref=volumes[m.container_path].image_id)
+                    if m.image
+                    else m
+                    for m in config.mounts
+                ),
+            )
         directory = self._store.dir_of(container_id)
         files = self._sandboxes.files_dir(sandbox_id)
         host_network = sandbox.config.namespaces.network == NamespaceMode.NODE
@@ -387,6 +507,11 @@ class ContainerService:
             target_pid_path=target_pid_path,
             seccomp_localhost=read_seccomp_localhost(config),
             cgroups_path=cgroup,
+            image_volumes={
+                path: tuple(str(p) for p in volume.layers) for path, volume in volumes.items()
+            },
+            empty_dir=str(directory / "empty"),
+            devices=resolve_devices(config),
         )
         spec = build_spec(inputs)
         log_path = ""
@@ -422,6 +547,7 @@ class ContainerService:
             if self._cgroups is not None:
                 self._create_cgroup(cgroup, config.resources)
                 undo.callback(self._remove_cgroup, container_id, cgroup)
+                self._allow_devices(cgroup, spec)
                 cgroup_params = {
                     "cgroup_procs": self._cgroups.procs_files(cgroup),
                     "oom_file": self._cgroups.oom_file(cgroup),
@@ -472,6 +598,18 @@ class ContainerService:
             if e.errno in (errno.EINVAL, errno.ERANGE):
                 raise InvalidArgument(f"cgroup {cgroup}: {e.strerror}") from None
             raise Internal(f"creating cgroup {cgroup}: {e}") from None
+
+    def _allow_devices(self, cgroup: str, spec: Mapping[str, Any]) -> None:
+        """The spec's device rules in the v1 devices cgroup (v2 needs a BPF program: not
+        done, the container keeps its parent's device access)."""
+        assert self._cgroups is not None
+        if self._cgroups.mode == CgroupMode.V2 or "devices" not in self._cgroups.fs.controllers():
+            return
+        rules = spec.get("linux", {}).get("resources", {}).get("devices", ())
+        try:
+            self._cgroups.fs.write(cgroup, v1_device_writes(rules))
+        except (OSError, ValueError) as e:
+            raise Internal(f"cgroup {cgroup}: setting the device rules: {e}") from None
 
     def _remove_cgroup(self, container_id: str, cgroup: str) -> None:
         if self._usage is not None:
@@ -628,6 +766,79 @@ class ContainerService:
             int(result["exit_code"]),
         )
 
+    def running(self, container_id: str) -> ContainerRecord:
+        """The container's record; FailedPrecondition unless it is running."""
+        return self._running(container_id)
+
+    async def exec_stream(
+        self, container_id: str, command: tuple[str, ...], tty: bool, stdio: builtins.list[int]
+    ) -> int:
+        """Runs `command` in the container with `stdio` (stdin, stdout, stderr; a terminal's
+        slave thrice with `tty`) handed to the pod's shim, and returns its exit code. The fds
+        are sent before the first await that can take long: the caller may close its copies
+        as soon as the command started, which this does not wait for."""
+        record = self._running(container_id)
+        if not command:
+            raise InvalidArgument("Exec needs a command")
+        bundle = self._sandboxes.shim_bundle(record.sandbox_id)
+        try:
+            result, _ = await call_passing_fds(
+                bundle / SOCKET_FILE,
+                "exec-stream",
+                {"id": record.id, "args": list(command), "tty": tty},
+                stdio,
+            )
+        except ShimError as e:
+            raise Internal(f"exec in container {record.id}: {e}") from e
+        return int(result["exit_code"])
+
+    def open_terminal(self, container_id: str) -> tuple[int, int]:
+        """(master, slave) of a new terminal in the container's own devpts; one of the
+        daemon's when the container has none (the command then sees no name for it)."""
+        record = self._running(container_id)
+        try:
+            return open_pty(f"/proc/{record.pid}/root/dev/pts/ptmx")
+        except OSError as e:
+            log.warning("no terminal in the container's devpts", container=record.id, error=str(e))
+            return os.openpty()
+
+    async def attach_stream(self, container_id: str, outputs: dict[str, int], stdin: bool) -> int:
+        """Has the pod's shim copy the container's output streams into `outputs` (stream name
+        -> pipe write end; the caller closes its copies) until the container exits or the
+        pipe's reader goes. Returns a dup of the container's stdin when `stdin` (else -1)."""
+        record = self._running(container_id)
+        bundle = self._sandboxes.shim_bundle(record.sandbox_id)
+        names = sorted(outputs)
+        try:
+            result, passed = await call_passing_fds(
+                bundle / SOCKET_FILE,
+                "attach",
+                {"id": record.id, "streams": names, "stdin": stdin},
+                [outputs[n] for n in names],
+            )
+        except ShimError as e:
+            raise Internal(f"attach to container {record.id}: {e}") from e
+        if result.get("stdin") and passed:
+            for fd in passed[1:]:
+                os.close(fd)
+            return passed[0]
+        for fd in passed:
+            os.close(fd)
+        return -1
+
+    async def close_stdin_once(self, container_id: str) -> None:
+        """After an attached client's stdin ended: with stdin_once (and no tty, kubelet's rule)
+        the container's stdin is closed, so it sees EOF."""
+        record = self.status(container_id)
+        if not (record.config.stdin_once and not record.config.tty):
+            return
+        try:
+            await asyncio.to_thread(
+                self._shim(record.sandbox_id).call, "close-stdin", {"id": record.id}
+            )
+        except ShimError as e:
+            log.warning("closing stdin failed", container=record.id, error=str(e))
+
     def reopen_log(self, container_id: str) -> None:
         record = self._running(container_id)
         try:
@@ -665,7 +876,11 @@ class ContainerService:
             self._store.save(record)
             spec = self.spec_of(full)
             if spec:
-                spec.setdefault("linux", {})["resources"] = to_oci(merged)
+                linux = spec.setdefault("linux", {})
+                devices = linux.get("resources", {}).get("devices")
+                linux["resources"] = to_oci(merged)
+                if devices is not None:
+                    linux["resources"]["devices"] = devices
                 write_json_atomic(self._store.dir_of(full) / "config.json", spec)
             with self._lock:
                 current = self._records.get(full)

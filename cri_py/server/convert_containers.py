@@ -15,6 +15,7 @@ from cri_py.runtime.container_model import (
     ContainerMetadata,
     ContainerRecord,
     ContainerState,
+    Device,
     Mount,
     ProfileType,
     Propagation,
@@ -91,7 +92,22 @@ def container_config(config: pb.ContainerConfig) -> ContainerConfig:
             propagation = Propagation(m.propagation)
         except ValueError:
             raise InvalidArgument(f"mount {m.container_path}: unknown propagation") from None
-        mounts.append(Mount(m.container_path, m.host_path, m.readonly, propagation))
+        image = m.image.image if m.HasField("image") else ""
+        if image and m.host_path:
+            raise InvalidArgument(
+                f"mount {m.container_path}: host_path and image are mutually exclusive"
+            )
+        mounts.append(
+            Mount(
+                m.container_path,
+                m.host_path,
+                m.readonly,
+                propagation,
+                recursive_read_only=m.recursive_read_only,
+                image=image,
+                image_sub_path=m.image_sub_path,
+            )
+        )
     try:
         pid_mode = NamespaceMode(security.namespace_options.pid)
     except ValueError:
@@ -105,6 +121,7 @@ def container_config(config: pb.ContainerConfig) -> ContainerConfig:
         # Values are bytes in the CRI; undecodable ones survive as surrogate escapes.
         envs=tuple((kv.key, kv.value.decode("utf-8", "surrogateescape")) for kv in config.envs),
         mounts=tuple(mounts),
+        devices=tuple(Device(d.container_path, d.host_path, d.permissions) for d in config.devices),
         labels=dict(config.labels),
         annotations=dict(config.annotations),
         log_path=config.log_path,
@@ -205,21 +222,29 @@ def container_status(record: ContainerRecord) -> pb.ContainerStatus:
         message=exit.message if exit else "",
         labels=dict(record.config.labels),
         annotations=dict(record.config.annotations),
-        mounts=[
-            pb.Mount(
-                container_path=m.container_path,
-                host_path=m.host_path,
-                readonly=m.readonly,
-                propagation=int(m.propagation),  # type: ignore[arg-type]
-            )
-            for m in record.config.mounts
-        ],
+        mounts=[_mount(m) for m in record.config.mounts],
         log_path=record.log_path,
         stop_signal=_signal_value(record.config.stop_signal),  # type: ignore[arg-type]
         user=_user(record),
         resources=pb.ContainerResources(
             linux=linux_resources(record.config.resources, record.config.oom_score_adj)
         ),
+    )
+
+
+def _mount(m: Mount) -> pb.Mount:
+    image = None
+    if m.image:
+        # KEP-5365: image_ref is the image's ID, the PullImageResponse.image_ref kubelet saw.
+        image = pb.ImageSpec(image=m.image, image_ref=m.image_ref)
+    return pb.Mount(
+        container_path=m.container_path,
+        host_path=m.host_path,
+        readonly=m.readonly,
+        propagation=int(m.propagation),  # type: ignore[arg-type]
+        recursive_read_only=m.recursive_read_only,
+        image=image,
+        image_sub_path=m.image_sub_path,
     )
 
 

@@ -35,6 +35,7 @@ from cri_py.runtime.sandboxes import SandboxService
 from cri_py.server.guard import service_handler
 from cri_py.server.images import ImageServicer
 from cri_py.server.runtime import RuntimeServicer
+from cri_py.streaming.server import StreamServer
 
 log = get_logger("cri_py.daemon")
 
@@ -96,6 +97,7 @@ def build_server(
     sandboxes: SandboxService,
     images: ImageService | None = None,
     containers: ContainerService | None = None,
+    streams: StreamServer | None = None,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
         options=[
@@ -109,7 +111,7 @@ def build_server(
             service_handler(
                 services["RuntimeService"],
                 pb,
-                RuntimeServicer(config, node, sandboxes, containers),
+                RuntimeServicer(config, node, sandboxes, containers, streams),
             ),
             service_handler(
                 services["ImageService"], pb, ImageServicer(images or ImageService(config))
@@ -169,7 +171,9 @@ async def serve(config: Config) -> None:
         sandboxes.after_stop = containers.sandbox_stopped
         sandboxes.before_remove = containers.remove_sandbox_containers
         await asyncio.to_thread(containers.recover)
-        server = build_server(config, node, sandboxes, images, containers)
+        streams = StreamServer(config.stream, containers)
+        await streams.start()
+        server = build_server(config, node, sandboxes, images, containers, streams)
         server.add_insecure_port(f"unix://{sock}")
         await server.start()
         try:
@@ -184,6 +188,7 @@ async def serve(config: Config) -> None:
             log.info("stopping", grace_seconds=STOP_GRACE_SECONDS)
         finally:
             await server.stop(STOP_GRACE_SECONDS)
+            await streams.close()
             # Shims (and so pods) keep running: they are not the daemon's to stop.
             containers.close()
             sandboxes.close()

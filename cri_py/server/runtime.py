@@ -9,13 +9,16 @@ import time
 import cri_py
 from cri_py.api import api_pb2 as pb
 from cri_py.config import Config, to_data
-from cri_py.errors import FailedPrecondition, Unimplemented
+from cri_py.errors import FailedPrecondition, InvalidArgument, Unimplemented
+from cri_py.linux import features
 from cri_py.runtime.containers import ContainerService
-from cri_py.runtime.model import SandboxFilter
+from cri_py.runtime.model import SandboxFilter, SandboxState
 from cri_py.runtime.node import NodeState, conditions
 from cri_py.runtime.sandboxes import SandboxService
 from cri_py.server import convert, convert_containers, convert_stats
 from cri_py.server.guard import Context
+from cri_py.streaming.requests import AttachRequest, ExecRequest, PortForwardRequest
+from cri_py.streaming.server import StreamServer
 
 RUNTIME_NAME = "cri-py"
 # The CRI's own version string for the Version RPC's `version` field (kubelet ignores it).
@@ -32,8 +35,10 @@ class RuntimeServicer:
         node: NodeState,
         sandboxes: SandboxService,
         containers: ContainerService | None = None,
+        streams: StreamServer | None = None,
     ) -> None:
         self._config = config
+        self._streams_server = streams
         self._node = node
         self._sandboxes = sandboxes
         self._containers_service = containers
@@ -70,7 +75,14 @@ class RuntimeServicer:
         return pb.StatusResponse(
             status=status,
             info=info,
-            runtime_handlers=[pb.RuntimeHandler(name="", features=pb.RuntimeHandlerFeatures())],
+            runtime_handlers=[
+                pb.RuntimeHandler(
+                    name="",
+                    features=pb.RuntimeHandlerFeatures(
+                        recursive_read_only_mounts=features.recursive_read_only_mounts()
+                    ),
+                )
+            ],
             # Merge and Strict both hold (the launcher resolves groups in the image).
             features=pb.RuntimeFeatures(supplemental_groups_policy=True),
         )
@@ -177,6 +189,62 @@ class RuntimeServicer:
             self._containers.exec_sync, request.container_id, tuple(request.cmd), request.timeout
         )
         return pb.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=code)
+
+    # --- streaming: the RPCs validate and hand out a one-time URL to the streaming server ---
+
+    @property
+    def _streams(self) -> StreamServer:
+        if self._streams_server is None:
+            raise Unimplemented("this daemon was started without the streaming server")
+        return self._streams_server
+
+    async def Exec(self, request: pb.ExecRequest, context: Context) -> pb.ExecResponse:
+        streams = self._streams
+        if not request.cmd:
+            raise InvalidArgument("Exec needs a command")
+        if not (request.stdin or request.stdout or request.stderr):
+            raise InvalidArgument("one of stdin, stdout and stderr must be set")
+        if request.tty and request.stderr:
+            # A terminal has one output: kubelet's rule (stderr is merged into stdout).
+            raise InvalidArgument("tty and stderr cannot both be set")
+        record = self._containers.running(request.container_id)
+        exec_request = ExecRequest(
+            record.id,
+            tuple(request.cmd),
+            request.tty,
+            request.stdin,
+            request.stdout,
+            request.stderr,
+        )
+        return pb.ExecResponse(url=streams.url(exec_request, "exec"))
+
+    async def Attach(self, request: pb.AttachRequest, context: Context) -> pb.AttachResponse:
+        streams = self._streams
+        if not (request.stdin or request.stdout or request.stderr):
+            raise InvalidArgument("one of stdin, stdout and stderr must be set")
+        if request.tty and request.stderr:
+            raise InvalidArgument("tty and stderr cannot both be set")
+        record = self._containers.running(request.container_id)
+        if request.tty != record.config.tty:
+            raise InvalidArgument(
+                f"tty={request.tty} does not match container {record.id} (tty={record.config.tty})"
+            )
+        if request.stdin and not record.config.stdin:
+            raise InvalidArgument(f"container {record.id} was created without stdin")
+        attach = AttachRequest(
+            record.id, request.tty, request.stdin, request.stdout, request.stderr
+        )
+        return pb.AttachResponse(url=streams.url(attach, "attach"))
+
+    async def PortForward(
+        self, request: pb.PortForwardRequest, context: Context
+    ) -> pb.PortForwardResponse:
+        streams = self._streams
+        view = self._sandboxes.status(request.pod_sandbox_id)
+        if view.state != SandboxState.READY:
+            raise FailedPrecondition(f"pod sandbox {view.record.id} is not ready")
+        forward = PortForwardRequest(view.record.id, view.record.namespaces.get("net", ""))
+        return pb.PortForwardResponse(url=streams.url(forward, "portforward"))
 
     async def ReopenContainerLog(
         self, request: pb.ReopenContainerLogRequest, context: Context

@@ -4,6 +4,7 @@ the process we started, and call it over its socket. Blocking; callers run it of
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -204,3 +205,57 @@ def stop_shim(bundle: Path, shim: ShimProcess, timeout: float = CALL_TIMEOUT_SEC
 def _wait_readable(fd: int, timeout: float) -> bool:
     ready, _, _ = select.select([fd], [], [], timeout)
     return bool(ready)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def call_passing_fds(
+    socket_path: Path, method: str, params: Mapping[str, Any], fds: list[int]
+) -> tuple[Mapping[str, Any], list[int]]:
+    """One call that hands the shim `fds` (SCM_RIGHTS) with the request and awaits the answer
+    without blocking the event loop (a streaming exec's answer comes when the command exits).
+    Returns the result and the fds the shim passed back (the caller's to close). The caller
+    still owns `fds` and may close them once this returns."""
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+    request = protocol.Request(1, method, dict(params))
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as conn:
+            await asyncio.to_thread(connect_unix, conn, socket_path)
+            conn.setblocking(False)
+            frame = protocol.encode(request)
+            # A request frame is small: one sendmsg takes it whole on a fresh unix socket.
+            sent = socket.send_fds(conn, [frame], fds)
+            if sent != len(frame):
+                await loop.sock_sendall(conn, frame[sent:])
+            decoder = protocol.Decoder()
+            while True:
+                try:
+                    data, more, _, _ = socket.recv_fds(conn, 65536, 3, socket.MSG_CMSG_CLOEXEC)
+                except BlockingIOError:
+                    readable = loop.create_future()
+                    loop.add_reader(conn, _wake, readable)
+                    try:
+                        await readable
+                    finally:
+                        loop.remove_reader(conn)
+                    continue
+                received += more
+                if not data:
+                    raise ShimError(f"shim at {socket_path} closed the connection")
+                for message in decoder.feed(data):
+                    if isinstance(message, protocol.Response) and message.id == request.id:
+                        if message.error is not None:
+                            raise ShimError(
+                                f"shim {method}: {message.error.message}", message.error.kind
+                            )
+                        passed, received = received, []
+                        return message.result or {}, passed
+    except (OSError, protocol.ProtocolError) as e:
+        raise ShimError(f"shim at {socket_path}: {method}: {e}") from e
+    finally:
+        for fd in received:
+            os.close(fd)

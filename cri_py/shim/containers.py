@@ -189,6 +189,8 @@ class Container:
     sync: socket.socket | None = None
     stdin_fd: int = -1
     outputs: dict[int, LogLines] = field(default_factory=dict)
+    # Attached clients' pipes (the daemon's, non-blocking) and the stream each one copies.
+    attached: dict[int, str] = field(default_factory=dict)
     # The cgroup.procs files of the container's cgroup (one per hierarchy) and the file with
     # its `oom_kill` counter (memory.oom_control on v1, memory.events on v2).
     cgroup_procs: tuple[str, ...] = ()
@@ -380,9 +382,58 @@ class Containers:
             raise ContainerError("invalid", f"container {container_id} is {container.status}")
         self._drop(container)
 
+    # --- attach ---------------------------------------------------------------------------
+
+    def attach(
+        self, container_id: str, fds: Sequence[int], streams: Sequence[str], stdin: bool
+    ) -> int:
+        """`fds` (pipes, taken over) get copies of the running container's output streams
+        named by `streams` until it exits or the reader goes; returns a dup of the container's
+        stdin when asked for (-1 when it has none). A pipe that is full loses what does not
+        fit: a slow attached client must not stall the shim or the container."""
+        try:
+            container = self.get(container_id)
+            if container.status != "running" or not container.outputs:
+                raise ContainerError("invalid", f"container {container_id} is not running")
+            if len(fds) != len(streams) or not set(streams) <= {"stdout", "stderr"}:
+                raise ContainerError("invalid", "attach needs one pipe per output stream")
+            stdin_fd = os.dup(container.stdin_fd) if stdin and container.stdin_fd >= 0 else -1
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        for fd, stream in zip(fds, streams, strict=True):
+            container.attached[_nonblocking(fd)] = stream
+        return stdin_fd
+
+    def close_stdin(self, container_id: str) -> None:
+        """The container's stdin reaches EOF (stdin_once: the first attached client left)."""
+        container = self.get(container_id)
+        if container.stdin_fd >= 0:
+            os.close(container.stdin_fd)
+            container.stdin_fd = -1
+
+    def _fan_out(self, container: Container, stream: str, data: bytes) -> None:
+        for fd, wanted in list(container.attached.items()):
+            if wanted != stream:
+                continue
+            try:
+                os.write(fd, data)
+            except BlockingIOError:
+                pass
+            except OSError:
+                del container.attached[fd]
+                os.close(fd)
+
+    def _detach_all(self, container: Container) -> None:
+        for fd in container.attached:
+            os.close(fd)
+        container.attached.clear()
+
     def _drop(self, container: Container) -> None:
         for fd, lines in list(container.outputs.items()):
             self._close_output(container, fd, lines)
+        self._detach_all(container)
         if container.stdin_fd >= 0:
             os.close(container.stdin_fd)
             container.stdin_fd = -1
@@ -406,12 +457,17 @@ class Containers:
             self._close_output(container, fd, lines)
             return
         container.log.write(lines.feed(data, time.time_ns()))
+        if container.attached:
+            self._fan_out(container, lines.stream, data)
 
     def _close_output(self, container: Container, fd: int, lines: LogLines) -> None:
         container.log.write(lines.close(time.time_ns()))
         container.outputs.pop(fd, None)
         self._hooks.remove_reader(fd)
         os.close(fd)
+        if not container.outputs:
+            # Nothing more to copy: attached clients see EOF.
+            self._detach_all(container)
 
     def _drain(self, container: Container) -> None:
         for fd in list(container.outputs):
@@ -426,6 +482,8 @@ class Containers:
                     self._close_output(container, fd, container.outputs[fd])
                     break
                 container.log.write(container.outputs[fd].feed(data, time.time_ns()))
+                if container.attached:
+                    self._fan_out(container, container.outputs[fd].stream, data)
 
     # --- exits ----------------------------------------------------------------------------
 
@@ -487,6 +545,25 @@ class Containers:
         self,
         params: Mapping[str, Any],
         respond: Callable[[Mapping[str, Any] | None, str, str], None],
+        stdio: Sequence[int] | None = None,
+    ) -> None:
+        """Runs a command in the container and `respond`s with its exit status. With `stdio`
+        (the daemon's three fds for a streaming exec, closed here) the command uses them and no
+        output is collected; otherwise its output is buffered into the answer (ExecSync)."""
+        if stdio is not None:
+            try:
+                self._exec(params, respond, stdio)
+            finally:
+                for fd in stdio:
+                    os.close(fd)
+            return
+        self._exec(params, respond, None)
+
+    def _exec(
+        self,
+        params: Mapping[str, Any],
+        respond: Callable[[Mapping[str, Any] | None, str, str], None],
+        stdio: Sequence[int] | None,
     ) -> None:
         container = self.get(str(params["id"]))
         if container.status != "running":
@@ -497,9 +574,12 @@ class Containers:
         timeout = float(params.get("timeout", 0) or 0)
         kinds = {"network": "net", "ipc": "ipc", "uts": "uts", "pid": "pid", "mount": "mnt"}
         join = [(kind, f"/proc/{container.pid}/ns/{name}") for kind, name in kinds.items()]
+        if stdio is not None and len(stdio) != 3:
+            raise ContainerError("invalid", f"a streaming exec needs 3 fds, got {len(stdio)}")
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        child_stdio = list(stdio) if stdio is not None else [null, out_w, err_w]
         ours, theirs = _sync_pair()
         plan = container.plan
         try:
@@ -512,9 +592,10 @@ class Containers:
                     plan.cwd,
                     args,
                     plan.env,
-                    [null, out_w, err_w],
+                    child_stdio,
                     theirs.fileno(),
                     plan.security,
+                    bool(params.get("tty")),
                 )
             )
         finally:
@@ -538,6 +619,11 @@ class Containers:
             time.monotonic() + timeout if timeout > 0 else None,
         )
         self._execs[pid] = session
+        if stdio is not None:
+            # Streaming: the output goes straight to the daemon; the answer is the exit status.
+            os.close(out_r)
+            os.close(err_r)
+            return
         for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
             session.open_fds[_nonblocking(fd)] = stream
             self._hooks.add_reader(fd, functools.partial(self._on_exec_output, session, fd))

@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 from cri_py.linux import syscalls
 from cri_py.oci.capabilities import CAP_SYS_ADMIN, before_exec, sets_for_user
 from cri_py.oci.plan import (
+    DeviceStep,
     LaunchPlan,
     MountStep,
     Security,
@@ -69,6 +70,7 @@ DEV_LINKS = {
 }
 _RLIMITS = {name: getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")}
 SYNC_FD = 3
+CONTAINER_UMASK = 0o022
 
 
 class LaunchError(Exception):
@@ -168,6 +170,26 @@ def perform_mount(step: MountStep, target: str) -> None:
             syscalls.mount(None, target, None, flags)
     else:
         syscalls.mount(step.source, target, step.fstype, step.flags, step.data or None)
+    if step.recursive_readonly:
+        # A read-only bind remount covers the top mount only; submounts need mount_setattr.
+        syscalls.mount_setattr(target, syscalls.AT_RECURSIVE, syscalls.MOUNT_ATTR_RDONLY)
+    if step.propagation:
+        syscalls.mount(None, target, None, step.propagation)
+
+
+def mount_sub_path(step: MountStep, target: str, staging: str) -> None:
+    """An image volume's sub path: the overlay is mounted at `staging` (beside the rootfs, on
+    the private mount the launcher made of it, so nothing reaches the host; pivot_root leaves
+    it behind) and the sub path, resolved inside it, bound read-only at `target`."""
+    os.makedirs(staging, exist_ok=True)
+    syscalls.mount(step.source, staging, step.fstype, step.flags, step.data or None)
+    source = secure_join(staging, step.sub_path)
+    if not os.path.lexists(source):
+        raise LaunchError(f"image volume sub path {step.sub_path!r} does not exist in the image")
+    make_mount_point(target, source, True)
+    syscalls.mount(source, target, None, syscalls.MS_BIND)
+    remount = syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY
+    syscalls.mount(None, target, None, remount | _locked_flags(target))
     if step.propagation:
         syscalls.mount(None, target, None, step.propagation)
 
@@ -243,6 +265,27 @@ def populate_dev(root: str) -> None:
         os.umask(old)
 
 
+def create_devices(root: str, devices: Sequence[DeviceStep]) -> None:
+    """The spec's device nodes, as the host's are (type, numbers, mode, owner). Made, not
+    bound: /dev is the container's own tmpfs, and a node there cannot reach the host's /dev."""
+    old = os.umask(0)
+    try:
+        for device in devices:
+            # The last component is not followed: a default link (/dev/ptmx -> pts/ptmx) is
+            # replaced, not what it points to.
+            parent = secure_join(root, os.path.dirname(device.path))
+            target = os.path.join(parent, os.path.basename(device.path))
+            os.makedirs(parent, exist_ok=True)
+            kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)  # a default node the client replaces (its own /dev/null...)
+            mode = (device.file_mode & 0o7777) | kind[device.type]
+            os.mknod(target, mode, os.makedev(device.major, device.minor))
+            os.chown(target, device.uid, device.gid)
+    finally:
+        os.umask(old)
+
+
 def prepare_rootfs(plan: LaunchPlan, rootfs_mounts: Sequence[MountStep]) -> None:
     """Inside the new mount namespace: the rootfs, the spec's mounts, then pivot_root."""
     # rslave (the default): host mounts made later still reach rslave volumes, nothing
@@ -257,9 +300,13 @@ def prepare_rootfs(plan: LaunchPlan, rootfs_mounts: Sequence[MountStep]) -> None
             syscalls.mount(step.source, root, step.fstype, step.flags, step.data or None)
         except OSError as e:
             raise LaunchError(f"mounting the rootfs at {root}: {e}") from e
-    for step in plan.mounts:
+    for index, step in enumerate(plan.mounts):
         target = secure_join(root, step.destination)
         try:
+            if step.sub_path:
+                staging = os.path.join(os.path.dirname(root), "image-volumes", str(index))
+                mount_sub_path(step, target, staging)
+                continue
             make_mount_point(target, step.source, step.is_bind)
             if step.fstype == "cgroup":
                 mount_cgroups(step, target, plan.cgroup_mounts)
@@ -268,6 +315,10 @@ def prepare_rootfs(plan: LaunchPlan, rootfs_mounts: Sequence[MountStep]) -> None
         except OSError as e:
             raise LaunchError(f"mount {step.source} at {step.destination}: {e}") from e
     populate_dev(root)
+    try:
+        create_devices(root, plan.devices)
+    except OSError as e:
+        raise LaunchError(f"creating device nodes: {e}") from e
     os.chdir(root)
     # pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves
     # only the new root (runc's trick: no put_old directory needed in the image).
@@ -457,6 +508,9 @@ def run_init(
 ) -> NoReturn:
     """The container's init, from the shim's fork to execve. Never returns."""
     sync = setup_stdio(stdio, sync_fd)
+    # The daemon's umask (077) would make mount points and the working dir unreadable to
+    # other users, and be the container's own: OCI's (and runc's) default is 022.
+    os.umask(CONTAINER_UMASK)
     try:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
@@ -505,12 +559,14 @@ def run_exec(
     stdio: Sequence[int],
     sync_fd: int,
     security: Security | None = None,
+    tty: bool = False,
 ) -> NoReturn:
     """A process in a running container's namespaces (ExecSync), with the container's user,
     capabilities, no_new_privs and seccomp filter. This process enters them,
     forks the command and waits for it, exiting with its status: the command lives in the
     container's PID namespace, where only we (not the shim) can reap it."""
     sync = setup_stdio(stdio, sync_fd)
+    os.umask(CONTAINER_UMASK)
     try:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
@@ -525,6 +581,9 @@ def run_exec(
     if pid == 0:
         try:
             os.setsid()
+            if tty:
+                # stdin is the slave of a terminal the daemon allocated: make it ours.
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
             become(user, cwd, security)
             send_ready(sync, {})
         except Exception as e:

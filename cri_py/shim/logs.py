@@ -23,6 +23,7 @@ class LogLines:
     """One stream's line splitter: `feed` what was read, `close` at EOF."""
 
     def __init__(self, stream: str, max_line: int = MAX_LINE_BYTES) -> None:
+        self.stream = stream
         self._prefix = f" {stream} ".encode()
         self._max = max_line
         self._pending = bytearray()

@@ -111,6 +111,8 @@ class Shim:
         self.selector.register(listener, selectors.EVENT_READ)
         self.selector.register(wake_read, selectors.EVENT_READ)
         self.subscribers: set[socket.socket] = set()
+        # File descriptors a connection passed (SCM_RIGHTS) for its next exec-stream/attach.
+        self.passed_fds: dict[socket.socket, list[int]] = {}
         self.containers = Containers(
             Hooks(self._add_reader, self._remove_reader, self._emit), spec.new_pid
         )
@@ -182,19 +184,46 @@ class Shim:
                 return {}
             case "container-status" | "wait":
                 return containers.get(str(params["id"])).view()
+            case "attach":
+                # The answer carries the stdin fd (SCM_RIGHTS), so it goes out here and first.
+                if self.connections[conn][1]:
+                    raise ContainerError("invalid", "attach must be alone on its connection")
+                stdin_fd = containers.attach(
+                    str(params["id"]),
+                    self.passed_fds.pop(conn, []),
+                    [str(s) for s in params.get("streams", ())],
+                    bool(params.get("stdin")),
+                )
+                try:
+                    frame = protocol.encode(
+                        protocol.Response(request.id, result={"stdin": stdin_fd >= 0})
+                    )
+                    fds = [stdin_fd] if stdin_fd >= 0 else []
+                    sent = socket.send_fds(conn, [frame], fds)
+                    self.connections[conn][1].extend(frame[sent:])
+                finally:
+                    if stdin_fd >= 0:
+                        os.close(stdin_fd)
+                return None
+            case "close-stdin":
+                containers.close_stdin(str(params["id"]))
+                return {}
             case "reopen-log":
                 containers.reopen_log(str(params["id"]))
                 return {}
             case "remove":
                 containers.remove(str(params["id"]))
                 return {}
-            case "exec":
+            case "exec" | "exec-stream":
 
                 def respond(result: Any, kind: str, message: str) -> None:
                     error = protocol.Error(kind, message) if kind else None
                     self._send(conn, protocol.Response(request.id, result=result, error=error))
 
-                containers.exec(params, respond)
+                if request.method == "exec-stream":
+                    containers.exec(params, respond, self.passed_fds.pop(conn, []))
+                else:
+                    containers.exec(params, respond)
                 return None
         raise ContainerError("invalid", f"unknown method {request.method!r}")
 
@@ -213,6 +242,8 @@ class Shim:
 
     def _close(self, conn: socket.socket) -> None:
         self.subscribers.discard(conn)
+        for fd in self.passed_fds.pop(conn, []):
+            os.close(fd)
         self.selector.unregister(conn)
         self.connections.pop(conn, None)
         conn.close()
@@ -233,11 +264,13 @@ class Shim:
     def _on_readable(self, conn: socket.socket) -> None:
         decoder, out = self.connections[conn]
         try:
-            data = conn.recv(65536)
+            data, fds, _, _ = socket.recv_fds(conn, 65536, 3, socket.MSG_CMSG_CLOEXEC)
         except BlockingIOError:
             return
         except OSError:
-            data = b""
+            data, fds = b"", []
+        if fds:
+            self.passed_fds.setdefault(conn, []).extend(fds)
         if not data:
             self._close(conn)
             return

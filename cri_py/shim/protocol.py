@@ -4,6 +4,10 @@ A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON 
 Three messages ride in frames: a request (`id`, `method`, `params`), the response to it (same
 `id`, then `result` or `error`) and an event the shim sends unasked (`event`, `data`). Sockets,
 timeouts and retries belong to the callers (`cri_py.shim.client`, `cri_py.shim.server`).
+Streaming sessions pass file descriptors (SCM_RIGHTS) alongside a frame instead of relaying
+bytes: `exec-stream` hands the shim the command's stdin/stdout/stderr (pipes or a terminal the
+daemon made), `attach` hands it pipes for the container's output and gets a dup of its stdin
+back, so the bytes of a session never pass through the shim's single-threaded loop.
 Imported by the shim: stdlib only.
 """
 

@@ -17,6 +17,7 @@ from cri_py.runtime.container_model import (
 )
 from cri_py.runtime.model import SandboxConfig
 from cri_py.spec.capabilities import container_capabilities
+from cri_py.spec.devices import DeviceNode, device_nodes, device_rules
 from cri_py.spec.mounts import PodFiles, container_mounts, masked_paths, readonly_paths
 from cri_py.spec.namespaces import container_namespaces
 from cri_py.spec.process import (
@@ -60,6 +61,12 @@ class SpecInputs:
     seccomp_localhost: Mapping[str, Any] | None = None
     # The container's cgroup (absolute from each hierarchy's root; "" = cgroups not managed).
     cgroups_path: str = ""
+    # Image volumes: container path -> the image's unpacked layer dirs, lowest first.
+    image_volumes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # An empty dir overlay can use as a bottom layer (image volumes of fewer than 2 layers).
+    empty_dir: str = ""
+    # Device nodes for the container's /dev: the CRI's devices (and, privileged, the host's).
+    devices: tuple[DeviceNode, ...] = ()
 
 
 def spec_annotations(inputs: SpecInputs) -> dict[str, str]:
@@ -115,7 +122,13 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
     if inputs.hostname:
         spec["hostname"] = inputs.hostname
     spec["mounts"] = container_mounts(
-        inputs.files, config.mounts, inputs.resolved_mounts, config.readonly_rootfs, privileged
+        inputs.files,
+        config.mounts,
+        inputs.resolved_mounts,
+        config.readonly_rootfs,
+        privileged,
+        inputs.image_volumes,
+        inputs.empty_dir,
     )
     spec["annotations"] = spec_annotations(inputs)
     spec["linux"] = {
@@ -139,9 +152,14 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
     )
     if seccomp is not None:
         spec["linux"]["seccomp"] = seccomp
+    if inputs.devices:
+        spec["linux"]["devices"] = device_nodes(inputs.devices)
     if inputs.cgroups_path:
         spec["linux"]["cgroupsPath"] = inputs.cgroups_path
-        spec["linux"]["resources"] = to_oci(config.resources)
+        spec["linux"]["resources"] = {
+            **to_oci(config.resources),
+            "devices": device_rules(inputs.devices, privileged),
+        }
     if config.oom_score_adj:
         process["oomScoreAdj"] = config.oom_score_adj
     return spec

@@ -13,6 +13,7 @@ from typing import Any
 
 from cri_py.errors import InvalidArgument
 from cri_py.runtime.container_model import Mount, Propagation
+from cri_py.spec.rootfs import MAX_OPTIONS_BYTES
 
 # The kernel filesystems every container gets (containerd's and runc's default spec).
 KERNEL_MOUNTS: tuple[dict[str, Any], ...] = (
@@ -87,9 +88,59 @@ def _depth(path: str) -> int:
     return len([p for p in path.split("/") if p])
 
 
-def cri_mounts(mounts: Sequence[Mount], resolved: Mapping[str, str]) -> list[dict[str, Any]]:
-    """The CRI's mounts as bind mounts. `resolved` maps each host path to the real path it
-    names (symlinks followed by the caller, which also rejects missing ones)."""
+def check_image_sub_path(sub_path: str, destination: str) -> None:
+    if sub_path.startswith("/") or ".." in sub_path.split("/"):
+        raise InvalidArgument(
+            f"image volume at {destination}: sub path {sub_path!r} must be relative, without '..'"
+        )
+
+
+def image_volume_mount(
+    destination: str, layers: Sequence[str], empty_dir: str, sub_path: str = ""
+) -> dict[str, Any]:
+    """An image volume: a read-only overlay of the image's layers (lowest first here), with no
+    upper dir. Overlay wants two lower dirs then, so a one-layer (or empty) image gets
+    `empty_dir` below it. A sub path (not an OCI field: `imageSubPath`, read by the launcher)
+    is bound from the overlay mounted aside."""
+    lower = [*reversed(layers), empty_dir] if len(layers) < 2 else list(reversed(layers))
+    mount: dict[str, Any] = {
+        "destination": destination,
+        "type": "overlay",
+        "source": "overlay",
+        "options": ["ro", "nodev", "nosuid", "rprivate", f"lowerdir={':'.join(lower)}"],
+    }
+    if len(",".join(mount["options"])) > MAX_OPTIONS_BYTES:
+        raise InvalidArgument(
+            f"image volume at {destination}: {len(layers)} layers are too many for one mount"
+        )
+    if sub_path.strip("/"):
+        mount["imageSubPath"] = sub_path.strip("/")
+    return mount
+
+
+def check_recursive_read_only(mount: Mount) -> None:
+    """The CRI's rule: recursive_read_only needs readonly and PRIVATE propagation."""
+    if not mount.readonly:
+        raise InvalidArgument(
+            f"mount {mount.container_path}: recursive_read_only needs readonly set too"
+        )
+    if mount.propagation != Propagation.PRIVATE:
+        raise InvalidArgument(
+            f"mount {mount.container_path}: recursive_read_only needs PRIVATE propagation "
+            f"(got {mount.propagation.name})"
+        )
+
+
+def cri_mounts(
+    mounts: Sequence[Mount],
+    resolved: Mapping[str, str],
+    image_volumes: Mapping[str, Sequence[str]] | None = None,
+    empty_dir: str = "",
+) -> list[dict[str, Any]]:
+    """The CRI's mounts as bind mounts, or overlays for image volumes. `resolved` maps each
+    host path to the real path it names (symlinks followed by the caller, which also rejects
+    missing ones); `image_volumes` maps an image volume's container path to its image's
+    unpacked layer dirs, lowest first."""
     result = []
     seen: set[str] = set()
     for mount in sorted(mounts, key=lambda m: _depth(m.container_path)):
@@ -99,10 +150,26 @@ def cri_mounts(mounts: Sequence[Mount], resolved: Mapping[str, str]) -> list[dic
         if destination in seen:
             raise InvalidArgument(f"two mounts at container path {destination!r}")
         seen.add(destination)
+        if mount.recursive_read_only:
+            check_recursive_read_only(mount)
+        if mount.image:
+            # KEP 4639: image volumes are read-only by definition; a writable one is refused.
+            if not mount.readonly:
+                raise InvalidArgument(
+                    f"image volume {mount.image} at {destination} must be read-only"
+                )
+            check_image_sub_path(mount.image_sub_path, destination)
+            layers = (image_volumes or {}).get(destination)
+            if layers is None:
+                raise InvalidArgument(f"image volume at {destination}: image not resolved")
+            result.append(image_volume_mount(destination, layers, empty_dir, mount.image_sub_path))
+            continue
         source = resolved.get(mount.host_path, mount.host_path)
-        result.append(
-            bind_mount(destination, source, mount.readonly, _PROPAGATION[mount.propagation])
-        )
+        bind = bind_mount(destination, source, mount.readonly, _PROPAGATION[mount.propagation])
+        if mount.recursive_read_only:
+            # OCI runtime-spec 1.1's "rro": mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY).
+            bind["options"].append("rro")
+        result.append(bind)
     return result
 
 
@@ -112,8 +179,10 @@ def container_mounts(
     resolved: Mapping[str, str],
     readonly_rootfs: bool,
     privileged: bool,
+    image_volumes: Mapping[str, Sequence[str]] | None = None,
+    empty_dir: str = "",
 ) -> list[dict[str, Any]]:
-    requested = cri_mounts(mounts, resolved)
+    requested = cri_mounts(mounts, resolved, image_volumes, empty_dir)
     taken = {m["destination"] for m in requested}
     result: list[dict[str, Any]] = []
     for default in KERNEL_MOUNTS:

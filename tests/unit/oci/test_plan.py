@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from cri_py.oci import plan as p
-from cri_py.oci.plan import PlanError, User, build_plan, executable_candidates, mount_step
+from cri_py.oci.plan import (
+    DeviceStep,
+    PlanError,
+    User,
+    build_plan,
+    device_step,
+    executable_candidates,
+    mount_step,
+)
 
 SPEC = {
     "process": {"args": ["sh"], "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
@@ -141,3 +149,33 @@ def test_executable_candidates_follow_the_container_path() -> None:
     assert executable_candidates("sh", "/usr/bin:/bin/") == ["/usr/bin/sh", "/bin/sh"]
     assert executable_candidates("./run", "/bin") == ["./run"]
     assert executable_candidates("sh", None)[0] == "/usr/local/sbin/sh"
+
+
+def test_rro_is_a_flag_not_filesystem_data() -> None:
+    step = mount_step(
+        {"destination": "/d", "type": "bind", "source": "/s", "options": ["rbind", "ro", "rro"]}
+    )
+    assert step.recursive_readonly
+    assert step.data == ""
+
+
+def test_image_volume_sub_path_is_read_from_the_mount() -> None:
+    step = mount_step(
+        {
+            "destination": "/mnt/etc",
+            "type": "overlay",
+            "source": "overlay",
+            "options": ["ro", "lowerdir=/a:/b"],
+            "imageSubPath": "etc",
+        }
+    )
+    assert (step.fstype, step.sub_path, step.data) == ("overlay", "etc", "lowerdir=/a:/b")
+
+
+def test_devices_are_planned_and_bad_ones_refused() -> None:
+    device = {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o666}
+    assert device_step(device) == DeviceStep("/dev/fuse", "c", 10, 229, 0o666)
+    with pytest.raises(PlanError):
+        device_step({**device, "path": "/dev/../etc/x"})
+    with pytest.raises(PlanError):
+        device_step({**device, "type": "z"})

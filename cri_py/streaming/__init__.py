@@ -1,0 +1,1 @@
+"""The streaming server: Exec/Attach/PortForward sessions reached through one-time URLs."""
