@@ -1,0 +1,68 @@
+"""One record per object on disk: `<root>/<64-hex id>/<kind>.json`, each written atomically.
+
+Sandboxes and containers are stored the same way; their stores only name the kind and add what
+is theirs. A record is written before its object's first side effect, so a restart finds
+everything that may have left something behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from cri_py.log import get_logger
+from cri_py.store.atomic import read_json, write_json_atomic
+from cri_py.store.codec import from_data, to_data
+
+log = get_logger("cri_py.store")
+
+_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+class HasId(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+R = TypeVar("R", bound=HasId)
+
+
+class RecordStore(Generic[R]):
+    def __init__(self, root: Path, record_type: type[R], kind: str) -> None:
+        self.root = root
+        self._type = record_type
+        self._kind = kind
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def dir_of(self, object_id: str) -> Path:
+        if not _ID.match(object_id):
+            raise ValueError(f"not a {self._kind} ID: {object_id!r}")
+        return self.root / object_id
+
+    def save(self, record: R) -> None:
+        directory = self.dir_of(record.id)
+        directory.mkdir(mode=0o700, exist_ok=True)
+        write_json_atomic(directory / f"{self._kind}.json", to_data(record))
+
+    def load_all(self) -> list[R]:
+        """Every readable record; an unreadable one is logged and left for a person to see."""
+        records = []
+        for directory in sorted(self.root.iterdir()):
+            if not _ID.match(directory.name):
+                continue
+            try:
+                data: Any = read_json(directory / f"{self._kind}.json")
+                if data is None:
+                    # Crashed between mkdir and the first write: nothing was started yet.
+                    shutil.rmtree(directory, ignore_errors=True)
+                    continue
+                records.append(from_data(self._type, data))
+            except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+                log.error(f"unreadable {self._kind} record", path=str(directory), error=str(e))
+        return records
+
+    def delete(self, object_id: str) -> None:
+        shutil.rmtree(self.dir_of(object_id), ignore_errors=True)
