@@ -8,7 +8,6 @@ test_containers.py.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -21,14 +20,13 @@ import pytest
 from cri_py.api import api_pb2 as pb
 from cri_py.linux.cgroupfs import Cgroupfs, CgroupMode
 
-from .conftest import needs_root, start_daemon
+from .conftest import needs_root
 from .test_containers import (
     BUSYBOX,
     CGROUP_PARENT,
     CONFIG,
     Lab,
-    registry_up,
-    remove_cgroup_parent,
+    open_lab,
 )
 
 pytestmark = needs_root
@@ -46,22 +44,8 @@ def fs() -> Cgroupfs:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory, fs: Cgroupfs) -> Iterator[Lab]:
-    if not registry_up():
-        pytest.skip("the lab registry on 127.0.0.1:5000 is not running (make registry images)")
-    base = tmp_path_factory.mktemp("cgroups")
-    daemon = start_daemon(base / "daemon", CONFIG)
-    lab = Lab(daemon, base / "logs")
-    try:
-        daemon.images().PullImage(
-            pb.PullImageRequest(image=pb.ImageSpec(image=BUSYBOX)), timeout=120
-        )
-        yield lab
-    finally:
-        for sandbox_id in lab.pods:
-            with contextlib.suppress(grpc.RpcError):
-                lab.remove_pod(sandbox_id)
-        daemon.stop()
-        remove_cgroup_parent()
+    with open_lab(tmp_path_factory.mktemp("cgroups"), CONFIG) as opened:
+        yield opened
 
 
 def create(

@@ -163,12 +163,13 @@ class Lab:
         return found
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+@contextlib.contextmanager
+def open_lab(base: Path, config: str) -> Iterator[Lab]:
+    """A daemon with busybox pulled; on the way out every pod the tests made is removed,
+    the daemon stopped and the tests' cgroup parent cleared (even after a failure)."""
     if not registry_up():
         pytest.skip("the lab registry on 127.0.0.1:5000 is not running (make registry images)")
-    base = tmp_path_factory.mktemp("containers")
-    daemon = start_daemon(base / "daemon", CONFIG)
+    daemon = start_daemon(base / "daemon", config)
     lab = Lab(daemon, base / "logs")
     try:
         daemon.images().PullImage(
@@ -181,6 +182,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                 lab.remove_pod(sandbox_id)
         daemon.stop()
         remove_cgroup_parent()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with open_lab(tmp_path_factory.mktemp("containers"), CONFIG) as opened:
+        yield opened
 
 
 def read_log(lab: Lab, sandbox_id: str, name: str) -> list[tuple[str, str, str]]:

@@ -24,8 +24,8 @@ import pytest
 
 from cri_py.api import api_pb2 as pb
 
-from .conftest import needs_root, start_daemon
-from .test_containers import BUSYBOX, ROOT, Lab, registry_up
+from .conftest import needs_root
+from .test_containers import BUSYBOX, CGROUP_PARENT, ROOT, Lab, open_lab
 
 pytestmark = needs_root
 
@@ -33,28 +33,16 @@ CRICTL = Path(os.environ.get("TOOLS_DIR", "/var/cache/cri-py/tools")) / "bin" / 
 CONFIG = (
     (ROOT / "e2e" / "lab-config.yaml").read_text()
     + "network:\n  bridge: cri-pyt6\n  subnet: 10.93.0.0/24\n  cni_conf_dir: /nonexistent\n"
+    + f"cgroups:\n  default_parent: {CGROUP_PARENT}\n"
 )
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    if not registry_up():
-        pytest.skip("the lab registry on 127.0.0.1:5000 is not running (make registry images)")
     if not CRICTL.exists():
         pytest.skip(f"{CRICTL} not installed")
-    base = tmp_path_factory.mktemp("streaming")
-    daemon = start_daemon(base / "daemon", CONFIG)
-    lab = Lab(daemon, base / "logs")
-    try:
-        daemon.images().PullImage(
-            pb.PullImageRequest(image=pb.ImageSpec(image=BUSYBOX)), timeout=120
-        )
-        yield lab
-    finally:
-        for pod in lab.pods:
-            with contextlib.suppress(grpc.RpcError):
-                lab.remove_pod(pod)
-        daemon.stop()
+    with open_lab(tmp_path_factory.mktemp("streaming"), CONFIG) as opened:
+        yield opened
 
 
 def crictl(lab: Lab, *args: str, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
