@@ -3,8 +3,9 @@ read field by field. Unknown enum numbers are the client's error (InvalidArgumen
 
 from __future__ import annotations
 
+import enum
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from cri_py.api import api_pb2 as pb
 from cri_py.errors import InvalidArgument
@@ -21,12 +22,20 @@ from cri_py.runtime.model import (
 )
 from cri_py.store.codec import to_data
 
+E = TypeVar("E", bound=enum.Enum)
+
+
+def parse_enum(kind: type[E], value: int, message: str) -> E:
+    """A protobuf enum number as our enum; a number the CRI does not define is the client's
+    error (`message` says which field), not a crash."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise InvalidArgument(message) from None
+
 
 def _mode(value: int, what: str) -> NamespaceMode:
-    try:
-        return NamespaceMode(value)
-    except ValueError:
-        raise InvalidArgument(f"{what}: unknown namespace mode {value}") from None
+    return parse_enum(NamespaceMode, value, f"{what}: unknown namespace mode {value}")
 
 
 def sandbox_config(config: pb.PodSandboxConfig) -> SandboxConfig:
@@ -74,10 +83,9 @@ def sandbox_filter(request: pb.ListPodSandboxRequest) -> SandboxFilter:
     f = request.filter
     state = None
     if f.HasField("state"):
-        try:
-            state = SandboxState(f.state.state)
-        except ValueError:
-            raise InvalidArgument(f"unknown pod sandbox state {f.state.state}") from None
+        state = parse_enum(
+            SandboxState, f.state.state, f"unknown pod sandbox state {f.state.state}"
+        )
     return SandboxFilter(id=f.id, state=state, labels=dict(f.label_selector))
 
 

@@ -23,6 +23,7 @@ from cri_py.runtime.container_model import (
     SupplementalGroupsPolicy,
 )
 from cri_py.runtime.model import NamespaceMode
+from cri_py.server.convert import parse_enum
 from cri_py.store.codec import to_data
 
 
@@ -77,10 +78,9 @@ def linux_resources(r: Resources, oom_score_adj: int = 0) -> pb.LinuxContainerRe
 
 
 def _profile(message: pb.SecurityProfile, what: str) -> SecurityProfile:
-    try:
-        kind = ProfileType(message.profile_type)
-    except ValueError:
-        raise InvalidArgument(f"unknown {what} profile type {message.profile_type}") from None
+    kind = parse_enum(
+        ProfileType, message.profile_type, f"unknown {what} profile type {message.profile_type}"
+    )
     return SecurityProfile(kind, message.localhost_ref)
 
 
@@ -88,10 +88,9 @@ def container_config(config: pb.ContainerConfig) -> ContainerConfig:
     security = config.linux.security_context
     mounts = []
     for m in config.mounts:
-        try:
-            propagation = Propagation(m.propagation)
-        except ValueError:
-            raise InvalidArgument(f"mount {m.container_path}: unknown propagation") from None
+        propagation = parse_enum(
+            Propagation, m.propagation, f"mount {m.container_path}: unknown propagation"
+        )
         image = m.image.image if m.HasField("image") else ""
         if image and m.host_path:
             raise InvalidArgument(
@@ -108,10 +107,9 @@ def container_config(config: pb.ContainerConfig) -> ContainerConfig:
                 image_sub_path=m.image_sub_path,
             )
         )
-    try:
-        pid_mode = NamespaceMode(security.namespace_options.pid)
-    except ValueError:
-        raise InvalidArgument("unknown PID namespace mode") from None
+    pid_mode = parse_enum(
+        NamespaceMode, security.namespace_options.pid, "unknown PID namespace mode"
+    )
     return ContainerConfig(
         metadata=ContainerMetadata(config.metadata.name, config.metadata.attempt),
         image=config.image.image,
@@ -164,10 +162,9 @@ def container_config(config: pb.ContainerConfig) -> ContainerConfig:
 
 
 def _groups_policy(value: int) -> SupplementalGroupsPolicy:
-    try:
-        return SupplementalGroupsPolicy(value)
-    except ValueError:
-        raise InvalidArgument(f"unknown supplemental groups policy {value}") from None
+    return parse_enum(
+        SupplementalGroupsPolicy, value, f"unknown supplemental groups policy {value}"
+    )
 
 
 def container_filter(request: pb.ListContainersRequest) -> ContainerFilter:
@@ -176,10 +173,9 @@ def container_filter(request: pb.ListContainersRequest) -> ContainerFilter:
     f = request.filter
     state = None
     if f.HasField("state"):
-        try:
-            state = ContainerState(f.state.state)
-        except ValueError:
-            raise InvalidArgument(f"unknown container state {f.state.state}") from None
+        state = parse_enum(
+            ContainerState, f.state.state, f"unknown container state {f.state.state}"
+        )
     return ContainerFilter(
         id=f.id, state=state, sandbox_id=f.pod_sandbox_id, labels=dict(f.label_selector)
     )
