@@ -109,3 +109,22 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
         yield d
     finally:
         d.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remove_test_bridges() -> Iterator[None]:
+    """Each test module runs its daemons on a bridge of its own (cri-pyt*, cri-pycni0...);
+    the ones this session made are deleted when it ends, so the machine is left as found."""
+    before = set(_cri_py_links())
+    yield
+    if os.geteuid() != 0:
+        return
+    for name in sorted(set(_cri_py_links()) - before):
+        subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+
+
+def _cri_py_links() -> list[str]:
+    try:
+        return [n for n in os.listdir("/sys/class/net") if n.startswith("cri-py")]
+    except OSError:
+        return []
