@@ -178,6 +178,135 @@ def mount_setattr(
     )
 
 
+# <linux/mount.h>: open_tree(2) and move_mount(2) (Linux 5.2), the same numbers on every arch.
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+OPEN_TREE_CLONE = 0x1
+OPEN_TREE_CLOEXEC = 0o2000000
+AT_EMPTY_PATH = 0x1000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+
+
+def open_tree(path: str | os.PathLike[str], flags: int, dirfd: int = AT_FDCWD) -> int:
+    """A file descriptor for the mount at `path`; with OPEN_TREE_CLONE a detached copy of it
+    (the only kind of mount MOUNT_ATTR_IDMAP may be set on)."""
+    return int(
+        _check(
+            _libc.syscall(
+                ctypes.c_long(_SYS_OPEN_TREE),
+                ctypes.c_int(dirfd),
+                _path(path),
+                ctypes.c_uint(flags),
+            ),
+            f"open_tree(path={path!s}, flags={flags:#x})",
+        )
+    )
+
+
+def move_mount(fd: int, target: str | os.PathLike[str]) -> None:
+    """Attaches the detached mount `fd` (from open_tree) at `target`."""
+    _check(
+        _libc.syscall(
+            ctypes.c_long(_SYS_MOVE_MOUNT),
+            ctypes.c_int(fd),
+            b"",
+            ctypes.c_int(AT_FDCWD),
+            _path(target),
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+        ),
+        f"move_mount(fd={fd}, target={target!s})",
+    )
+
+
+# <linux/bpf.h>: bpf(2) for cgroup v2 device programs.
+_SYS_BPF_BY_MACHINE = {"x86_64": 321, "aarch64": 280}
+BPF_PROG_LOAD = 5
+BPF_PROG_ATTACH = 8
+BPF_PROG_DETACH = 9
+BPF_PROG_TYPE_CGROUP_DEVICE = 15
+BPF_CGROUP_DEVICE = 6
+BPF_F_ALLOW_MULTI = 0x2
+
+
+class _BpfProgLoad(ctypes.Structure):
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * 16),
+        ("prog_ifindex", ctypes.c_uint32),
+        ("expected_attach_type", ctypes.c_uint32),
+    ]
+
+
+class _BpfProgAttach(ctypes.Structure):
+    _fields_ = [
+        ("target_fd", ctypes.c_uint32),
+        ("attach_bpf_fd", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("attach_flags", ctypes.c_uint32),
+        ("replace_bpf_fd", ctypes.c_uint32),
+    ]
+
+
+def _bpf(command: int, attr: ctypes.Structure) -> int:
+    number = _SYS_BPF_BY_MACHINE.get(os.uname().machine, 321)
+    return int(
+        _libc.syscall(
+            ctypes.c_long(number),
+            ctypes.c_int(command),
+            ctypes.byref(attr),
+            ctypes.c_uint(ctypes.sizeof(attr)),
+        )
+    )
+
+
+def bpf_prog_load(prog_type: int, instructions: bytes, license: str, name: str = "") -> int:
+    """A file descriptor of the loaded program; the verifier's log is in the error."""
+    if len(instructions) % 8:
+        raise ValueError("eBPF instructions are 8 bytes each")
+    code = ctypes.create_string_buffer(instructions, len(instructions))
+    license_text = ctypes.create_string_buffer(license.encode())
+    log = ctypes.create_string_buffer(65536)
+    attr = _BpfProgLoad(
+        prog_type=prog_type,
+        insn_cnt=len(instructions) // 8,
+        insns=ctypes.addressof(code),
+        license=ctypes.addressof(license_text),
+        log_level=1,
+        log_size=len(log),
+        log_buf=ctypes.addressof(log),
+        prog_name=name.encode()[:15],
+    )
+    fd = _bpf(BPF_PROG_LOAD, attr)
+    if fd < 0:
+        err = ctypes.get_errno()
+        verifier = log.value.decode(errors="replace").strip()[-2000:]
+        raise OSError(
+            err,
+            f"bpf(BPF_PROG_LOAD, type={prog_type}, insns={len(instructions) // 8}): "
+            f"{os.strerror(err)}" + (f"; verifier: {verifier}" if verifier else ""),
+        )
+    return fd
+
+
+def bpf_prog_attach(target_fd: int, prog_fd: int, attach_type: int, flags: int = 0) -> None:
+    attr = _BpfProgAttach(
+        target_fd=target_fd, attach_bpf_fd=prog_fd, attach_type=attach_type, attach_flags=flags
+    )
+    _check(
+        _bpf(BPF_PROG_ATTACH, attr),
+        f"bpf(BPF_PROG_ATTACH, target_fd={target_fd}, prog_fd={prog_fd}, "
+        f"attach_type={attach_type}, flags={flags:#x})",
+    )
+
+
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return _check(
         _libc.prctl(option, arg2, arg3, arg4, arg5),

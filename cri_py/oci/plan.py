@@ -5,7 +5,7 @@ which flags in which order, what to mask, who to become and what to run. Pure an
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cri_py.oci.capabilities import CapabilityError, CapabilitySets
@@ -74,6 +74,74 @@ class PlanError(ValueError):
     """The spec asks for something the launcher cannot do; the message says what."""
 
 
+# (container ID, host ID, size): one line of a uid_map / gid_map.
+IdRange = tuple[int, int, int]
+
+
+def host_id(mappings: tuple[IdRange, ...], container_id: int) -> int:
+    """The host ID that `container_id` is inside a user namespace with these ranges."""
+    for inside, outside, size in mappings:
+        if inside <= container_id < inside + size:
+            return outside + container_id - inside
+    raise PlanError(f"ID {container_id} is not mapped in the container's user namespace")
+
+
+def _id_ranges(entries: Any) -> tuple[IdRange, ...]:
+    return tuple((int(e["containerID"]), int(e["hostID"]), int(e["size"])) for e in entries or ())
+
+
+def shift_owner_options(
+    step: MountStep, uid_mappings: tuple[IdRange, ...], gid_mappings: tuple[IdRange, ...]
+) -> MountStep:
+    """A tmpfs or devpts mount made by the host's root for a container in a user namespace:
+    its `uid=`/`gid=` options name container IDs (a runtime mounting inside the namespace
+    would read them so), so they become host IDs, and a tmpfs without them is owned by the
+    container's root rather than by the host's (which the container would see as nobody)."""
+    if step.fstype not in ("tmpfs", "devpts") or not uid_mappings:
+        return step
+    options = [o for o in step.data.split(",") if o]
+    shifted = []
+    for option in options:
+        key, _, value = option.partition("=")
+        if key in ("uid", "gid") and value.isdigit():
+            mappings = uid_mappings if key == "uid" else gid_mappings
+            option = f"{key}={host_id(mappings, int(value))}"
+        shifted.append(option)
+    if step.fstype == "tmpfs":
+        for key, mappings in (("uid", uid_mappings), ("gid", gid_mappings)):
+            if not any(o.startswith(key + "=") for o in shifted):
+                shifted.append(f"{key}={host_id(mappings, 0)}")
+    return replace(step, data=",".join(shifted))
+
+
+def idmapped_overlay(
+    step: MountStep, staging: str
+) -> tuple[tuple[tuple[str, str], ...], MountStep, str]:
+    """An overlay whose lower layers the container sees through its user namespace: each
+    `lowerdir` gets a staging dir (`staging/<n>`) where the launcher attaches an idmapped
+    clone of it, and the overlay stacks those instead. The upper dir stays plain (as in
+    containerd's overlay snapshotter with idmapped layers): what the container writes is
+    stored with its host IDs, and the upper dir itself must belong to the container's root
+    (it is the overlay's "/"). Returns ((layer, staging dir) pairs, the new step, the upper
+    dir or "")."""
+    options = []
+    layers: list[tuple[str, str]] = []
+    upper = ""
+    for option in step.data.split(","):
+        key, _, value = option.partition("=")
+        if key == "lowerdir":
+            staged = []
+            for index, layer in enumerate(value.split(":")):
+                target = f"{staging}/{index}"
+                layers.append((layer, target))
+                staged.append(target)
+            option = "lowerdir=" + ":".join(staged)
+        elif key == "upperdir":
+            upper = value
+        options.append(option)
+    return tuple(layers), replace(step, data=",".join(options)), upper
+
+
 @dataclass(frozen=True)
 class MountStep:
     destination: str
@@ -89,6 +157,8 @@ class MountStep:
     # An image volume's directory to show instead of the image's root (cri-py's
     # `imageSubPath`): the overlay is mounted aside and this part of it bound at destination.
     sub_path: str = ""
+    # A bind mount shown through the container's user namespace (an idmapped mount).
+    idmap: bool = False
 
     @property
     def is_bind(self) -> bool:
@@ -157,6 +227,12 @@ class LaunchPlan:
     cgroup_mounts: tuple[tuple[str, str], ...] = ()
     security: Security = field(default_factory=lambda: Security())
     devices: tuple[DeviceStep, ...] = ()
+    # The pod's user namespace (a pinned file; "" = the host's users), joined last, after
+    # every mount is made (by the host's root, which alone may make idmapped mounts), and its
+    # (container ID, host ID, size) ranges.
+    user_namespace: str = ""
+    uid_mappings: tuple[IdRange, ...] = ()
+    gid_mappings: tuple[IdRange, ...] = ()
 
     @property
     def forks_for_pid(self) -> bool:
@@ -205,6 +281,7 @@ def mount_step(mount: Mapping[str, Any]) -> MountStep:
         propagation=propagation,
         recursive_readonly=recursive_readonly,
         sub_path=str(mount.get("imageSubPath", "") or ""),
+        idmap=bool(mount.get("uidMappings") or mount.get("gidMappings")),
     )
 
 
@@ -257,12 +334,19 @@ def build_plan(spec: Mapping[str, Any]) -> LaunchPlan:
     linux = spec.get("linux") or {}
     join: list[tuple[str, str]] = []
     own: set[str] = set()
+    user_namespace = ""
     for ns in linux.get("namespaces", ()):
         kind = str(ns["type"])
-        if ns.get("path"):
+        if kind == "user" and ns.get("path"):
+            user_namespace = str(ns["path"])
+        elif ns.get("path"):
             join.append((kind, str(ns["path"])))
         else:
             own.add(kind)
+    uid_mappings = _id_ranges(linux.get("uidMappings"))
+    gid_mappings = _id_ranges(linux.get("gidMappings"))
+    if bool(user_namespace) != bool(uid_mappings and gid_mappings):
+        raise PlanError("a user namespace path needs uidMappings and gidMappings (and only it)")
     unsupported = own - {"mount", "pid"}
     if unsupported:
         raise PlanError(f"new namespaces of type {sorted(unsupported)} are the sandbox's job")
@@ -271,6 +355,17 @@ def build_plan(spec: Mapping[str, Any]) -> LaunchPlan:
     late: list[MountStep] = []
     for mount in spec.get("mounts", ()):
         step = mount_step(mount)
+        if step.idmap and (
+            not user_namespace
+            or _id_ranges(mount.get("uidMappings")) != uid_mappings
+            or _id_ranges(mount.get("gidMappings")) != gid_mappings
+        ):
+            raise PlanError(
+                f"mount {step.destination}: only the container's own user namespace "
+                "mappings can idmap a mount"
+            )
+        if user_namespace:
+            step = shift_owner_options(step, uid_mappings, gid_mappings)
         (late if step.fstype == "proc" else early).append(step)
     root = spec.get("root") or {}
     propagation = str(linux.get("rootfsPropagation") or "rslave")
@@ -300,6 +395,9 @@ def build_plan(spec: Mapping[str, Any]) -> LaunchPlan:
         annotations=dict(spec.get("annotations") or {}),
         security=_security(process, linux),
         devices=tuple(device_step(d) for d in linux.get("devices", ())),
+        user_namespace=user_namespace,
+        uid_mappings=uid_mappings,
+        gid_mappings=gid_mappings,
     )
 
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cri_py.oci.cgroups import Resources
-from cri_py.runtime.model import NamespaceMode
+from cri_py.runtime.model import IDMapping, NamespaceMode, UserNamespace
 
 
 class ContainerState(enum.IntEnum):
@@ -74,6 +74,10 @@ class Mount:
     image_sub_path: str = ""
     # The image's ID, resolved at create (ContainerStatus reports it as the mount's image_ref).
     image_ref: str = ""
+    # An idmapped mount (kubelet sends the pod's mappings for every mount of a pod with its
+    # own user namespace): host IDs appear shifted into the container's range.
+    uid_mappings: tuple[IDMapping, ...] = ()
+    gid_mappings: tuple[IDMapping, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,8 @@ class ContainerConfig:
     metadata: ContainerMetadata
     # The image as the client named it (ImageSpec.image): a reference or an image ID.
     image: str
+    # kubelet names the image by ID in `image` and as the pod spec has it here.
+    user_specified_image: str = ""
     command: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
     working_dir: str = ""
@@ -111,6 +117,8 @@ class ContainerConfig:
     supplemental_groups: tuple[int, ...] = ()
     pid_mode: NamespaceMode = NamespaceMode.CONTAINER
     target_id: str = ""
+    # The user namespace the client asked for (None: unset, the pod's); it must be the pod's.
+    user_namespace: UserNamespace | None = None
     readonly_rootfs: bool = False
     privileged: bool = False
     # Capability names as the client sent them ("NET_ADMIN", "CAP_NET_ADMIN", "ALL").
@@ -176,6 +184,8 @@ class ContainerRecord:
     user: ContainerUser | None = None
     # The container's cgroup path, absolute from each hierarchy's root ("" = none made).
     cgroup: str = ""
+    # The image as ContainerStatus names it: the user's reference, not an ID (see image_name).
+    image_name: str = ""
 
 
 @dataclass(frozen=True)

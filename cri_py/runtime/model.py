@@ -7,6 +7,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from cri_py.oci.cgroups import Resources
+
 
 class NamespaceMode(enum.IntEnum):
     """CRI's NamespaceMode values (the numbers are the proto's)."""
@@ -63,10 +65,30 @@ class PortMapping:
 
 
 @dataclass(frozen=True)
+class IDMapping:
+    """A range of IDs: `length` IDs from `container_id` inside are `host_id`... outside."""
+
+    container_id: int
+    host_id: int
+    length: int
+
+
+@dataclass(frozen=True)
+class UserNamespace:
+    """The CRI's UserNamespace: NODE (the host's users) or POD (a pod-wide user namespace with
+    these mappings). An unset CRI field means NODE: a pod that did not ask keeps host users."""
+
+    mode: NamespaceMode = NamespaceMode.NODE
+    uids: tuple[IDMapping, ...] = ()
+    gids: tuple[IDMapping, ...] = ()
+
+
+@dataclass(frozen=True)
 class NamespaceOptions:
     network: NamespaceMode = NamespaceMode.POD
     pid: NamespaceMode = NamespaceMode.POD
     ipc: NamespaceMode = NamespaceMode.POD
+    user: UserNamespace = field(default_factory=UserNamespace)
 
 
 @dataclass(frozen=True)
@@ -82,6 +104,10 @@ class SandboxConfig:
     sysctls: Mapping[str, str] = field(default_factory=dict)
     cgroup_parent: str = ""
     privileged: bool = False
+    # Pod-level resources: the sum of the containers' and the pod overhead (both from
+    # kubelet; UpdatePodSandboxResources replaces them on a resize).
+    resources: Resources = field(default_factory=Resources)
+    overhead: Resources = field(default_factory=Resources)
 
 
 @dataclass(frozen=True)
@@ -110,6 +136,9 @@ class SandboxRecord:
     namespaces: Mapping[str, str] = field(default_factory=dict)
     shm_path: str = ""
     hostname: str = ""
+    # The pod cgroup cri-py made (and limits) when the CRI gave no cgroup_parent; the pod's
+    # containers go under it. "" when kubelet's parent is used (kubelet sizes that one).
+    cgroup: str = ""
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ def namespace_of(name: str) -> str | None:
 def validate_sysctls(sysctls: Mapping[str, str], namespaces: NamespaceOptions) -> None:
     """Raises InvalidArgument naming the first sysctl the pod may not set."""
     for name, value in sysctls.items():
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):  # fullmatch: `$` would let a trailing newline in
             raise InvalidArgument(f"sysctl {name!r}: not a valid sysctl name")
         if "\n" in value or "\x00" in value:
             raise InvalidArgument(f"sysctl {name}: value must be a single line")

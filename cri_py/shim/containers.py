@@ -126,12 +126,15 @@ def join_cgroup(procs_files: Sequence[str], pid: int) -> None:
             f.write(str(pid))
 
 
-def set_oom_score_adj(pid: int, value: int) -> None:
+def set_oom_score_adj(pid: int, value: int) -> int:
     """Lowering a score needs CAP_SYS_RESOURCE, which this runtime may lack: then the process
-    keeps the (higher) score it inherited, as the closest allowed value."""
+    keeps the (higher) score it inherited, as the closest allowed value. Returns the value the
+    process has now (the daemon reports a clamp)."""
     path = f"/proc/{pid}/oom_score_adj"
     with contextlib.suppress(PermissionError), open(path, "w") as f:
         f.write(str(value))
+    with open(path) as f:
+        return int(f.read())
 
 
 def _nonblocking(fd: int) -> int:
@@ -313,8 +316,9 @@ class Containers:
             container.oom_file = str(params.get("oom_file", ""))
             try:
                 join_cgroup(container.cgroup_procs, pid)
+                oom_score_adj = None
                 if params.get("oom_score_adj"):
-                    set_oom_score_adj(pid, int(params["oom_score_adj"]))
+                    oom_score_adj = set_oom_score_adj(pid, int(params["oom_score_adj"]))
             except OSError as e:
                 raise ContainerError("failed", f"joining the container's cgroup: {e}") from e
             container.user = User(
@@ -330,7 +334,10 @@ class Containers:
             self._by_pid[pid] = container_id
         for fd in container.outputs:
             self._hooks.add_reader(fd, functools.partial(self._on_output, container, fd))
-        return container.view()
+        view = container.view()
+        if oom_score_adj is not None:
+            view["oom_score_adj"] = oom_score_adj  # applied (maybe clamped)
+        return view
 
     def start(self, container_id: str) -> dict[str, Any]:
         container = self.get(container_id)
@@ -573,6 +580,8 @@ class Containers:
             raise ContainerError("invalid", "exec needs a command")
         timeout = float(params.get("timeout", 0) or 0)
         kinds = {"network": "net", "ipc": "ipc", "uts": "uts", "pid": "pid", "mount": "mnt"}
+        if container.plan.user_namespace:
+            kinds["user"] = "user"  # last: the others need the host's root to join
         join = [(kind, f"/proc/{container.pid}/ns/{name}") for kind, name in kinds.items()]
         if stdio is not None and len(stdio) != 3:
             raise ContainerError("invalid", f"a streaming exec needs 3 fds, got {len(stdio)}")

@@ -31,11 +31,14 @@ from cri_py.linux import syscalls
 from cri_py.oci.capabilities import CAP_SYS_ADMIN, before_exec, sets_for_user
 from cri_py.oci.plan import (
     DeviceStep,
+    IdRange,
     LaunchPlan,
     MountStep,
     Security,
     User,
     executable_candidates,
+    host_id,
+    idmapped_overlay,
     resolve_user,
 )
 from cri_py.oci.seccomp import SeccompFilter
@@ -50,6 +53,7 @@ NAMESPACE_FLAGS = {
     "uts": syscalls.CLONE_NEWUTS,
     "pid": syscalls.CLONE_NEWPID,
     "mount": syscalls.CLONE_NEWNS,
+    "user": syscalls.CLONE_NEWUSER,
 }
 # Device nodes of every container's /dev (major, minor), as runc creates them.
 DEVICES = {
@@ -158,12 +162,59 @@ def make_mount_point(target: str, source: str, is_bind: bool) -> None:
         os.makedirs(target, exist_ok=True)
 
 
-def perform_mount(step: MountStep, target: str) -> None:
+def idmapped_bind(source: str, target: str, userns_fd: int, recursive: bool) -> None:
+    """Binds `source` at `target` as seen through the user namespace `userns_fd` (host ID
+    H + n shows as container ID n). Only a detached clone may get MOUNT_ATTR_IDMAP, so the
+    clone is made, idmapped, then attached."""
+    recursion = syscalls.AT_RECURSIVE if recursive else 0
+    tree = syscalls.open_tree(
+        source, syscalls.OPEN_TREE_CLONE | syscalls.OPEN_TREE_CLOEXEC | recursion
+    )
+    try:
+        syscalls.mount_setattr(
+            "",
+            syscalls.AT_EMPTY_PATH | recursion,
+            syscalls.MOUNT_ATTR_IDMAP,
+            userns_fd=userns_fd,
+            dirfd=tree,
+        )
+        syscalls.move_mount(tree, target)
+    finally:
+        os.close(tree)
+
+
+def stage_idmapped_layers(
+    step: MountStep,
+    staging: str,
+    userns_fd: int,
+    uid_mappings: tuple[IdRange, ...],
+    gid_mappings: tuple[IdRange, ...],
+) -> MountStep:
+    """An overlay step rewritten to stack idmapped clones of its layers (attached under
+    `staging`, on the private mount beside the rootfs: they go with the mount namespace).
+    An overlay itself cannot be idmapped (EINVAL); its layers can (Linux 5.19)."""
+    layers, step, upper = idmapped_overlay(step, staging)
+    for source, target in layers:
+        os.makedirs(target, exist_ok=True)
+        idmapped_bind(source, target, userns_fd, recursive=False)
+    if upper:
+        os.chown(upper, host_id(uid_mappings, 0), host_id(gid_mappings, 0))
+    return step
+
+
+def perform_mount(step: MountStep, target: str, userns_fd: int = -1) -> None:
     if step.fstype == "cgroup":
         # The container's cgroup view is the cgroups issue's (issue 7): until it lands,
         # /sys/fs/cgroup stays the empty directory of the container's fresh sysfs.
         return
-    if step.is_bind:
+    if step.is_bind and step.idmap:
+        if userns_fd < 0:
+            raise LaunchError(f"idmapped mount at {step.destination} without a user namespace")
+        idmapped_bind(step.source, target, userns_fd, bool(step.flags & syscalls.MS_REC))
+        if step.remount_flags:
+            flags = step.remount_flags | _locked_flags(target)
+            syscalls.mount(None, target, None, flags)
+    elif step.is_bind:
         syscalls.mount(step.source, target, None, step.flags & (syscalls.MS_BIND | syscalls.MS_REC))
         if step.remount_flags:
             flags = step.remount_flags | _locked_flags(target)
@@ -286,8 +337,11 @@ def create_devices(root: str, devices: Sequence[DeviceStep]) -> None:
         os.umask(old)
 
 
-def prepare_rootfs(plan: LaunchPlan, rootfs_mounts: Sequence[MountStep]) -> None:
-    """Inside the new mount namespace: the rootfs, the spec's mounts, then pivot_root."""
+def prepare_rootfs(
+    plan: LaunchPlan, rootfs_mounts: Sequence[MountStep], userns_fd: int = -1
+) -> None:
+    """Inside the new mount namespace: the rootfs, the spec's mounts, then pivot_root. With
+    a user namespace (`userns_fd`), overlays stack idmapped layers and idmap binds use it."""
     # rslave (the default): host mounts made later still reach rslave volumes, nothing
     # mounted here reaches the host. rshared keeps the tree the host's peer, for rshared
     # volumes; then the rootfs's parent must be private, or the overlay below would appear
@@ -295,14 +349,31 @@ def prepare_rootfs(plan: LaunchPlan, rootfs_mounts: Sequence[MountStep]) -> None
     syscalls.mount(None, "/", None, plan.rootfs_propagation)
     root = plan.rootfs
     syscalls.mount(None, _mount_point_of(root), None, syscalls.MS_PRIVATE)
+    idmapped_dir = os.path.join(os.path.dirname(root), "idmapped")
     for step in rootfs_mounts:
         try:
+            if userns_fd >= 0 and step.fstype == "overlay":
+                step = stage_idmapped_layers(
+                    step,
+                    os.path.join(idmapped_dir, "rootfs"),
+                    userns_fd,
+                    plan.uid_mappings,
+                    plan.gid_mappings,
+                )
             syscalls.mount(step.source, root, step.fstype, step.flags, step.data or None)
         except OSError as e:
             raise LaunchError(f"mounting the rootfs at {root}: {e}") from e
     for index, step in enumerate(plan.mounts):
         target = secure_join(root, step.destination)
         try:
+            if userns_fd >= 0 and step.fstype == "overlay":
+                step = stage_idmapped_layers(
+                    step,
+                    os.path.join(idmapped_dir, str(index)),
+                    userns_fd,
+                    plan.uid_mappings,
+                    plan.gid_mappings,
+                )
             if step.sub_path:
                 staging = os.path.join(os.path.dirname(root), "image-volumes", str(index))
                 mount_sub_path(step, target, staging)
@@ -311,7 +382,7 @@ def prepare_rootfs(plan: LaunchPlan, rootfs_mounts: Sequence[MountStep]) -> None
             if step.fstype == "cgroup":
                 mount_cgroups(step, target, plan.cgroup_mounts)
             else:
-                perform_mount(step, target)
+                perform_mount(step, target, userns_fd)
         except OSError as e:
             raise LaunchError(f"mount {step.source} at {step.destination}: {e}") from e
     populate_dev(root)
@@ -518,6 +589,10 @@ def run_init(
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         if plan.security.seccomp is not None:
             syscalls.open_libseccomp()  # from the host, before the rootfs replaces it
+        # Opened now: after pivot_root the pin's path is out of reach.
+        userns_fd = -1
+        if plan.user_namespace:
+            userns_fd = os.open(plan.user_namespace, os.O_RDONLY | os.O_CLOEXEC)
         join_namespaces(plan.join)
         flags = syscalls.CLONE_NEWNS if plan.new_mount_ns else 0
         if plan.new_pid_ns:
@@ -529,10 +604,19 @@ def run_init(
             if child != 0:
                 _parent_of_init(child, sync, mirror_exit)
         attach_terminal()
-        prepare_rootfs(plan, rootfs_mounts)
+        prepare_rootfs(plan, rootfs_mounts, userns_fd)
         finish_mounts(plan)
         user = resolve_user(plan.user, _read("/etc/passwd"), _read("/etc/group"))
         set_rlimits(plan.rlimits)
+        if userns_fd >= 0:
+            # Last: every mount above needed the host's root (idmapped mounts, /proc of a PID
+            # namespace the host's user namespace owns). From here on this process is root of
+            # the pod's user namespace, with all its capabilities there and none outside.
+            try:
+                syscalls.setns(userns_fd, syscalls.CLONE_NEWUSER)
+            except OSError as e:
+                raise LaunchError(f"joining the pod's user namespace: {e}") from e
+            os.close(userns_fd)
         become(user, plan.cwd, plan.security)
         send_ready(sync, {"uid": user.uid, "gid": user.gid, "groups": list(user.additional_gids)})
     except Exception as e:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cri_py.linux import syscalls
+from cri_py.linux.userns import UserNamespaceHelper
 from cri_py.shim import protocol
 from cri_py.shim.containers import EXEC_FRAME_BYTES, ContainerError, Containers, Hooks
 from cri_py.shim.spec import EXIT_FILE, LOG_FILE, SOCKET_FILE, SPEC_FILE, ShimSpec, sysctl_path
@@ -54,14 +55,47 @@ def create_namespaces(spec: ShimSpec) -> None:
         flags |= syscalls.CLONE_NEWIPC
     if spec.new_uts:
         flags |= syscalls.CLONE_NEWUTS
-    if flags:
-        syscalls.unshare(flags)
+    if spec.uid_map:
+        _enter_pod_user_namespace(spec, flags)
+    else:
+        if flags:
+            syscalls.unshare(flags)
+        write_sysctls(spec)
     if spec.new_uts and spec.hostname:
         socket.sethostname(spec.hostname)
+
+
+def write_sysctls(spec: ShimSpec) -> None:
     for name, value in spec.sysctls.items():
         # /proc/sys/net and the IPC sysctls resolve to the writer's own namespaces.
         with open(sysctl_path(name), "w") as f:
             f.write(value)
+
+
+def _enter_pod_user_namespace(spec: ShimSpec, flags: int) -> None:
+    """The pod's user namespace, pinned at `spec.user_pin`, and the pod's net/IPC/UTS
+    namespaces created inside it (so they belong to it), which this process then joins. The
+    shim itself stays in the host's user namespace: it keeps the host root's powers it needs
+    for containers' mounts and cgroups."""
+    # The sysctls are the helper's to write: as the namespace's root (see UserNamespaceHelper).
+    helper = UserNamespaceHelper(spec.uid_map, spec.gid_map, flags, lambda: write_sysctls(spec))
+    try:
+        for kind, flag in (
+            ("net", syscalls.CLONE_NEWNET),
+            ("ipc", syscalls.CLONE_NEWIPC),
+            ("uts", syscalls.CLONE_NEWUTS),
+        ):
+            if flags & flag:
+                fd = os.open(helper.ns_path(kind), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    syscalls.setns(fd, flag)
+                finally:
+                    os.close(fd)
+        pin = spec.user_pin
+        os.close(os.open(pin, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        syscalls.mount(helper.ns_path("user"), pin, None, syscalls.MS_BIND)
+    finally:
+        helper.close()
 
 
 def run_pid_init() -> None:

@@ -12,6 +12,11 @@ SPEC_FILE = "shim.json"
 SOCKET_FILE = "shim.sock"
 LOG_FILE = "shim.log"
 EXIT_FILE = "exit.json"
+# The shim template's module, and the argv space it is started with so that each shim it forks
+# can show the command line an exec'd shim would have (`ps` and cri-py's leak checks find a
+# shim by the bundle path in its /proc/<pid>/cmdline).
+TEMPLATE_MODULE = "cri_py.shim.zygote"
+TEMPLATE_TITLE_SPACE = 512
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,11 @@ class ShimSpec:
     new_pid: bool = False
     # Namespaced sysctls, already validated, written after the namespaces exist.
     sysctls: Mapping[str, str] = field(default_factory=dict)
+    # A pod with its own users: /proc/<pid>/uid_map and gid_map texts of the user namespace
+    # the shim creates (owning the new net/IPC/UTS namespaces), pinned at `user_pin`.
+    uid_map: str = ""
+    gid_map: str = ""
+    user_pin: str = ""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -37,6 +47,9 @@ class ShimSpec:
                 "new_uts": self.new_uts,
                 "new_pid": self.new_pid,
                 "sysctls": dict(self.sysctls),
+                "uid_map": self.uid_map,
+                "gid_map": self.gid_map,
+                "user_pin": self.user_pin,
             },
             sort_keys=True,
         )
@@ -52,6 +65,9 @@ class ShimSpec:
             new_uts=bool(data.get("new_uts", True)),
             new_pid=bool(data.get("new_pid", False)),
             sysctls={str(k): str(v) for k, v in data.get("sysctls", {}).items()},
+            uid_map=str(data.get("uid_map", "")),
+            gid_map=str(data.get("gid_map", "")),
+            user_pin=str(data.get("user_pin", "")),
         )
 
 

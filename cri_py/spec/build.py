@@ -33,6 +33,7 @@ from cri_py.spec.security import (
     container_seccomp,
     seccomp_profile,
 )
+from cri_py.spec.userns import linux_user_section, validate_container_user_namespace
 
 OCI_VERSION = "1.2.0"
 
@@ -92,6 +93,9 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
     privileged = config.privileged
     check_privileged(config, inputs.sandbox.privileged, config.metadata.name)
     check_mac(config)
+    validate_container_user_namespace(
+        config.user_namespace, inputs.sandbox.namespaces.user, config.mounts
+    )
     capabilities = container_capabilities(
         config.add_capabilities,
         config.drop_capabilities,
@@ -146,6 +150,7 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
         "rootfsPropagation": "rshared"
         if any(m.propagation == Propagation.BIDIRECTIONAL for m in config.mounts)
         else "rslave",
+        **linux_user_section(inputs.sandbox.namespaces.user),
     }
     seccomp = container_seccomp(
         seccomp_profile(config), privileged, capabilities["bounding"], inputs.seccomp_localhost

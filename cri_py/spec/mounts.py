@@ -14,6 +14,7 @@ from typing import Any
 from cri_py.errors import InvalidArgument
 from cri_py.runtime.container_model import Mount, Propagation
 from cri_py.spec.rootfs import MAX_OPTIONS_BYTES
+from cri_py.spec.userns import oci_mappings
 
 # The kernel filesystems every container gets (containerd's and runc's default spec).
 KERNEL_MOUNTS: tuple[dict[str, Any], ...] = (
@@ -169,6 +170,10 @@ def cri_mounts(
         if mount.recursive_read_only:
             # OCI runtime-spec 1.1's "rro": mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY).
             bind["options"].append("rro")
+        if mount.uid_mappings or mount.gid_mappings:
+            # An idmapped mount (runtime-spec 1.1): host owners appear shifted by the mapping.
+            bind["uidMappings"] = oci_mappings(mount.uid_mappings)
+            bind["gidMappings"] = oci_mappings(mount.gid_mappings)
         result.append(bind)
     return result
 

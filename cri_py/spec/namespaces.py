@@ -18,15 +18,18 @@ def container_namespaces(
     target_pid_path: str = "",
     pod_pid_mode: NamespaceMode = NamespaceMode.NODE,
 ) -> list[dict[str, str]]:
-    """`pod_pins` maps "net"/"ipc"/"uts"/"pid" to the pod's pinned namespace files; one that is
-    absent is the host's (pod with host network / IPC / PID), which the container then shares
-    by not listing it."""
+    """`pod_pins` maps "net"/"ipc"/"uts"/"pid"/"user" to the pod's pinned namespace files; one
+    that is absent is the host's (pod with host network / IPC / PID / users), which the
+    container then shares by not listing it."""
     namespaces = [
         {"type": oci_type, "path": pod_pins[pin]}
         for oci_type, pin in _POD_NAMESPACES
         if pin in pod_pins
     ]
     namespaces.append({"type": "mount"})
+    if "user" in pod_pins:
+        # The pod's user namespace (hostUsers: false): every container of the pod shares it.
+        namespaces.append({"type": "user", "path": pod_pins["user"]})
     if pid_mode == NamespaceMode.CONTAINER:
         namespaces.append({"type": "pid"})
     elif pid_mode == NamespaceMode.POD:

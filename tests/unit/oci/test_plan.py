@@ -179,3 +179,84 @@ def test_devices_are_planned_and_bad_ones_refused() -> None:
         device_step({**device, "path": "/dev/../etc/x"})
     with pytest.raises(PlanError):
         device_step({**device, "type": "z"})
+
+
+MAPPINGS = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+USERNS_SPEC = {
+    **SPEC,
+    "mounts": [
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["mode=755"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["newinstance", "gid=5"]},
+        {"destination": "/data", "type": "bind", "source": "/d", "options": ["rbind"],
+         "uidMappings": MAPPINGS, "gidMappings": MAPPINGS},
+    ],
+    "linux": {
+        "namespaces": [
+            {"type": "network", "path": "/p/net"},
+            {"type": "user", "path": "/p/user"},
+            {"type": "mount"},
+        ],
+        "uidMappings": MAPPINGS,
+        "gidMappings": MAPPINGS,
+    },
+}  # fmt: skip
+
+
+def test_user_namespace_is_joined_apart_from_the_others_with_its_mappings() -> None:
+    plan = build_plan(USERNS_SPEC)
+    assert plan.join == (("network", "/p/net"),)
+    assert plan.user_namespace == "/p/user"
+    assert plan.uid_mappings == plan.gid_mappings == ((0, 100000, 65536),)
+
+
+def test_user_namespace_mounts_name_host_owners_and_idmap_binds() -> None:
+    dev, pts, data = build_plan(USERNS_SPEC).mounts
+    # A tmpfs made by the host's root is the container root's; devpts's tty group shifted.
+    assert dev.data == "mode=755,uid=100000,gid=100000"
+    assert pts.data == "newinstance,gid=100005"
+    assert data.idmap and data.is_bind
+
+
+def test_idmapped_mount_with_other_mappings_than_the_containers_is_refused() -> None:
+    other = [{"containerID": 0, "hostID": 300000, "size": 65536}]
+    spec = {**USERNS_SPEC, "mounts": [{**USERNS_SPEC["mounts"][2], "uidMappings": other}]}  # type: ignore[index, dict-item]
+    with pytest.raises(PlanError, match="only the container's own user namespace"):
+        build_plan(spec)
+    without_userns = {**SPEC, "mounts": [USERNS_SPEC["mounts"][2]]}  # type: ignore[index]
+    with pytest.raises(PlanError, match="only the container's own user namespace"):
+        build_plan(without_userns)
+
+
+def test_user_namespace_without_mappings_is_refused() -> None:
+    linux = {**USERNS_SPEC["linux"], "uidMappings": []}  # type: ignore[dict-item]
+    with pytest.raises(PlanError, match="uidMappings and gidMappings"):
+        build_plan({**USERNS_SPEC, "linux": linux})
+
+
+def test_host_id_shifts_inside_the_range_and_refuses_outside() -> None:
+    ranges = ((0, 100000, 10),)
+    assert p.host_id(ranges, 0) == 100000
+    assert p.host_id(ranges, 9) == 100009
+    with pytest.raises(PlanError, match="ID 10 is not mapped"):
+        p.host_id(ranges, 10)
+
+
+def test_idmapped_overlay_stacks_staged_layers_and_keeps_the_upper_dir() -> None:
+    step = mount_step(
+        {
+            "destination": "/r",
+            "type": "overlay",
+            "source": "overlay",
+            "options": ["lowerdir=/l/top:/l/base", "upperdir=/c/upper", "workdir=/c/work"],
+        }
+    )
+    layers, staged, upper = p.idmapped_overlay(step, "/c/idmapped/rootfs")
+    assert layers == (("/l/top", "/c/idmapped/rootfs/0"), ("/l/base", "/c/idmapped/rootfs/1"))
+    assert staged.data == (
+        "lowerdir=/c/idmapped/rootfs/0:/c/idmapped/rootfs/1,upperdir=/c/upper,workdir=/c/work"
+    )
+    assert upper == "/c/upper"
+    # An image volume's overlay has no upper dir: nothing to hand to the container's root.
+    volume = mount_step({"destination": "/v", "type": "overlay", "options": ["ro", "lowerdir=/a"]})
+    assert p.idmapped_overlay(volume, "/s")[2] == ""

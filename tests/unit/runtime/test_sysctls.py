@@ -45,7 +45,9 @@ def test_net_sysctl_with_host_network_is_invalid_argument() -> None:
     validate_sysctls({"kernel.shmmni": "1"}, host_net)
 
 
-@pytest.mark.parametrize("name", ["net/../../kernel/pid_max", "net..x", "net.ipv4 x", ""])
+@pytest.mark.parametrize(
+    "name", ["net/../../kernel/pid_max", "net..x", "net.ipv4 x", "", "net.core.somaxconn\n"]
+)
 def test_malformed_names_are_invalid_argument(name: str) -> None:
     with pytest.raises(InvalidArgument):
         validate_sysctls({name: "1"}, POD)

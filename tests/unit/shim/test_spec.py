@@ -10,6 +10,8 @@ from cri_py.shim.spec import ShimSpec, sysctl_path
 def test_spec_round_trips_through_json() -> None:
     spec = ShimSpec("a" * 64, hostname="web-0", new_pid=True, sysctls={"net.core.somaxconn": "1"})
     assert ShimSpec.from_json(spec.to_json()) == spec
+    users = ShimSpec("b" * 64, uid_map="0 65536 65536\n", gid_map="0 1 2\n", user_pin="/p/user")
+    assert ShimSpec.from_json(users.to_json()) == users
 
 
 @pytest.mark.parametrize(
