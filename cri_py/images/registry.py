@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import ipaddress
 import re
@@ -69,7 +68,7 @@ class Credentials:
         if auth and not username:
             try:
                 decoded = base64.b64decode(auth, validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # binascii.Error, UnicodeDecodeError, non-ASCII input
                 raise InvalidArgument("auth: not base64 of 'username:password'") from None
             username, sep, password = decoded.partition(":")
             if not sep:
@@ -254,6 +253,11 @@ class RegistryClient:
         self._transport = transport
         self._clients: dict[bool | str, httpx.AsyncClient] = {}
         self._auth: dict[tuple[str, str, str], _CachedAuth] = {}
+
+    def set_registries(self, registries: Mapping[str, RegistryHost]) -> None:
+        """New mirrors and credentials (a config reload); fetches under way keep their
+        endpoints, cached tokens stay keyed by the credentials they came from."""
+        self._registries = registries
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}

@@ -9,7 +9,7 @@ sandbox record says which), so its teardown never depends on what the dir holds 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -63,6 +63,18 @@ class NetworkSelector:
         self._lock = threading.Lock()
         self._signature: Signature | None = None
         self._choice = ConfigChoice(None)
+
+    def set_cni_dirs(self, conf_dir: str, bin_dirs: Sequence[str]) -> None:
+        """New CNI dirs (a config reload): the conf dir is read afresh on the next look; pods
+        already set up keep their cached config and are torn down with it."""
+        with self._lock:
+            self._conf_dir = Path(conf_dir)
+            self._runner.bin_dirs = tuple(bin_dirs)
+            self._signature = None
+
+    def uses_cni(self) -> bool:
+        """Whether new pods get the CNI network (else the built-in bridge)."""
+        return self.cni_config().config is not None
 
     @property
     def allocations(self) -> Allocations:

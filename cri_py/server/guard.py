@@ -29,6 +29,8 @@ _HOT_PREFIXES = ("List", "Version")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[[Any, Context], Any]
+# Told of every call's RPC name, seconds and status code (the metrics' hook).
+Observer = Callable[[str, float, grpc.StatusCode], None]
 
 
 def is_hot(rpc: str) -> bool:
@@ -45,16 +47,34 @@ def _outcome(rpc: str, error: BaseException | None) -> tuple[int, grpc.StatusCod
         # Expected misses (NotFound) stay at the call's level; other errors are warnings.
         if code != grpc.StatusCode.NOT_FOUND:
             level = max(level, logging.WARNING)
-        return level, code, str(error)
-    return logging.ERROR, grpc.StatusCode.INTERNAL, f"internal error in {rpc}: {error!r}"
+        return level, code, clip(str(error))
+    return logging.ERROR, grpc.StatusCode.INTERNAL, clip(f"internal error in {rpc}: {error!r}")
 
 
-def _log_call(rpc: str, started: float, error: BaseException | None) -> tuple[grpc.StatusCode, str]:
+# Messages often quote the request: a huge value would make the status trailer exceed what
+# gRPC clients accept (8 KiB, percent-encoded: up to 12 bytes a character), and the caller
+# would get RESOURCE_EXHAUSTED instead of the message.
+MAX_MESSAGE_CHARS = 500
+
+
+def clip(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    half = MAX_MESSAGE_CHARS // 2
+    return f"{message[:half]}...<{len(message) - 2 * half} chars>...{message[-half:]}"
+
+
+def _log_call(
+    rpc: str, started: float, error: BaseException | None, observe: Observer | None = None
+) -> tuple[grpc.StatusCode, str]:
     level, code, message = _outcome(rpc, error)
+    seconds = time.perf_counter() - started
+    if observe is not None:
+        observe(rpc, seconds, code)
     if log.enabled_for(level):
         fields: dict[str, Any] = {
             "rpc": rpc,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "duration_ms": round(seconds * 1000, 3),
             "code": code.name,
         }
         if message:
@@ -77,7 +97,10 @@ def _decoder(rpc: str, message: type[Message]) -> Callable[[bytes], Message]:
 
 
 def _unary(
-    rpc: str, decode: Callable[[bytes], Message], method: Callable[[Any, Context], Awaitable[Any]]
+    rpc: str,
+    decode: Callable[[bytes], Message],
+    method: Callable[[Any, Context], Awaitable[Any]],
+    observe: Observer | None = None,
 ) -> Handler:
     async def handler(data: bytes, context: Context) -> Any:
         started = time.perf_counter()
@@ -86,9 +109,9 @@ def _unary(
         except grpc.aio.AbortError:
             raise
         except Exception as e:  # the one place where every error is turned into a status
-            code, message = _log_call(rpc, started, e)
+            code, message = _log_call(rpc, started, e, observe)
             await context.abort(code, message)
-        _log_call(rpc, started, None)
+        _log_call(rpc, started, None, observe)
         return response
 
     return handler
@@ -98,6 +121,7 @@ def _stream(
     rpc: str,
     decode: Callable[[bytes], Message],
     method: Callable[[Any, Context], AsyncIterator[Any]],
+    observe: Observer | None = None,
 ) -> Handler:
     async def handler(data: bytes, context: Context) -> AsyncIterator[Any]:
         started = time.perf_counter()
@@ -107,9 +131,9 @@ def _stream(
         except grpc.aio.AbortError:
             raise
         except Exception as e:
-            code, message = _log_call(rpc, started, e)
+            code, message = _log_call(rpc, started, e, observe)
             await context.abort(code, message)
-        _log_call(rpc, started, None)
+        _log_call(rpc, started, None, observe)
 
     return handler
 
@@ -121,8 +145,21 @@ def _unimplemented(service: str, rpc: str) -> Callable[[Any, Context], Awaitable
     return method
 
 
+def _unimplemented_stream(service: str, rpc: str) -> Callable[[Any, Context], AsyncIterator[Any]]:
+    # A streaming RPC's method must be an async generator: `async for` over a coroutine
+    # would fail (an INTERNAL instead of UNIMPLEMENTED).
+    async def method(request: Any, context: Context) -> AsyncIterator[Any]:
+        raise Unimplemented(f"{service}/{rpc} is not implemented by cri-py yet")
+        yield  # makes this an async generator
+
+    return method
+
+
 def service_handler(
-    service: ServiceDescriptor, messages: ModuleType, servicer: object
+    service: ServiceDescriptor,
+    messages: ModuleType,
+    servicer: object,
+    observe: Observer | None = None,
 ) -> grpc.GenericRpcHandler[Any, Any]:
     """The gRPC handler of one service, every RPC guarded; built once, at startup.
 
@@ -136,13 +173,14 @@ def service_handler(
         serialize = getattr(messages, rpc.output_type.name).SerializeToString
         method: Any = getattr(servicer, rpc.name, None)
         if method is None:
-            method = _unimplemented(service.full_name, rpc.name)
+            unimplemented = _unimplemented_stream if rpc.server_streaming else _unimplemented
+            method = unimplemented(service.full_name, rpc.name)
         if rpc.server_streaming:
             handlers[rpc.name] = grpc.unary_stream_rpc_method_handler(
-                _stream(rpc.name, decode, method), response_serializer=serialize
+                _stream(rpc.name, decode, method, observe), response_serializer=serialize
             )
         else:
             handlers[rpc.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(rpc.name, decode, method), response_serializer=serialize
+                _unary(rpc.name, decode, method, observe), response_serializer=serialize
             )
     return grpc.method_handlers_generic_handler(service.full_name, handlers)

@@ -72,6 +72,8 @@ def test_registry_mirrors_are_typed(tmp_path: Path) -> None:
         ({"registries": {"r.io": {"mirrors": ["ftp://x"]}}}, "registries.r.io.mirrors[0]", "URL"),
         ({"registries": {"r.io": {"plain_http": "yes"}}}, "registries.r.io.plain_http", "true"),
         ({"images": {"max_concurrent_downloads": 0}}, "images.max_concurrent_downloads", ""),
+        ({"metrics": {"address": "localhost"}}, "metrics.address", "IP address"),
+        ({"metrics": {"port": -1}}, "metrics.port", "between 0 and 65535"),
         ([1, 2], "<top>", "mapping"),
     ],
 )

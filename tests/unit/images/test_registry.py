@@ -155,6 +155,11 @@ def test_bad_auth_field_is_invalid_argument() -> None:
         Credentials.create(auth="%%%")
     with pytest.raises(InvalidArgument):
         Credentials.create(auth=base64.b64encode(b"no-colon").decode())
+    # Found by tests/integration/test_fuzz.py: non-ASCII text was a ValueError (INTERNAL).
+    with pytest.raises(InvalidArgument):
+        Credentials.create(auth="\x80")
+    with pytest.raises(InvalidArgument):
+        Credentials.create(auth=base64.b64encode(b"\xff:x").decode())
 
 
 async def test_mirrors_are_tried_in_order_then_the_host(store: ContentStore) -> None:

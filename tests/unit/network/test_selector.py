@@ -109,6 +109,19 @@ def test_missing_plugin_makes_the_network_not_ready_and_refuses_pods(tmp_path: P
     assert env.selector.state().ready
 
 
+def test_new_cni_dirs_from_a_reload_are_used_at_once(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    env.write_conflist("podnet", "fake-a", "late")
+    assert not env.selector.state().ready  # `late` is in no bin dir yet
+    late_bin = tmp_path / "late-bin"
+    install_fake_plugins(late_bin, "late")
+    env.selector.set_cni_dirs(str(env.conf_dir), [str(env.bin_dir), str(late_bin)])
+    assert env.selector.state().ready and env.selector.uses_cni()
+    # A conf dir with no config: back to the built-in network, without waiting for a change.
+    env.selector.set_cni_dirs(str(tmp_path / "empty"), [str(env.bin_dir)])
+    assert env.selector.choose() == BUILTIN and not env.selector.uses_cni()
+
+
 def test_cni_pod_gets_its_ips_and_port_mappings_and_del_uses_the_add_config(
     tmp_path: Path,
 ) -> None:

@@ -88,6 +88,19 @@ async def test_unbuilt_rpc_is_unimplemented_with_a_message(
     )
 
 
+async def test_unbuilt_streaming_rpc_is_unimplemented_not_internal(
+    stub: pb_grpc.RuntimeServiceStub,
+) -> None:
+    # Found by tests/integration/test_fuzz.py: the stand-in was a coroutine, not a stream.
+    with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+        async for _ in stub.StreamPodSandboxes(pb.StreamPodSandboxesRequest()):
+            pass
+    assert excinfo.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert excinfo.value.details() == (
+        "runtime.v1.RuntimeService/StreamPodSandboxes is not implemented by cri-py yet"
+    )
+
+
 async def test_stream_error_after_items_keeps_its_code(stub: pb_grpc.RuntimeServiceStub) -> None:
     received = []
     with pytest.raises(grpc.aio.AioRpcError) as excinfo:
@@ -111,3 +124,14 @@ async def test_stream_error_after_items_keeps_its_code(stub: pb_grpc.RuntimeServ
 )
 def test_hot_polling_rpcs_log_at_debug(rpc: str, hot: bool) -> None:
     assert is_hot(rpc) is hot
+
+
+async def test_a_huge_error_message_is_clipped_so_the_client_still_gets_its_code(
+    stub: pb_grpc.RuntimeServiceStub,
+) -> None:
+    # Found by tests/integration/test_fuzz.py: a message quoting a huge (or non-ASCII) ID
+    # overflowed the client's 8 KiB trailer limit and arrived as RESOURCE_EXHAUSTED.
+    with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+        await stub.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id="\u00e9" * 100_000))
+    assert excinfo.value.code() == grpc.StatusCode.NOT_FOUND
+    assert len(excinfo.value.details() or "") < 1000
