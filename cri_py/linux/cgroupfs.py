@@ -8,6 +8,7 @@ finds where a path lives on each mount and does the I/O.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import os
@@ -137,10 +138,16 @@ class Cgroupfs:
         """Makes the cgroup (and missing parents) in every hierarchy."""
         for hierarchy in self.hierarchies:
             target = self._dir(hierarchy, cgroup)
-            missing = [p for p in [target, *target.parents] if not p.exists()]
-            for directory in reversed(missing):
-                directory.mkdir(mode=0o755)
+            top = Path(hierarchy.mountpoint)
+            chain = [p for p in reversed([target, *target.parents]) if top in p.parents]
+            for directory in chain:
+                if not directory.exists():
+                    # A concurrent create may make it first (two pods under a new parent).
+                    with contextlib.suppress(FileExistsError):
+                        directory.mkdir(mode=0o755)
                 if "cpuset" in hierarchy.controllers:
+                    # Also for existing ancestors: one a concurrent create just made may not
+                    # have its cpus yet, and a child of it would get none (ENOSPC on join).
                     _inherit_cpuset(directory)
 
     def enable_v2_controllers(self, cgroup: str, controllers: Iterable[str]) -> None:

@@ -99,3 +99,45 @@ def test_v2_golden_tree_for_kubelet_request(tmp_path: Path) -> None:
         enabled = (directory / "cgroup.subtree_control").read_text()
         assert enabled == "+cpu +memory +pids", directory
     assert [w.file for w in v2_writes(resources)][-1] == "memory.oom.group"
+
+
+def test_create_tolerates_a_parent_made_concurrently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two pods under a parent that does not exist yet: both see it missing, one makes it
+    # first, and the other must not fail with EEXIST (found by `make test-faults`).
+    fs = fake_v2_tree(tmp_path)
+    real_mkdir = Path.mkdir
+
+    def racing_mkdir(self: Path, mode: int = 0o777, *args: object, **kwargs: object) -> None:
+        if self == tmp_path / "shared":
+            real_mkdir(self, mode)  # the other pod's create got there first
+        real_mkdir(self, mode, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "mkdir", racing_mkdir)
+    fs.create("/shared/cri-py-a")
+    assert (tmp_path / "shared" / "cri-py-a").is_dir()
+
+
+def test_create_fills_a_cpuset_parent_a_concurrent_create_has_not_filled_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # cgroup v1 cpuset: a new cgroup has empty cpus/mems. Another pod's create made `shared`
+    # but has not copied its parent's yet; ours must not make a child of it with none (the
+    # kernel then refuses tasks with ENOSPC; found by `make test-faults`).
+    fs = Cgroupfs([Hierarchy(str(tmp_path), "/", frozenset({"cpuset"}), 1)])
+    real_mkdir = Path.mkdir
+
+    def kernel_mkdir(self: Path, mode: int = 0o777, *args: object, **kwargs: object) -> None:
+        real_mkdir(self, mode, *args, **kwargs)  # type: ignore[arg-type]
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            (self / name).write_text("\n")
+
+    monkeypatch.setattr(Path, "mkdir", kernel_mkdir)
+    (tmp_path / "cpuset.cpus").write_text("0-3\n")
+    (tmp_path / "cpuset.mems").write_text("0\n")
+    (tmp_path / "shared").mkdir()  # the other create, half-way
+    fs.create("/shared/cri-py-a")
+    for directory in (tmp_path / "shared", tmp_path / "shared" / "cri-py-a"):
+        assert (directory / "cpuset.cpus").read_text().strip() == "0-3"
+        assert (directory / "cpuset.mems").read_text().strip() == "0"
