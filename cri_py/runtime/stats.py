@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cri_py.linux.cgroupfs import Cgroupfs, CgroupMode
 
@@ -52,11 +52,63 @@ class SwapUsage:
 
 
 @dataclass(frozen=True)
+class DeviceIo:
+    """Block I/O of a cgroup on one device (what blkio / io.stat count)."""
+
+    major: int
+    minor: int
+    read_bytes: int = 0
+    write_bytes: int = 0
+    reads: int = 0
+    writes: int = 0
+    device: str = ""  # its /dev name, when the kernel tells
+
+
+@dataclass(frozen=True)
+class CgroupDetail:
+    """The cAdvisor-style numbers ListPodSandboxMetrics adds to the stats' ones; read only
+    when asked for (counting open files walks every process's fd table)."""
+
+    user_ns: int = 0
+    system_ns: int = 0
+    cfs_periods: int = 0
+    cfs_throttled_periods: int = 0
+    cfs_throttled_ns: int = 0
+    cache_bytes: int = 0
+    mapped_file_bytes: int = 0
+    kernel_bytes: int = 0
+    max_usage_bytes: int = 0
+    failcnt: int = 0
+    # Page faults of this cgroup alone and of it with its descendants (v1 tells them apart).
+    pgfault: int = 0
+    pgmajfault: int = 0
+    hierarchy_pgfault: int = 0
+    hierarchy_pgmajfault: int = 0
+    oom_kills: int = 0
+    threads: int = 0
+    threads_max: int = 0  # 0: no limit
+    file_descriptors: int = 0
+    sockets: int = 0
+    io: tuple[DeviceIo, ...] = ()
+
+
+@dataclass(frozen=True)
 class CgroupUsage:
     cpu: CpuUsage
     memory: MemoryUsage
     swap: SwapUsage | None
     process_count: int
+    detail: CgroupDetail | None = None  # only when asked for
+
+
+@dataclass(frozen=True)
+class FilesystemCapacity:
+    """The filesystem holding writable layers (statvfs of the root dir)."""
+
+    mountpoint: str
+    limit_bytes: int
+    inodes_total: int
+    inodes_free: int
 
 
 @dataclass(frozen=True)
@@ -74,6 +126,10 @@ class InterfaceUsage:
     rx_errors: int
     tx_bytes: int
     tx_errors: int
+    rx_packets: int = 0
+    rx_dropped: int = 0
+    tx_packets: int = 0
+    tx_dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -115,10 +171,72 @@ def parse_net_dev(text: str) -> tuple[InterfaceUsage, ...]:
         fields = counters.split()
         if not sep or name == "lo" or len(fields) < 16:
             continue
+        # rx: bytes packets errs drop ...; tx (from field 8): bytes packets errs drop ...
         interfaces.append(
-            InterfaceUsage(name, int(fields[0]), int(fields[2]), int(fields[8]), int(fields[10]))
+            InterfaceUsage(
+                name,
+                rx_bytes=int(fields[0]),
+                rx_errors=int(fields[2]),
+                tx_bytes=int(fields[8]),
+                tx_errors=int(fields[10]),
+                rx_packets=int(fields[1]),
+                rx_dropped=int(fields[3]),
+                tx_packets=int(fields[9]),
+                tx_dropped=int(fields[11]),
+            )
         )
     return tuple(sorted(interfaces, key=lambda i: i.name))
+
+
+def parse_v1_blkio(service_bytes: str, serviced: str) -> tuple[DeviceIo, ...]:
+    """blkio.throttle.io_service_bytes(_recursive) and io_serviced: `major:minor Op count`
+    lines (Op: Read, Write, Sync, Async, Discard, Total), and a closing `Total n`."""
+    devices: dict[tuple[int, int], dict[str, int]] = {}
+    for text, suffix in ((service_bytes, "bytes"), (serviced, "ops")):
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) != 3 or ":" not in fields[0] or fields[1] not in ("Read", "Write"):
+                continue
+            major, _, minor = fields[0].partition(":")
+            key = (int(major), int(minor))
+            devices.setdefault(key, {})[f"{fields[1].lower()}_{suffix}"] = int(fields[2])
+    return tuple(
+        DeviceIo(
+            major,
+            minor,
+            read_bytes=c.get("read_bytes", 0),
+            write_bytes=c.get("write_bytes", 0),
+            reads=c.get("read_ops", 0),
+            writes=c.get("write_ops", 0),
+        )
+        for (major, minor), c in sorted(devices.items())
+    )
+
+
+def parse_v2_io_stat(text: str) -> tuple[DeviceIo, ...]:
+    """io.stat: `major:minor rbytes=n wbytes=n rios=n wios=n ...` per line."""
+    devices = []
+    for line in text.splitlines():
+        head, *pairs = line.split()
+        major, sep, minor = head.partition(":")
+        if not sep:
+            continue
+        values = {}
+        for pair in pairs:
+            key, _, value = pair.partition("=")
+            if value.isdigit():
+                values[key] = int(value)
+        devices.append(
+            DeviceIo(
+                int(major),
+                int(minor),
+                read_bytes=values.get("rbytes", 0),
+                write_bytes=values.get("wbytes", 0),
+                reads=values.get("rios", 0),
+                writes=values.get("wios", 0),
+            )
+        )
+    return tuple(sorted(devices, key=lambda d: (d.major, d.minor)))
 
 
 def memory_usage(
@@ -222,6 +340,60 @@ def _read(path: str) -> str:
         return f.read()
 
 
+def _read_or(path: str, default: str = "") -> str:
+    """A file that an older kernel or an unmounted controller may lack."""
+    try:
+        return _read(path)
+    except OSError:
+        return default
+
+
+def _int_or_zero(text: str) -> int:
+    text = text.strip()
+    return int(text) if text.isdigit() else 0
+
+
+def open_files(pids: Iterable[int]) -> tuple[int, int]:
+    """(file descriptors, sockets) open in `pids`, from /proc/<pid>/fd; a process that
+    exits meanwhile counts nothing."""
+    fds = sockets = 0
+    for pid in pids:
+        directory = f"/proc/{pid}/fd"
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        fds += len(names)
+        for name in names:
+            try:
+                if os.readlink(f"{directory}/{name}").startswith("socket:"):
+                    sockets += 1
+            except OSError:
+                continue
+    return fds, sockets
+
+
+def device_name(major: int, minor: int) -> str:
+    """/dev/<name> of a block device, from its uevent in sysfs; "" when unknown."""
+    for line in _read_or(f"/sys/dev/block/{major}:{minor}/uevent").splitlines():
+        key, _, value = line.partition("=")
+        if key == "DEVNAME" and value:
+            return f"/dev/{value}"
+    return ""
+
+
+def _named(devices: tuple[DeviceIo, ...]) -> tuple[DeviceIo, ...]:
+    return tuple(replace(d, device=device_name(d.major, d.minor)) for d in devices)
+
+
+def filesystem_capacity(path: str) -> FilesystemCapacity | None:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return FilesystemCapacity(path, st.f_blocks * st.f_frsize, st.f_files, st.f_ffree)
+
+
 def layer_usage(path: str) -> tuple[int, int]:
     """(bytes, inodes) under `path`, as du counts them: allocated blocks, hard links once."""
     used = inodes = 0
@@ -275,15 +447,104 @@ class UsageReader:
             self._rates.pop(key, None)
             self._layers.pop(key, None)
 
-    def cgroup(self, key: str, cgroup: str) -> CgroupUsage | None:
-        """The usage of one cgroup; None when it is gone."""
+    def cgroup(self, key: str, cgroup: str, detailed: bool = False) -> CgroupUsage | None:
+        """The usage of one cgroup (with its `CgroupDetail` when `detailed`); None when it
+        is gone."""
         timestamp = self._clock()
         try:
             if self.fs.mode == CgroupMode.V2:
-                return self._v2(key, cgroup, timestamp)
-            return self._v1(key, cgroup, timestamp)
+                usage = self._v2(key, cgroup, timestamp)
+                detail = self._v2_detail(cgroup) if detailed else None
+            else:
+                usage = self._v1(key, cgroup, timestamp)
+                detail = self._v1_detail(cgroup) if detailed else None
         except FileNotFoundError:
             return None
+        return replace(usage, detail=detail) if detail is not None else usage
+
+    def _optional(self, cgroup: str, controller: str, name: str) -> str:
+        try:
+            return _read_or(self._file(cgroup, controller, name))
+        except OSError:
+            return ""  # the controller is not mounted
+
+    def _v1_detail(self, cgroup: str) -> CgroupDetail:
+        cpu = parse_flat_keyed(self._optional(cgroup, "cpu", "cpu.stat"))
+        user = self._optional(cgroup, "cpuacct", "cpuacct.usage_user")
+        system = self._optional(cgroup, "cpuacct", "cpuacct.usage_sys")
+        if user and system:
+            user_ns, system_ns = _int_or_zero(user), _int_or_zero(system)
+        else:  # older kernels: clock ticks only
+            ticks = parse_flat_keyed(self._optional(cgroup, "cpuacct", "cpuacct.stat"))
+            per_tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+            user_ns = ticks.get("user", 0) * per_tick
+            system_ns = ticks.get("system", 0) * per_tick
+        memory = parse_flat_keyed(_read(self._file(cgroup, "memory", "memory.stat")))
+        oom = parse_flat_keyed(self._optional(cgroup, "memory", "memory.oom_control"))
+        pids = self.fs.pids(cgroup)
+        fds, sockets = open_files(pids)
+        return CgroupDetail(
+            user_ns=user_ns,
+            system_ns=system_ns,
+            cfs_periods=cpu.get("nr_periods", 0),
+            cfs_throttled_periods=cpu.get("nr_throttled", 0),
+            cfs_throttled_ns=cpu.get("throttled_time", 0),
+            cache_bytes=memory.get("total_cache", memory.get("cache", 0)),
+            mapped_file_bytes=memory.get("total_mapped_file", memory.get("mapped_file", 0)),
+            kernel_bytes=_int_or_zero(
+                self._optional(cgroup, "memory", "memory.kmem.usage_in_bytes")
+            ),
+            max_usage_bytes=_int_or_zero(
+                self._optional(cgroup, "memory", "memory.max_usage_in_bytes")
+            ),
+            failcnt=_int_or_zero(self._optional(cgroup, "memory", "memory.failcnt")),
+            pgfault=memory.get("pgfault", 0),
+            pgmajfault=memory.get("pgmajfault", 0),
+            hierarchy_pgfault=memory.get("total_pgfault", memory.get("pgfault", 0)),
+            hierarchy_pgmajfault=memory.get("total_pgmajfault", memory.get("pgmajfault", 0)),
+            oom_kills=oom.get("oom_kill", 0),
+            threads=_int_or_zero(self._optional(cgroup, "pids", "pids.current")),
+            threads_max=_int_or_zero(self._optional(cgroup, "pids", "pids.max")),
+            file_descriptors=fds,
+            sockets=sockets,
+            io=_named(
+                parse_v1_blkio(
+                    self._optional(cgroup, "blkio", "blkio.throttle.io_service_bytes_recursive"),
+                    self._optional(cgroup, "blkio", "blkio.throttle.io_serviced_recursive"),
+                )
+            ),
+        )
+
+    def _v2_detail(self, cgroup: str) -> CgroupDetail:
+        cpu = parse_flat_keyed(_read(self._file(cgroup, "", "cpu.stat")))
+        memory = parse_flat_keyed(_read(self._file(cgroup, "", "memory.stat")))
+        events = parse_flat_keyed(self._optional(cgroup, "", "memory.events"))
+        kernel = memory.get("kernel", memory.get("kernel_stack", 0) + memory.get("slab", 0))
+        pids = self.fs.pids(cgroup)
+        fds, sockets = open_files(pids)
+        return CgroupDetail(
+            user_ns=cpu.get("user_usec", 0) * 1000,
+            system_ns=cpu.get("system_usec", 0) * 1000,
+            cfs_periods=cpu.get("nr_periods", 0),
+            cfs_throttled_periods=cpu.get("nr_throttled", 0),
+            cfs_throttled_ns=cpu.get("throttled_usec", 0) * 1000,
+            cache_bytes=memory.get("file", 0),
+            mapped_file_bytes=memory.get("file_mapped", 0),
+            kernel_bytes=kernel,
+            max_usage_bytes=_int_or_zero(self._optional(cgroup, "", "memory.peak")),
+            # v2 has no failcnt; the times usage hit the limit is the nearest thing.
+            failcnt=events.get("max", 0),
+            pgfault=memory.get("pgfault", 0),
+            pgmajfault=memory.get("pgmajfault", 0),
+            hierarchy_pgfault=memory.get("pgfault", 0),
+            hierarchy_pgmajfault=memory.get("pgmajfault", 0),
+            oom_kills=events.get("oom_kill", 0),
+            threads=_int_or_zero(self._optional(cgroup, "", "pids.current")),
+            threads_max=_int_or_zero(self._optional(cgroup, "", "pids.max")),
+            file_descriptors=fds,
+            sockets=sockets,
+            io=_named(parse_v2_io_stat(self._optional(cgroup, "", "io.stat"))),
+        )
 
     def _file(self, cgroup: str, controller: str, name: str) -> str:
         return str(self.fs.file(cgroup, controller, name))

@@ -11,11 +11,14 @@ from cri_py.runtime.stats import (
     MIN_RATE_WINDOW_NS,
     CgroupUsage,
     CpuUsage,
+    DeviceIo,
     UsageReader,
     layer_usage,
     next_rate,
     parse_limit,
     parse_net_dev,
+    parse_v1_blkio,
+    parse_v2_io_stat,
     sum_usage,
     v1_memory,
 )
@@ -169,3 +172,50 @@ def test_layer_size_is_cached(tmp_path: Path) -> None:
     assert reader.writable_layer("a", str(layer), "/var/lib/cri-py") == first
     clock.now += 60 * MIN_RATE_WINDOW_NS
     assert reader.writable_layer("a", str(layer), "/var/lib/cri-py").inodes_used == 1
+
+
+def test_net_dev_packets_and_drops() -> None:
+    (eth0,) = parse_net_dev(NET_DEV)
+    assert (eth0.rx_packets, eth0.rx_dropped, eth0.tx_packets, eth0.tx_dropped) == (40, 0, 50, 0)
+
+
+def test_v1_detail_for_metrics(tmp_path: Path) -> None:
+    cgroup = "/cri-py/cri-py-d"
+    fs = v1_tree(tmp_path, cgroup)
+    for controller in ("cpu", "cpuacct", "memory", "pids"):
+        write(fs, cgroup, controller, "cgroup.procs", "")
+    write(fs, cgroup, "cpuacct", "cpuacct.usage", "5000000000\n")
+    write(fs, cgroup, "cpuacct", "cpuacct.usage_user", "3000000000\n")
+    write(fs, cgroup, "cpuacct", "cpuacct.usage_sys", "2000000000\n")
+    write(fs, cgroup, "cpu", "cpu.stat", "nr_periods 10\nnr_throttled 4\nthrottled_time 900\n")
+    write(fs, cgroup, "memory", "memory.usage_in_bytes", "3145728\n")
+    write(fs, cgroup, "memory", "memory.limit_in_bytes", "67108864\n")
+    write(fs, cgroup, "memory", "memory.stat", V1_STAT + "pgfault 30\nmapped_file 5\n")
+    write(fs, cgroup, "memory", "memory.max_usage_in_bytes", "4000000\n")
+    write(fs, cgroup, "memory", "memory.failcnt", "3\n")
+    write(fs, cgroup, "memory", "memory.oom_control", "oom_kill_disable 0\noom_kill 2\n")
+    write(fs, cgroup, "pids", "pids.current", "6\n")
+    write(fs, cgroup, "pids", "pids.max", "max\n")
+    reader = UsageReader(fs)
+    plain = reader.cgroup("d", cgroup)
+    assert plain is not None and plain.detail is None  # only when asked for
+    usage = reader.cgroup("d", cgroup, detailed=True)
+    assert usage is not None and usage.detail is not None
+    d = usage.detail
+    assert (d.user_ns, d.system_ns) == (3_000_000_000, 2_000_000_000)
+    assert (d.cfs_periods, d.cfs_throttled_periods, d.cfs_throttled_ns) == (10, 4, 900)
+    assert (d.cache_bytes, d.mapped_file_bytes) == (1048576, 5)
+    assert (d.max_usage_bytes, d.failcnt, d.oom_kills) == (4000000, 3, 2)
+    assert (d.pgfault, d.hierarchy_pgfault, d.hierarchy_pgmajfault) == (30, 300, 2)
+    assert (d.threads, d.threads_max) == (6, 0)  # "max": no limit
+    assert d.kernel_bytes == 0 and d.io == ()  # no kmem file, no blkio controller here
+
+
+def test_blkio_and_io_stat_parsing() -> None:
+    v1 = parse_v1_blkio(
+        "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 1\n8:0 Total 12288\nTotal 12288\n",
+        "8:0 Read 1\n8:0 Write 2\nTotal 3\n",
+    )
+    assert v1 == (DeviceIo(8, 0, read_bytes=4096, write_bytes=8192, reads=1, writes=2),)
+    v2 = parse_v2_io_stat("259:0 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0\n")
+    assert v2 == (DeviceIo(259, 0, read_bytes=10, write_bytes=20, reads=1, writes=2),)
