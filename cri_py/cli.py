@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,6 +65,18 @@ def _parser() -> argparse.ArgumentParser:
         help="print registry credentials instead of <redacted>",
     )
     commands.add_parser("version", help="print the version")
+    commands.add_parser(
+        "info",
+        parents=[common],
+        help="print the config summary, cgroup mode, the running daemon's state and leaks",
+    )
+    debug = commands.add_parser("debug", help="inspect this host's cri-py state")
+    debug_commands = debug.add_subparsers(dest="debug_command", required=True)
+    debug_commands.add_parser(
+        "leaks",
+        parents=[common],
+        help="list what looks like cri-py's but is in no record (exit 1 if any)",
+    )
     return parser
 
 
@@ -95,17 +108,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         sys.stdout.write(config_mod.dump(config, redact=not args.show_secrets))
         return 0
+    if args.command == "debug":
+        return _debug_leaks(config)
+    if args.command == "info":
+        return _info(config, config_mod.config_sources(args.config, args.config_dir))
     log.setup(config.log_level, config.log_format)
     from cri_py.server.daemon import serve  # grpc is only imported when serving
 
+    # SIGHUP reloads with the same files and flags as this start.
+    reload = functools.partial(config_mod.load, args.config, args.config_dir, flag_overrides(args))
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, reload))
     except StartupError as e:
         print(f"cri-py: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C during the graceful stop
         return 130
     return 0
+
+
+def _debug_leaks(config: config_mod.Config) -> int:
+    from cri_py.runtime.leaks import find_leaks
+
+    leaks = find_leaks(config)
+    for leak in leaks:
+        print(leak)
+    if not leaks:
+        print("no leaks")
+    return 1 if leaks else 0
+
+
+def _info(config: config_mod.Config, files: list[Path]) -> int:
+    """Exit status 0 when the daemon answers, 1 when it does not (the rest prints anyway)."""
+    from cri_py import info
+
+    report = info.gather(config, files)
+    sys.stdout.write(info.render(report))
+    return 0 if report.daemon is not None else 1
 
 
 if __name__ == "__main__":

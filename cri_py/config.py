@@ -77,12 +77,22 @@ class StreamConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # The Prometheus endpoint (`GET /metrics`); off while `address` is empty.
+    address: str = ""
+    port: int = 0  # 0: a random free port (logged)
+
+
+@dataclass(frozen=True)
 class CgroupsConfig:
     # Where containers' cgroups go when the sandbox names no cgroup_parent (absolute from each
     # hierarchy's root, never relative to the daemon's own cgroup).
     default_parent: str = "/cri-py"
     # pids.max of every container (the CRI has no field for it); 0: no limit.
     pids_limit: int = 0
+    # Where pod shims run, apart from the pods (so a shim's memory is not charged to a pod)
+    # and from the daemon's own cgroup; "" leaves them in the daemon's.
+    shim_cgroup: str = "/cri-py-shims"
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,7 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     cgroups: CgroupsConfig = field(default_factory=CgroupsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     registries: Mapping[str, RegistryHost] = field(default_factory=dict)
 
 
@@ -173,6 +184,13 @@ def _validate(config: Config, source: str) -> None:
         ipaddress.ip_address(config.stream.address)
     except ValueError:
         raise ConfigError(source, "stream.address", "must be an IP address") from None
+    if not 0 <= config.metrics.port <= 65535:
+        raise ConfigError(source, "metrics.port", "must be between 0 and 65535")
+    if config.metrics.address:
+        try:
+            ipaddress.ip_address(config.metrics.address)
+        except ValueError:
+            raise ConfigError(source, "metrics.address", "must be an IP address or empty") from None
     if config.stream.idle_timeout_seconds <= 0:
         raise ConfigError(source, "stream.idle_timeout_seconds", "must be positive")
     try:
@@ -195,6 +213,11 @@ def _validate(config: Config, source: str) -> None:
     parent = config.cgroups.default_parent
     if not parent.startswith("/") or any(p in (".", "..") for p in parent.split("/")):
         raise ConfigError(source, "cgroups.default_parent", "must be an absolute cgroup path")
+    shim = config.cgroups.shim_cgroup
+    if shim and (
+        not shim.startswith("/") or any(p in ("", ".", "..") for p in shim.split("/")[1:])
+    ):
+        raise ConfigError(source, "cgroups.shim_cgroup", "must be an absolute cgroup path or empty")
     if config.cgroups.pids_limit < 0:
         raise ConfigError(source, "cgroups.pids_limit", "must not be negative")
     for host, registry in config.registries.items():

@@ -12,20 +12,21 @@ are collected when the last lease is released (`release_layers`).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
 import platform
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import httpx
 
-from cri_py.config import Config
+from cri_py.config import Config, RegistryHost
 from cri_py.errors import CriError, FailedPrecondition, InvalidArgument, NotFound
 from cri_py.images.manifest import (
     Descriptor,
@@ -116,6 +117,7 @@ class ImageRootfs:
     image_id: str
     layers: tuple[Path, ...]
     config: RuntimeConfig
+    repo_tags: tuple[str, ...] = ()
 
 
 class _Shared(Generic[_T]):
@@ -269,6 +271,13 @@ class ImageService:
         self._layer_flights: dict[str, _Shared[tuple[int, int]]] = {}
         self._holds = _Holds()
         self._runtime_configs: dict[str, RuntimeConfig] = {}
+        # Store writes get a thread of their own: release_layers is awaited from threads of
+        # the default pool (RemovePodSandbox), so it must not need a free thread of that pool
+        # (50 concurrent removes took them all and waited out their 60 s timeout).
+        self._store_io = concurrent.futures.ThreadPoolExecutor(1, "image-store")
+        # The daemon's metrics hooks: bytes received for blobs, and each finished pull's seconds.
+        self.on_downloaded: Callable[[int], None] = lambda count: None
+        self.on_pulled: Callable[[float], None] = lambda seconds: None
         self._store.recover()
         self._set_state(self._store.load())
         self._store.move_garbage_to_trash(*self._kept())
@@ -288,6 +297,16 @@ class ImageService:
 
     async def close(self) -> None:
         await self._registry.aclose()
+        self._store_io.shutdown(wait=False)
+
+    # -- settings a config reload changes --
+
+    def set_registries(self, registries: Mapping[str, RegistryHost]) -> None:
+        """Mirrors and credentials for pulls that start from now on."""
+        self._registry.set_registries(registries)
+
+    def set_pinned(self, pinned: Sequence[str]) -> None:
+        self._pinned = self._normalise_pinned(pinned)
 
     # -- in-memory state --
 
@@ -325,7 +344,7 @@ class ImageService:
         return blobs, layers
 
     async def _save(self, state: StoreState) -> None:
-        await asyncio.to_thread(self._store.save, state)
+        await asyncio.get_running_loop().run_in_executor(self._store_io, self._store.save, state)
         self._set_state(state)
 
     async def _collect_garbage(self) -> None:
@@ -334,7 +353,8 @@ class ImageService:
         moved = self._store.move_garbage_to_trash(*self._kept())
         if moved:
             async with self._trash_lock:
-                await asyncio.to_thread(self._store.empty_trash)
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._store_io, self._store.empty_trash)
             log.info("collected image garbage", items=moved)
 
     # -- lookups --
@@ -459,7 +479,9 @@ class ImageService:
             config = parse_image_config(self._store.read_blob(record.id)).runtime
             self._runtime_configs[record.id] = config
         layers = tuple(self._store.layer_path(layer.chain_id) for layer in record.layers)
-        return ImageRootfs(image_id=record.id, layers=layers, config=config)
+        return ImageRootfs(
+            image_id=record.id, layers=layers, config=config, repo_tags=record.repo_tags
+        )
 
     async def lease_layers(self, owner: str, image: str) -> ImageRootfs:
         """As `rootfs`, and keeps the layers on disk for `owner` (a container ID) until
@@ -471,6 +493,10 @@ class ImageService:
             leases[owner] = tuple(layer.chain_id for layer in record.layers)
             await self._save(dataclasses.replace(self._state, leases=leases))
         return rootfs
+
+    def lease_owners(self) -> set[str]:
+        """Who holds layer leases: container IDs (a volume's `<ID>/...` counts as its ID)."""
+        return {owner.split("/", 1)[0] for owner in self._state.leases}
 
     async def release_layers(self, owner: str) -> None:
         """Drops `owner`'s lease and those of `owner/...` (a container's image volumes);
@@ -587,6 +613,7 @@ class ImageService:
                 user=image_config.runtime.user,
             )
             await self._commit(record)
+        self.on_pulled(time.monotonic() - started)
         log.info(
             "pulled image",
             image=str(ref),
@@ -645,13 +672,16 @@ class ImageService:
             if self._store.has_blob(descriptor.digest):
                 return
             progress = _Progress(str(ref), descriptor, kind)
-            endpoint = await self._registry.fetch_blob(
-                ref,
-                endpoints,
-                descriptor,
-                lambda: self._store.blob_writer(descriptor.digest, descriptor.size),
-                progress,
-            )
+            try:
+                endpoint = await self._registry.fetch_blob(
+                    ref,
+                    endpoints,
+                    descriptor,
+                    lambda: self._store.blob_writer(descriptor.digest, descriptor.size),
+                    progress,
+                )
+            finally:  # bytes of a failed download were received too
+                self.on_downloaded(progress.bytes)
             log.info(
                 f"{kind} downloaded", endpoint=str(endpoint), **progress.fields(time.monotonic())
             )

@@ -81,6 +81,36 @@ def validate(resources: Resources) -> None:
             raise InvalidArgument(f"unified key {key!r} is not a cgroup v2 file name")
 
 
+def pod_resources(resources: Resources, overhead: Resources) -> Resources:
+    """A pod cgroup's limits: its containers' sum (what the CRI's sandbox `resources` holds)
+    plus the pod `overhead`, as kubelet sizes its own pod cgroups. A dimension the sum leaves
+    unlimited stays unlimited: overhead only adds to a limit that exists.
+
+    Quotas of different periods are added per period of the sum's (`overhead`'s quota scaled),
+    so the pod gets the CPU time both ask for."""
+    period = resources.cpu_period or overhead.cpu_period or DEFAULT_CPU_PERIOD
+    quota = 0
+    if resources.cpu_quota > 0:
+        extra = 0
+        if overhead.cpu_quota > 0:
+            extra = overhead.cpu_quota * period // (overhead.cpu_period or DEFAULT_CPU_PERIOD)
+        quota = resources.cpu_quota + extra
+    memory = 0
+    if resources.memory_limit_in_bytes > 0:
+        memory = resources.memory_limit_in_bytes + max(overhead.memory_limit_in_bytes, 0)
+    shares = resources.cpu_shares + overhead.cpu_shares if resources.cpu_shares else 0
+    return Resources(
+        cpu_shares=shares,
+        cpu_quota=quota,
+        cpu_period=period if (quota or resources.cpu_period) else 0,
+        memory_limit_in_bytes=memory,
+        cpuset_cpus=resources.cpuset_cpus,
+        cpuset_mems=resources.cpuset_mems,
+        hugepage_limits=dict(resources.hugepage_limits),
+        unified=dict(resources.unified),
+    )
+
+
 def _quota_unlimited(r: Resources) -> bool:
     return r.cpu_quota <= 0
 

@@ -4,6 +4,11 @@ The cgroup of a container is `<sandbox cgroup_parent>/cri-py-<container id>` (ku
 cgroupfs driver sends parents such as `/kubepods/burstable/pod<uid>`), or lives under cri-py's
 own parent when the sandbox has none. Only these leaves are ever created, written or removed
 by cri-py; parents are kubelet's (or ours, for the default one) and stay.
+
+A pod whose sandbox names no parent gets a cgroup of its own, `<default parent>/cri-py-pod-<id>`,
+that holds its containers and carries the pod-level limits. Shims live apart, in one shared
+cgroup (`cgroups.shim_cgroup`), so their memory is charged neither to a pod nor to whatever
+cgroup the daemon was started in.
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ def container_cgroup(parent: str, container_id: str, default_parent: str = DEFAU
     return f"{parent.rstrip('/')}/{LEAF_PREFIX}{container_id}"
 
 
+def pod_cgroup(default_parent: str, sandbox_id: str) -> str:
+    """The cgroup cri-py makes for a pod whose sandbox names no parent: its containers go
+    under it, so the pod-level limits (sum plus overhead) bound them together."""
+    return container_cgroup("", f"pod-{sandbox_id}", default_parent)
+
+
 def is_ours(cgroup: str) -> bool:
     return cgroup.rsplit("/", 1)[-1].startswith(LEAF_PREFIX)
 
@@ -55,6 +66,13 @@ class CgroupManager:
             return v2_writes(resources)
         writes = v1_writes(resources, current_memsw)
         mounted = self.fs.controllers()
+        if "hugetlb" not in mounted:
+            # kubelet sends a limit (0 unless requested) for every huge page size the kernel
+            # has, hugetlb controller or not; like containerd and CRI-O, they are dropped then.
+            hugetlb = [w for w in writes if w.controller == "hugetlb"]
+            if any(w.value != "0" for w in hugetlb):
+                log.warning("hugetlb controller not mounted: huge page limits not applied")
+            writes = [w for w in writes if w.controller != "hugetlb"]
         missing = sorted({w.controller for w in writes} - mounted)
         if missing:
             raise FailedPrecondition(
@@ -103,6 +121,16 @@ class CgroupManager:
 
     def add_process(self, cgroup: str, pid: int) -> None:
         self.fs.add_process(cgroup, pid)
+
+    def join_shim_cgroup(self, cgroup: str, pid: int) -> None:
+        """Moves a pod's shim into the shims' cgroup (made on first use, kept: it is shared
+        by every shim and outlives daemon restarts). Failing is logged, not fatal: the shim
+        then stays where the daemon runs, as with `shim_cgroup: ""`."""
+        try:
+            self.fs.create(clean_cgroup_path(cgroup))
+            self.fs.add_process(cgroup, pid)
+        except OSError as e:
+            log.warning("shim left in the daemon's cgroup", cgroup=cgroup, pid=pid, error=str(e))
 
     def procs_files(self, cgroup: str) -> list[str]:
         """The cgroup.procs file of the cgroup in every hierarchy: writing a PID to each moves

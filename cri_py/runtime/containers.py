@@ -21,7 +21,7 @@ import signal
 import stat
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,12 @@ from cri_py.errors import (
 )
 from cri_py.images.service import ImageRootfs, ImageService
 from cri_py.linux.cgroupfs import CgroupMode
+from cri_py.linux.device_filter import attach_device_filter
 from cri_py.linux.terminal import open_pty
 from cri_py.log import get_logger
 from cri_py.oci.cgroups import Resources, to_oci
 from cri_py.oci.devices import v1_device_writes
+from cri_py.runtime import oom
 from cri_py.runtime.cgroups import CgroupManager, container_cgroup
 from cri_py.runtime.container_model import (
     ContainerConfig,
@@ -50,6 +52,7 @@ from cri_py.runtime.container_model import (
     ExitRecord,
     ProfileType,
 )
+from cri_py.runtime.events import ContainerEvent, EventHub, EventType
 from cri_py.runtime.model import NamespaceMode, SandboxFilter, SandboxState, SandboxView
 from cri_py.runtime.sandboxes import SandboxService
 from cri_py.runtime.stats import (
@@ -119,6 +122,17 @@ def merge_resources(current: Resources, update: Resources) -> Resources:
     return merged
 
 
+def image_name(config: ContainerConfig, image_id: str, repo_tags: Sequence[str]) -> str:
+    """The image ContainerStatus reports (kubectl's `image:`): what the user wrote. kubelet
+    creates containers by image ID and sends the pod spec's name as `user_specified_image`;
+    without it, an ID is shown as the image's first tag, as containerd does."""
+    if config.user_specified_image:
+        return config.user_specified_image
+    if config.image in (image_id, image_id.removeprefix("sha256:")) and repo_tags:
+        return repo_tags[0]
+    return config.image
+
+
 def matches(record: ContainerRecord, selector: ContainerFilter) -> bool:
     """ListContainers' filter: every given field must match (IDs by prefix, as crictl uses)."""
     if selector.id and not record.id.startswith(selector.id):
@@ -151,6 +165,14 @@ def validate_config(config: ContainerConfig) -> None:
         raise InvalidArgument("container config needs an image")
     if config.pid_mode == NamespaceMode.TARGET and not config.target_id:
         raise InvalidArgument("PID namespace mode TARGET needs a target_id")
+    # The shim creates the log file (and its directory): it must stay inside the pod's log
+    # directory, or a CRI client could create or append to any file on the host.
+    parts = config.log_path.split("/")
+    if config.log_path.startswith("/") or ".." in parts or "\x00" in config.log_path:
+        raise InvalidArgument(
+            f"container log path {config.log_path!r} must be relative to the pod's log "
+            "directory, without '..'"
+        )
 
 
 def resolve_host_paths(config: ContainerConfig) -> dict[str, str]:
@@ -159,7 +181,7 @@ def resolve_host_paths(config: ContainerConfig) -> dict[str, str]:
     for mount in config.mounts:
         if mount.image:
             continue  # an image volume: no host path
-        if not os.path.isabs(mount.host_path):
+        if not os.path.isabs(mount.host_path) or "\x00" in mount.host_path:
             raise InvalidArgument(f"mount host path {mount.host_path!r} must be absolute")
         real = os.path.realpath(mount.host_path)
         if not os.path.exists(real):
@@ -218,7 +240,12 @@ def resolve_devices(config: ContainerConfig, host_dev: str = "/dev") -> tuple[De
     device too (the CRI: "all devices from the host's /dev are available")."""
     nodes = []
     for device in config.devices:
-        if not device.host_path.startswith("/") or not device.container_path.startswith("/"):
+        paths = device.host_path + device.container_path
+        if (
+            not device.host_path.startswith("/")
+            or not device.container_path.startswith("/")
+            or ("\x00" in paths)
+        ):
             raise InvalidArgument(
                 f"device {device.host_path} -> {device.container_path}: paths must be absolute"
             )
@@ -252,7 +279,10 @@ def read_seccomp_localhost(config: ContainerConfig) -> dict[str, Any] | None:
         return None
     path = profile.localhost_ref
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK: a FIFO must not hang the create; only a regular file is a profile.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise InvalidArgument(f"seccomp profile {path} is not a regular file")
             data = json.loads(f.read(4 * 1024 * 1024))
     except FileNotFoundError:
         raise InvalidArgument(f"seccomp profile {path} does not exist") from None
@@ -294,6 +324,9 @@ class ContainerService:
         self._exited: dict[str, threading.Event] = {}
         self._op_locks: dict[str, threading.Lock] = {}
         self._events = ShimEvents(self._on_event, self._on_shim_lost)
+        # GetContainerEvents' source: every container (and, through the sandbox service's
+        # hook, every sandbox) change is published here.
+        self.events = EventHub()
 
     # --- queries: memory only -------------------------------------------------------------
 
@@ -349,6 +382,34 @@ class ContainerService:
     def _shim(self, sandbox_id: str) -> ShimClient:
         return ShimClient(self._sandboxes.shim_bundle(sandbox_id))
 
+    def _pod_records(self, sandbox_id: str) -> tuple[ContainerRecord, ...]:
+        with self._lock:
+            return tuple(r for r in self._records.values() if r.sandbox_id == sandbox_id)
+
+    def _publish(self, kind: EventType, container_id: str, sandbox_id: str) -> None:
+        """A container event with its pod as it is now (the sandbox may be gone)."""
+        if not self.events.subscribers:
+            return
+        try:
+            sandbox: SandboxView | None = self._sandboxes.status(sandbox_id)
+        except NotFound:
+            sandbox = None
+        self.events.publish(
+            ContainerEvent(
+                kind, container_id, time.time_ns(), sandbox, self._pod_records(sandbox_id)
+            )
+        )
+
+    def sandbox_event(self, kind: EventType, view: SandboxView) -> None:
+        """The sandbox service's hook: a sandbox's own event (its ID as the container's, as
+        kubelet expects: a DELETED one for the sandbox drops the pod from its cache)."""
+        if self.events.subscribers:
+            self.events.publish(
+                ContainerEvent(
+                    kind, view.record.id, time.time_ns(), view, self._pod_records(view.record.id)
+                )
+            )
+
     def _mark_exited(self, container_id: str, exit: ExitRecord) -> None:
         with self._lock:
             record = self._records.get(container_id)
@@ -362,6 +423,7 @@ class ContainerService:
         log.info(
             "container exited", container=container_id, code=exit.exit_code, reason=exit.reason
         )
+        self._publish(EventType.STOPPED, container_id, record.sandbox_id)
 
     def _on_event(self, sandbox_id: str, event: protocol.Event) -> None:
         if event.name != "exited":
@@ -484,8 +546,11 @@ class ContainerService:
             target_pid_path = f"/proc/{target.pid}/ns/pid"
         cgroup = ""
         if self._cgroups is not None:
+            # Under the pod cgroup cri-py made, else under kubelet's parent (or our default).
             cgroup = container_cgroup(
-                sandbox.config.cgroup_parent, container_id, self._config.cgroups.default_parent
+                sandbox.cgroup or sandbox.config.cgroup_parent,
+                container_id,
+                self._config.cgroups.default_parent,
             )
         inputs = SpecInputs(
             container_id=container_id,
@@ -527,6 +592,7 @@ class ContainerService:
             image_id=rootfs.image_id,
             log_path=log_path,
             cgroup=cgroup,
+            image_name=image_name(config, rootfs.image_id, rootfs.repo_tags),
         )
         with contextlib.ExitStack() as undo:
             undo.callback(self._store.delete, container_id)
@@ -575,6 +641,8 @@ class ContainerService:
                     raise InvalidArgument(f"container {config.metadata.name}: {e}") from e
                 raise Internal(f"container {config.metadata.name}: {e}") from e
             undo.callback(self._forget_in_shim, sandbox_id, container_id)
+            if "oom_score_adj" in result:
+                oom.clamps.note(config.oom_score_adj, int(result["oom_score_adj"]))
             record = dataclasses.replace(
                 record, pid=int(result["pid"]), user=container_user(result)
             )
@@ -582,6 +650,7 @@ class ContainerService:
             with self._lock:
                 self._records[container_id] = record
             undo.pop_all()
+        self._publish(EventType.CREATED, container_id, sandbox_id)
         log.info(
             "container created",
             container=container_id,
@@ -600,12 +669,19 @@ class ContainerService:
             raise Internal(f"creating cgroup {cgroup}: {e}") from None
 
     def _allow_devices(self, cgroup: str, spec: Mapping[str, Any]) -> None:
-        """The spec's device rules in the v1 devices cgroup (v2 needs a BPF program: not
-        done, the container keeps its parent's device access)."""
+        """The spec's device rules in the v1 devices cgroup, or on v2 as a BPF device
+        program attached to the container's cgroup (`cri_py.oci.device_filter`)."""
         assert self._cgroups is not None
-        if self._cgroups.mode == CgroupMode.V2 or "devices" not in self._cgroups.fs.controllers():
-            return
         rules = spec.get("linux", {}).get("resources", {}).get("devices", ())
+        if self._cgroups.mode == CgroupMode.V2:
+            try:
+                for directory in self._cgroups.fs.dirs(cgroup):
+                    attach_device_filter(directory, rules)
+            except (OSError, ValueError) as e:
+                raise Internal(f"cgroup {cgroup}: attaching the device filter: {e}") from None
+            return
+        if "devices" not in self._cgroups.fs.controllers():
+            return
         try:
             self._cgroups.fs.write(cgroup, v1_device_writes(rules))
         except (OSError, ValueError) as e:
@@ -666,6 +742,10 @@ class ContainerService:
                         record, state=ContainerState.EXITED, exit=current.exit
                     )
                 self._records[full] = record
+            self._publish(EventType.STARTED, full, record.sandbox_id)
+            if record.exit is not None:
+                # Its exit was published before this start: say it again, in order.
+                self._publish(EventType.STOPPED, full, record.sandbox_id)
             log.info("container started", container=full)
 
     def stop(self, container_id: str, timeout: int) -> None:
@@ -676,7 +756,8 @@ class ContainerService:
         with self._operation(full) as record:
             if record is None or record.state != ContainerState.RUNNING:
                 return
-            self._stop(record, timeout)
+            # A CRI timeout is an int64: beyond what a thread can wait (OverflowError).
+            self._stop(record, min(timeout, threading.TIMEOUT_MAX))
 
     def _stop(self, record: ContainerRecord, timeout: float) -> None:
         shim = self._shim(record.sandbox_id)
@@ -728,6 +809,7 @@ class ContainerService:
                     record.config.metadata.attempt,
                 )
                 self._names.pop(key, None)
+            self._publish(EventType.DELETED, container_id, record.sandbox_id)
             log.info("container removed", container=container_id)
 
     # --- exec and logs --------------------------------------------------------------------
@@ -745,7 +827,10 @@ class ContainerService:
         if not command:
             raise InvalidArgument("ExecSync needs a command")
         # The shim enforces `timeout`; ours only guards against a shim that never answers.
-        call_timeout = timeout + 30.0 if timeout > 0 else 365 * 24 * 3600.0
+        # An int64 beyond a year is "no timeout" (sockets cannot wait that long: OverflowError).
+        year = 365 * 24 * 3600
+        timeout = timeout if 0 < timeout < year else 0
+        call_timeout = timeout + 30.0 if timeout > 0 else float(year)
         try:
             result = self._shim(record.sandbox_id).call(
                 "exec",
@@ -888,12 +973,12 @@ class ContainerService:
                     self._records[full] = dataclasses.replace(current, config=record.config)
         log.info("container resources updated", container=full)
 
-    def usage(self, record: ContainerRecord) -> ContainerUsage:
+    def usage(self, record: ContainerRecord, detailed: bool = False) -> ContainerUsage:
         """One container's numbers (blocking: reads cgroup files, walks the writable layer
-        at most every few seconds)."""
+        at most every few seconds); `detailed` adds the metrics' `CgroupDetail`."""
         cgroup_usage = None
         if self._usage is not None and record.cgroup:
-            cgroup_usage = self._usage.cgroup(record.id, record.cgroup)
+            cgroup_usage = self._usage.cgroup(record.id, record.cgroup, detailed)
         layer = None
         if self._usage is not None:
             layer = self._usage.writable_layer(
@@ -903,21 +988,26 @@ class ContainerService:
             )
         return ContainerUsage(record, cgroup_usage, layer)
 
-    def list_usage(self, selector: ContainerFilter) -> builtins.list[ContainerUsage]:
+    def list_usage(
+        self, selector: ContainerFilter, detailed: bool = False
+    ) -> builtins.list[ContainerUsage]:
         """ListContainerStats: containers that are not exited (kubelet's own rule)."""
         return [
-            self.usage(r)
+            self.usage(r, detailed)
             for r in self.list(selector)
             if r.state in (ContainerState.CREATED, ContainerState.RUNNING)
         ]
 
-    def sandbox_usage(self, selector: SandboxFilter) -> builtins.list[SandboxUsage]:
-        """ListPodSandboxStats: ready pods, their containers' sums, their network."""
+    def sandbox_usage(
+        self, selector: SandboxFilter, detailed: bool = False
+    ) -> builtins.list[SandboxUsage]:
+        """ListPodSandboxStats (and, `detailed`, ListPodSandboxMetrics): ready pods, their
+        containers' sums, their network."""
         result = []
         for view in self._sandboxes.list(selector):
             if view.state != SandboxState.READY:
                 continue
-            containers = self.list_usage(ContainerFilter(sandbox_id=view.record.id))
+            containers = self.list_usage(ContainerFilter(sandbox_id=view.record.id), detailed)
             containers = [c for c in containers if c.record.sandbox_id == view.record.id]
             result.append(self._sandbox_usage(view, containers))
         return result
@@ -995,23 +1085,66 @@ class ContainerService:
             self._names[key] = record.id
         sandboxes = {r.sandbox_id for r in self._records.values() if r.exit is None}
         for sandbox_id in sandboxes:
-            known: set[str] = set()
+            known: dict[str, Mapping[str, Any]] = {}
             try:
                 if self._sandboxes.status(sandbox_id).state == SandboxState.READY:
                     answer = self._events.subscribe(
                         sandbox_id, self._sandboxes.shim_bundle(sandbox_id)
                     )
-                    known = {str(c["id"]) for c in answer.get("containers", ())}
+                    known = {str(c["id"]): c for c in answer.get("containers", ())}
             except Exception as e:
                 log.warning("cannot reach a sandbox's shim", sandbox=sandbox_id, error=str(e))
             for record in list(self._records.values()):
-                if (
-                    record.sandbox_id == sandbox_id
-                    and record.exit is None
-                    and record.id not in known
-                ):
+                if record.sandbox_id != sandbox_id or record.exit is not None:
+                    continue
+                view = known.get(record.id)
+                if view is not None:
+                    self._complete_recovered(record, view)
+                elif record.pid == 0:
+                    self._roll_back_create(record)
+                else:
                     self._on_shim_lost_one(record)
+        # Leases of containers with no record: the daemon died between leasing the layers and
+        # saving the record, or between deleting the record and releasing them.
+        for owner in self._images.lease_owners() - set(self._records):
+            log.warning("releasing layers leased to a container that does not exist", owner=owner)
+            self._release_layers_now(owner)
         log.info("containers recovered", count=len(self._records))
+
+    def _complete_recovered(self, record: ContainerRecord, view: Mapping[str, Any]) -> None:
+        """A container the shim knows whose record lags behind it (the daemon died between
+        the shim's answer and saving it): the record takes the shim's PID and start."""
+        changed = record
+        if not record.pid and view.get("pid"):
+            changed = dataclasses.replace(changed, pid=int(view["pid"]), user=container_user(view))
+        if record.state == ContainerState.CREATED and view.get("started_at"):
+            changed = dataclasses.replace(
+                changed, state=ContainerState.RUNNING, started_at=int(view["started_at"])
+            )
+        if changed != record:
+            log.warning("completing a container's record from its shim", container=record.id)
+            self._store.save(changed)
+            self._records[record.id] = changed
+
+    def _roll_back_create(self, record: ContainerRecord) -> None:
+        """A create the daemon died in before the shim made the process: nothing runs, so
+        it is undone (the client's retry then creates it afresh under the same name)."""
+        log.warning("rolling back a container left half-created", container=record.id)
+        self._remove_cgroup(record.id, record.cgroup)
+        self._store.delete(record.id)
+        self._records.pop(record.id, None)
+        key = (record.sandbox_id, record.config.metadata.name, record.config.metadata.attempt)
+        if self._names.get(key) == record.id:
+            del self._names[key]
+        self._release_layers_now(record.id)
+
+    def _release_layers_now(self, owner: str) -> None:
+        """release_layers from a worker thread (recovery runs on one)."""
+        try:
+            release = self._images.release_layers(owner)
+            asyncio.run_coroutine_threadsafe(release, self._loop).result(timeout=60)
+        except Exception as e:
+            log.error("leased layers not released", owner=owner, error=str(e))
 
     def _on_shim_lost_one(self, record: ContainerRecord) -> None:
         exit = self._store.read_exit(record.id) or ExitRecord(

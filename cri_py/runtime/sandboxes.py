@@ -14,19 +14,31 @@ import errno
 import os
 import secrets
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cri_py.config import Config
-from cri_py.errors import AlreadyExists, CriError, Internal, InvalidArgument, NotFound
-from cri_py.linux import syscalls
+from cri_py.errors import (
+    AlreadyExists,
+    CriError,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+)
+from cri_py.linux import features, syscalls
 from cri_py.linux.namespaces import pin_namespace, unpin_namespace
 from cri_py.log import get_logger
 from cri_py.network.hostports import HostPorts
 from cri_py.network.selector import BUILTIN, NetworkSelector
+from cri_py.oci.cgroups import Resources, pod_resources
+from cri_py.oci.cgroups import validate as validate_resources
 from cri_py.runtime import pod_files
+from cri_py.runtime.cgroups import CgroupManager, pod_cgroup
+from cri_py.runtime.events import EventType
 from cri_py.runtime.model import (
     NamespaceMode,
     Phase,
@@ -39,9 +51,17 @@ from cri_py.runtime.model import (
 )
 from cri_py.runtime.node import NetworkState
 from cri_py.runtime.sysctls import validate_sysctls
-from cri_py.shim.client import ShimClient, ShimError, ShimProcess, start_shim, stop_shim
+from cri_py.shim.client import (
+    ShimClient,
+    ShimError,
+    ShimProcess,
+    ShimTemplate,
+    start_shim,
+    stop_shim,
+)
 from cri_py.shim.spec import ShimSpec
 from cri_py.shim.watcher import ShimWatcher
+from cri_py.spec.userns import map_file, validate_pod_user_namespace
 from cri_py.store.sandboxes import SandboxStore
 
 log = get_logger("cri_py.sandboxes")
@@ -76,6 +96,14 @@ def validate_config(config: SandboxConfig) -> None:
         raise InvalidArgument("pod sandbox metadata needs a name and a namespace")
     if m.attempt < 0:
         raise InvalidArgument(f"pod sandbox attempt must not be negative, got {m.attempt}")
+    # Container logs are created under it: a clean absolute path (kubelet's /var/log/pods/...).
+    log_dir = config.log_directory
+    if log_dir and (not log_dir.startswith("/") or ".." in log_dir.split("/") or "\x00" in log_dir):
+        raise InvalidArgument(f"pod log directory {log_dir!r} must be absolute, without '..'")
+    # sethostname(2) takes at most 64 bytes, no NUL; the name is a line of /etc/hosts too.
+    hostname = pod_files.pod_hostname(config.hostname, m.name, False, "")
+    if len(hostname.encode()) > pod_files.MAX_HOSTNAME or "\x00" in hostname or "\n" in hostname:
+        raise InvalidArgument(f"pod hostname {hostname!r} is not a valid host name")
     ns = config.namespaces
     for kind, mode in (("network", ns.network), ("ipc", ns.ipc)):
         if mode not in (NamespaceMode.POD, NamespaceMode.NODE):
@@ -83,12 +111,26 @@ def validate_config(config: SandboxConfig) -> None:
     if ns.pid == NamespaceMode.TARGET:
         raise InvalidArgument("pod PID namespace mode TARGET is only valid for containers")
     validate_sysctls(config.sysctls, ns)
+    validate_pod_user_namespace(ns)
+    validate_resources(config.resources)
+    validate_resources(config.overhead)
 
 
 class SandboxService:
     def __init__(
-        self, config: Config, network: NetworkSelector, hostports: HostPorts | None = None
+        self,
+        config: Config,
+        network: NetworkSelector,
+        hostports: HostPorts | None = None,
+        cgroups: CgroupManager | None = None,
     ) -> None:
+        self._cgroups = cgroups
+        self._root_dir = config.root_dir
+        self._cgroup_config = config.cgroups
+        # Shims are forked from a template process, born in the shims' cgroup.
+        self._template = ShimTemplate(
+            Path(config.run_dir) / "shim-template.log", self._template_started
+        )
         # hostPorts of built-in-network pods (CNI pods get theirs from the portmap plugin).
         self._hostports = hostports
         self._store = SandboxStore(Path(config.root_dir) / "sandboxes")
@@ -106,6 +148,9 @@ class SandboxService:
         self.before_stop: Callable[[str], None] = lambda sandbox_id: None
         self.after_stop: Callable[[str], None] = lambda sandbox_id: None
         self.before_remove: Callable[[str], None] = lambda sandbox_id: None
+        # Told of the sandbox's own lifecycle events (GetContainerEvents; containerd sends
+        # them too and kubelet's Evented PLEG drops a pod from its cache on DELETED).
+        self.on_event: Callable[[EventType, SandboxView], None] = lambda kind, view: None
 
     def shim_bundle(self, sandbox_id: str) -> Path:
         """The sandbox's run dir: the shim's socket, spec and log."""
@@ -149,6 +194,15 @@ class SandboxService:
     def network_state(self) -> NetworkState:
         return self._network.state()
 
+    @property
+    def network(self) -> NetworkSelector:
+        return self._network
+
+    def shim_count(self) -> int:
+        """Shim processes alive (one per pod that is not stopped)."""
+        with self._lock:
+            return len(self._alive)
+
     # --- commands -------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -166,6 +220,10 @@ class SandboxService:
                 f'runtime handler {runtime_handler!r} is not configured (cri-py has only "")'
             )
         validate_config(config)
+        if config.namespaces.user.mode == NamespaceMode.POD:
+            problem = features.user_namespaces_problem(self._root_dir)
+            if problem:
+                raise FailedPrecondition(f"user namespaces do not work on this host: {problem}")
         key = name_key(config)
         sandbox_id = secrets.token_hex(32)
         with self._lock:
@@ -205,6 +263,10 @@ class SandboxService:
             pid=record.shim.pid,
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
         )
+        with self._lock:
+            view = self._view(record)
+        for kind in (EventType.CREATED, EventType.STARTED):
+            self.on_event(kind, view)
         return sandbox_id
 
     def _bundle(self, sandbox_id: str) -> Path:
@@ -229,6 +291,10 @@ class SandboxService:
             pins["ipc"] = str(bundle / "ns" / "ipc")
         if ns.pid == NamespaceMode.POD:
             pins["pid"] = str(bundle / "ns" / "pid")
+        own_users = ns.user.mode == NamespaceMode.POD
+        if own_users:
+            # Pinned by the shim, which creates it (see cri_py.shim.main).
+            pins["user"] = str(bundle / "ns" / "user")
         record = SandboxRecord(
             id=sandbox_id,
             config=config,
@@ -239,11 +305,15 @@ class SandboxService:
             shm_path=HOST_SHM if host_ipc else str(bundle / "shm"),
             hostname=hostname,
             network=network_kind,
+            cgroup=self._pod_cgroup_path(sandbox_id, config),
         )
         with contextlib.ExitStack() as undo:
             # The record first: a crash from here on leaves something a restart rolls back.
             undo.callback(self._store.delete, sandbox_id)
             self._store.save(record)
+            if record.cgroup:
+                undo.callback(self._remove_pod_cgroup, record)
+                self._create_pod_cgroup(record)
             files = self._store.dir_of(sandbox_id)
             undo.callback(shutil.rmtree, bundle, ignore_errors=True)
             (bundle / "ns").mkdir(mode=0o700, parents=True)
@@ -271,14 +341,22 @@ class SandboxService:
                 new_uts=not host_network,
                 new_pid=ns.pid == NamespaceMode.POD,
                 sysctls=dict(config.sysctls),
+                uid_map=map_file(ns.user.uids) if own_users else "",
+                gid_map=map_file(ns.user.gids) if own_users else "",
+                user_pin=pins.get("user", ""),
             )
-            shim = start_shim(bundle, spec)
+            if own_users:
+                undo.callback(unpin_namespace, Path(pins["user"]))
+            shim = start_shim(bundle, spec, template=self._template)
             undo.callback(stop_shim, bundle, shim)
+            self._join_shim_cgroup(shim.pid, shim.init_pid)
             record = dataclasses.replace(
                 record, shim=ShimInfo(shim.pid, shim.start_time, shim.init_pid)
             )
             self._store.save(record)  # now a restart knows which process to stop
             for kind, path in pins.items():
+                if kind == "user":
+                    continue  # the shim's pin
                 undo.callback(unpin_namespace, Path(path))
                 pin_namespace(shim.init_pid if kind == "pid" else shim.pid, kind, Path(path))
             if not host_network:
@@ -312,9 +390,9 @@ class SandboxService:
         if record.shim is not None:
             stop_shim(bundle, _shim_process(record.shim))
         else:
-            # Crashed between starting the shim and recording it: ask through the socket.
-            with contextlib.suppress(ShimError):
-                ShimClient(bundle).call("shutdown", timeout=1.0)
+            # Crashed between starting the shim and recording it, maybe before it served its
+            # socket: its processes are the ones started for this bundle.
+            _kill_unrecorded_shim(bundle)
         for path in record.namespaces.values():
             unpin_namespace(Path(path))
         if record.shm_path and record.shm_path != HOST_SHM:
@@ -337,6 +415,7 @@ class SandboxService:
                 with self._lock:
                     self._records[full] = record
                 log.info("sandbox stopped", sandbox=full)
+                self.on_event(EventType.STOPPED, SandboxView(record, SandboxState.NOTREADY))
 
     def remove(self, sandbox_id: str) -> None:
         """Removes every trace of the pod (stopping it first if needed). Idempotent."""
@@ -350,6 +429,7 @@ class SandboxService:
             self._release(record)
             self.after_stop(full)
             self.before_remove(full)
+            self._remove_pod_cgroup(record)
             shutil.rmtree(self._bundle(full), ignore_errors=True)
             self._store.delete(full)
             with self._lock:
@@ -357,6 +437,7 @@ class SandboxService:
                 self._names.pop(name_key(record.config), None)
                 self._op_locks.pop(full, None)
             log.info("sandbox removed", sandbox=full)
+            self.on_event(EventType.DELETED, SandboxView(record, SandboxState.NOTREADY))
 
     def _on_shim_exit(self, sandbox_id: str) -> None:
         with self._lock:
@@ -364,6 +445,65 @@ class SandboxService:
             record = self._records.get(sandbox_id)
         if record is not None and record.phase == Phase.CREATED:
             log.warning("shim exited; sandbox is NOTREADY", sandbox=sandbox_id)
+            self.on_event(EventType.STOPPED, SandboxView(record, SandboxState.NOTREADY))
+
+    def update_resources(self, sandbox_id: str, resources: Resources, overhead: Resources) -> None:
+        """UpdatePodSandboxResources: kubelet has resized the pod. The pod cgroup cri-py made
+        takes the new limits first (all or nothing), then the record; kubelet's own pod cgroup
+        is kubelet's to size, so for those pods only the record changes."""
+        validate_resources(resources)
+        validate_resources(overhead)
+        full = self._resolve(sandbox_id)
+        if full is None:
+            raise NotFound(f"pod sandbox {sandbox_id} not found")
+        with self._operation(full) as record:
+            if record is None:
+                raise NotFound(f"pod sandbox {sandbox_id} not found")
+            if record.cgroup and record.phase != Phase.STOPPED and self._cgroups is not None:
+                try:
+                    self._cgroups.update(record.cgroup, pod_resources(resources, overhead))
+                except OSError as e:
+                    raise Internal(f"pod cgroup {record.cgroup}: {e}") from None
+            config = dataclasses.replace(record.config, resources=resources, overhead=overhead)
+            record = dataclasses.replace(record, config=config)
+            self._store.save(record)
+            with self._lock:
+                self._records[record.id] = record
+        log.info("pod resources updated", sandbox=record.id, cgroup=record.cgroup or "(kubelet's)")
+
+    # --- cgroups --------------------------------------------------------------------------
+
+    def _pod_cgroup_path(self, sandbox_id: str, config: SandboxConfig) -> str:
+        if self._cgroups is None or config.cgroup_parent:
+            return ""
+        return pod_cgroup(self._cgroup_config.default_parent, sandbox_id)
+
+    def _create_pod_cgroup(self, record: SandboxRecord) -> None:
+        assert self._cgroups is not None
+        limits = pod_resources(record.config.resources, record.config.overhead)
+        try:
+            self._cgroups.create(record.cgroup, limits)
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.ERANGE, errno.EBUSY):
+                raise InvalidArgument(f"pod cgroup {record.cgroup}: {e.strerror}") from None
+            raise
+
+    def _remove_pod_cgroup(self, record: SandboxRecord) -> None:
+        if not record.cgroup or self._cgroups is None:
+            return
+        try:
+            self._cgroups.remove(record.cgroup)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.error("cannot remove a pod cgroup", cgroup=record.cgroup, error=str(e))
+
+    def _join_shim_cgroup(self, *pids: int) -> None:
+        if self._cgroups is None or not self._cgroup_config.shim_cgroup:
+            return
+        for pid in pids:
+            if pid:
+                self._cgroups.join_shim_cgroup(self._cgroup_config.shim_cgroup, pid)
 
     # --- life of the service --------------------------------------------------------------
 
@@ -377,6 +517,7 @@ class SandboxService:
                 except Exception:
                     log.error("rollback failed", exc_info=True, sandbox=record.id)
                     continue
+                self._remove_pod_cgroup(record)
                 shutil.rmtree(self._bundle(record.id), ignore_errors=True)
                 self._store.delete(record.id)
                 continue
@@ -408,12 +549,59 @@ class SandboxService:
             except CriError as e:
                 log.error("hostPorts not reopened", sandbox=record.id, error=str(e))
 
+    def start_template(self) -> None:
+        """Starts the shim template now rather than on the first RunPodSandbox."""
+        try:
+            self._template.start()
+        except ShimError as e:
+            log.warning("shim template not started; retried at the next pod", error=str(e))
+
+    def _template_started(self, pid: int) -> None:
+        self._join_shim_cgroup(pid)
+        log.info("shim template ready", pid=pid)
+
     def close(self) -> None:
         self._watcher.close()
+        self._template.close()
 
 
 def _shim_process(info: ShimInfo) -> ShimProcess:
     return ShimProcess(pid=info.pid, start_time=info.start_time, init_pid=info.init_pid)
+
+
+def _shim_processes(bundle: Path) -> list[int]:
+    """PIDs started as `python -m cri_py.shim <bundle>`: the shim, its pod-init, a child not
+    exec'd yet (a shim forked by the template takes that command line too)."""
+    target = os.fsencode(str(bundle))
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                args = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"cri_py.shim" in args and target in args:
+                found.append(int(name))
+    return found
+
+
+def _kill_unrecorded_shim(bundle: Path, timeout: float = 10.0) -> None:
+    """SIGKILLs a shim the daemon started but never recorded, until none is left for a
+    while: one still starting may fork after a first look. Its exit.json must not land in
+    a bundle dir already removed, so this returns once they are gone."""
+    deadline = time.monotonic() + timeout
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        pids = _shim_processes(bundle)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if pids:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > 0.5:
+            return
+        time.sleep(0.05)
+    log.error("a shim of a half-built sandbox would not die", bundle=str(bundle))
 
 
 def _unmount(path: Path) -> None:

@@ -9,8 +9,10 @@ from typing import Any, TypeVar
 
 from cri_py.api import api_pb2 as pb
 from cri_py.errors import InvalidArgument
+from cri_py.oci.cgroups import Resources
 from cri_py.runtime.model import (
     DNSConfig,
+    IDMapping,
     NamespaceMode,
     NamespaceOptions,
     PodMetadata,
@@ -19,6 +21,7 @@ from cri_py.runtime.model import (
     SandboxFilter,
     SandboxState,
     SandboxView,
+    UserNamespace,
 )
 from cri_py.store.codec import to_data
 
@@ -36,6 +39,27 @@ def parse_enum(kind: type[E], value: int, message: str) -> E:
 
 def _mode(value: int, what: str) -> NamespaceMode:
     return parse_enum(NamespaceMode, value, f"{what}: unknown namespace mode {value}")
+
+
+def id_mappings(mappings: Any) -> tuple[IDMapping, ...]:
+    return tuple(IDMapping(m.container_id, m.host_id, m.length) for m in mappings)
+
+
+def user_namespace(options: pb.NamespaceOption) -> UserNamespace | None:
+    """The CRI's userns_options; None when unset (a pod then keeps the host's users)."""
+    if not options.HasField("userns_options"):
+        return None
+    user = options.userns_options
+    return UserNamespace(
+        mode=_mode(user.mode, "user"), uids=id_mappings(user.uids), gids=id_mappings(user.gids)
+    )
+
+
+def pb_mappings(mappings: tuple[IDMapping, ...]) -> list[pb.IDMapping]:
+    return [
+        pb.IDMapping(container_id=m.container_id, host_id=m.host_id, length=m.length)
+        for m in mappings
+    ]
 
 
 def sandbox_config(config: pb.PodSandboxConfig) -> SandboxConfig:
@@ -70,10 +94,28 @@ def sandbox_config(config: pb.PodSandboxConfig) -> SandboxConfig:
             network=_mode(options.network, "network"),
             pid=_mode(options.pid, "pid"),
             ipc=_mode(options.ipc, "ipc"),
+            user=user_namespace(options) or UserNamespace(),
         ),
         sysctls=dict(config.linux.sysctls),
         cgroup_parent=config.linux.cgroup_parent,
         privileged=security.privileged,
+        resources=resources(config.linux.resources),
+        overhead=resources(config.linux.overhead),
+    )
+
+
+def resources(linux: pb.LinuxContainerResources) -> Resources:
+    """CRI LinuxContainerResources as our Resources (0 / empty = not set, as in the CRI)."""
+    return Resources(
+        cpu_shares=linux.cpu_shares,
+        cpu_quota=linux.cpu_quota,
+        cpu_period=linux.cpu_period,
+        memory_limit_in_bytes=linux.memory_limit_in_bytes,
+        memory_swap_limit_in_bytes=linux.memory_swap_limit_in_bytes,
+        cpuset_cpus=linux.cpuset_cpus,
+        cpuset_mems=linux.cpuset_mems,
+        hugepage_limits={h.page_size: h.limit for h in linux.hugepage_limits},
+        unified=dict(linux.unified),
     )
 
 
@@ -116,6 +158,11 @@ def sandbox_status(view: SandboxView) -> pb.PodSandboxStatus:
                     network=int(ns.network),  # type: ignore[arg-type]
                     pid=int(ns.pid),  # type: ignore[arg-type]
                     ipc=int(ns.ipc),  # type: ignore[arg-type]
+                    userns_options=pb.UserNamespace(
+                        mode=int(ns.user.mode),  # type: ignore[arg-type]
+                        uids=pb_mappings(ns.user.uids),
+                        gids=pb_mappings(ns.user.gids),
+                    ),
                 )
             )
         ),

@@ -22,8 +22,16 @@ from cri_py.runtime.container_model import (
     SecurityProfile,
     SupplementalGroupsPolicy,
 )
+from cri_py.runtime.events import ContainerEvent
 from cri_py.runtime.model import NamespaceMode
-from cri_py.server.convert import parse_enum
+from cri_py.server.convert import (
+    id_mappings,
+    parse_enum,
+    pb_mappings,
+    resources,
+    sandbox_status,
+    user_namespace,
+)
 from cri_py.store.codec import to_data
 
 
@@ -42,21 +50,6 @@ def _signal_value(name: str) -> int:
         return int(pb.Signal.Value(f"SIGNAL_{name}"))
     except ValueError:
         return 0
-
-
-def resources(linux: pb.LinuxContainerResources) -> Resources:
-    """CRI LinuxContainerResources as our Resources (0 / empty = not set, as in the CRI)."""
-    return Resources(
-        cpu_shares=linux.cpu_shares,
-        cpu_quota=linux.cpu_quota,
-        cpu_period=linux.cpu_period,
-        memory_limit_in_bytes=linux.memory_limit_in_bytes,
-        memory_swap_limit_in_bytes=linux.memory_swap_limit_in_bytes,
-        cpuset_cpus=linux.cpuset_cpus,
-        cpuset_mems=linux.cpuset_mems,
-        hugepage_limits={h.page_size: h.limit for h in linux.hugepage_limits},
-        unified=dict(linux.unified),
-    )
 
 
 def linux_resources(r: Resources, oom_score_adj: int = 0) -> pb.LinuxContainerResources:
@@ -105,6 +98,8 @@ def container_config(config: pb.ContainerConfig) -> ContainerConfig:
                 recursive_read_only=m.recursive_read_only,
                 image=image,
                 image_sub_path=m.image_sub_path,
+                uid_mappings=id_mappings(m.uidMappings),
+                gid_mappings=id_mappings(m.gidMappings),
             )
         )
     pid_mode = parse_enum(
@@ -113,6 +108,7 @@ def container_config(config: pb.ContainerConfig) -> ContainerConfig:
     return ContainerConfig(
         metadata=ContainerMetadata(config.metadata.name, config.metadata.attempt),
         image=config.image.image,
+        user_specified_image=config.image.user_specified_image,
         command=tuple(config.command),
         args=tuple(config.args),
         working_dir=config.working_dir,
@@ -132,6 +128,7 @@ def container_config(config: pb.ContainerConfig) -> ContainerConfig:
         supplemental_groups=tuple(security.supplemental_groups),
         pid_mode=pid_mode,
         target_id=security.namespace_options.target_id,
+        user_namespace=user_namespace(security.namespace_options),
         readonly_rootfs=security.readonly_rootfs,
         privileged=security.privileged,
         add_capabilities=tuple(security.capabilities.add_capabilities),
@@ -191,7 +188,7 @@ def container_summary(record: ContainerRecord) -> pb.Container:
         id=record.id,
         pod_sandbox_id=record.sandbox_id,
         metadata=_metadata(record),
-        image=pb.ImageSpec(image=record.config.image),
+        image=_image(record),
         image_ref=record.image_id,
         image_id=record.image_id,
         state=int(record.state),  # type: ignore[arg-type]
@@ -211,7 +208,7 @@ def container_status(record: ContainerRecord) -> pb.ContainerStatus:
         started_at=record.started_at,
         finished_at=exit.finished_at if exit else 0,
         exit_code=exit.exit_code if exit else 0,
-        image=pb.ImageSpec(image=record.config.image),
+        image=_image(record),
         image_ref=record.image_id,
         image_id=record.image_id,
         reason=exit.reason if exit else "",
@@ -228,6 +225,25 @@ def container_status(record: ContainerRecord) -> pb.ContainerStatus:
     )
 
 
+def container_event(event: ContainerEvent) -> pb.ContainerEventResponse:
+    """A lifecycle event with the pod's status and every container's (kubelet needs the pod's
+    metadata to act on it; older kubelets built the whole pod status from this message)."""
+    return pb.ContainerEventResponse(
+        container_id=event.container_id,
+        container_event_type=int(event.type),  # type: ignore[arg-type]
+        created_at=event.created_at,
+        pod_sandbox_status=sandbox_status(event.sandbox) if event.sandbox else None,
+        containers_statuses=[container_status(r) for r in event.containers],
+    )
+
+
+def _image(record: ContainerRecord) -> pb.ImageSpec:
+    return pb.ImageSpec(
+        image=record.image_name or record.config.image,
+        user_specified_image=record.config.user_specified_image,
+    )
+
+
 def _mount(m: Mount) -> pb.Mount:
     image = None
     if m.image:
@@ -241,6 +257,8 @@ def _mount(m: Mount) -> pb.Mount:
         recursive_read_only=m.recursive_read_only,
         image=image,
         image_sub_path=m.image_sub_path,
+        uidMappings=pb_mappings(m.uid_mappings),
+        gidMappings=pb_mappings(m.gid_mappings),
     )
 
 

@@ -13,7 +13,7 @@ import fcntl
 import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -23,6 +23,7 @@ from cri_py.api import api_pb2 as pb
 from cri_py.config import Config
 from cri_py.errors import StartupError
 from cri_py.images.service import ImageService
+from cri_py.linux import features
 from cri_py.linux.cgroupfs import Cgroupfs
 from cri_py.log import get_logger
 from cri_py.network.bridge import BuiltinNetwork
@@ -32,8 +33,10 @@ from cri_py.runtime.cgroups import CgroupManager
 from cri_py.runtime.containers import ContainerService
 from cri_py.runtime.node import NodeState
 from cri_py.runtime.sandboxes import SandboxService
-from cri_py.server.guard import service_handler
+from cri_py.server.guard import Observer, service_handler
 from cri_py.server.images import ImageServicer
+from cri_py.server.prometheus import start_metrics
+from cri_py.server.reload import Reloader
 from cri_py.server.runtime import RuntimeServicer
 from cri_py.streaming.server import StreamServer
 
@@ -98,6 +101,7 @@ def build_server(
     images: ImageService | None = None,
     containers: ContainerService | None = None,
     streams: StreamServer | None = None,
+    observe: Observer | None = None,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
         options=[
@@ -112,16 +116,22 @@ def build_server(
                 services["RuntimeService"],
                 pb,
                 RuntimeServicer(config, node, sandboxes, containers, streams),
+                observe,
             ),
             service_handler(
-                services["ImageService"], pb, ImageServicer(images or ImageService(config))
+                services["ImageService"],
+                pb,
+                ImageServicer(images or ImageService(config)),
+                observe,
             ),
         ]
     )
     return server
 
 
-def start_sandboxes(config: Config, hostports: HostPorts) -> SandboxService:
+def start_sandboxes(
+    config: Config, hostports: HostPorts, cgroups: CgroupManager | None
+) -> SandboxService:
     """The sandbox service, with the bridge ensured and state recovered from the last run.
 
     The built-in bridge is made even when a CNI config exists: it is cheap, and the node stays
@@ -133,8 +143,15 @@ def start_sandboxes(config: Config, hostports: HostPorts) -> SandboxService:
         log.error("built-in network unusable", bridge=config.network.bridge, error=str(e))
     else:
         log.info("built-in network", bridge=config.network.bridge, ready=state.ready)
-    sandboxes = SandboxService(config, NetworkSelector(config.network, network), hostports)
+    sandboxes = SandboxService(config, NetworkSelector(config.network, network), hostports, cgroups)
     sandboxes.recover()
+    sandboxes.start_template()
+    # Probed once, here, so Status answers from the cache (pods with their own users need it).
+    problem = features.user_namespaces_problem(config.root_dir)
+    if problem:
+        log.warning("user namespaces unavailable; not advertised", reason=problem)
+    else:
+        log.info("user namespaces available", probe_dir=config.root_dir)
     return sandboxes
 
 
@@ -150,8 +167,11 @@ def start_cgroups(config: Config) -> CgroupManager | None:
     return CgroupManager(fs, config.cgroups.pids_limit)
 
 
-async def serve(config: Config) -> None:
-    """Runs the daemon until SIGTERM or SIGINT; the socket is removed on the way out."""
+async def serve(config: Config, load: Callable[[], Config] | None = None) -> None:
+    """Runs the daemon until SIGTERM or SIGINT; the socket is removed on the way out.
+
+    `load` reads the config files again (as at startup, flags winning): SIGHUP calls it and
+    applies what can change while running (`cri_py.server.reload`)."""
     check_root()
     # State and sockets are root's alone; the socket itself is opened up to 0660 below.
     os.umask(0o077)
@@ -162,18 +182,22 @@ async def serve(config: Config) -> None:
         claim_socket(sock)
         node = NodeState(root_dir)
         hostports = HostPorts(asyncio.get_running_loop())
-        sandboxes = await asyncio.to_thread(start_sandboxes, config, hostports)
+        cgroups = start_cgroups(config)
+        sandboxes = await asyncio.to_thread(start_sandboxes, config, hostports, cgroups)
         images = ImageService(config)
         containers = ContainerService(
-            config, sandboxes, images, asyncio.get_running_loop(), start_cgroups(config)
+            config, sandboxes, images, asyncio.get_running_loop(), cgroups
         )
         sandboxes.before_stop = containers.stop_sandbox_containers
         sandboxes.after_stop = containers.sandbox_stopped
         sandboxes.before_remove = containers.remove_sandbox_containers
+        sandboxes.on_event = containers.sandbox_event
         await asyncio.to_thread(containers.recover)
         streams = StreamServer(config.stream, containers)
         await streams.start()
-        server = build_server(config, node, sandboxes, images, containers, streams)
+        metrics = start_metrics(config, sandboxes, containers, images)
+        observe = metrics[0].observe_rpc if metrics else None
+        server = build_server(config, node, sandboxes, images, containers, streams, observe)
         server.add_insecure_port(f"unix://{sock}")
         await server.start()
         try:
@@ -184,10 +208,17 @@ async def serve(config: Config) -> None:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, stop.set)
+            if load is not None:
+                reloader = Reloader(config, load, images, sandboxes.network)
+                loop.add_signal_handler(signal.SIGHUP, reloader.reload)
             await stop.wait()
             log.info("stopping", grace_seconds=STOP_GRACE_SECONDS)
         finally:
+            # Event streams end first, cleanly: the grace below is for unary calls.
+            containers.events.close()
             await server.stop(STOP_GRACE_SECONDS)
+            if metrics:
+                await asyncio.to_thread(metrics[1].close)
             await streams.close()
             # Shims (and so pods) keep running: they are not the daemon's to stop.
             containers.close()

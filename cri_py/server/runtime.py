@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import TypeVar
 
 import cri_py
 from cri_py.api import api_pb2 as pb
 from cri_py.config import Config, to_data
 from cri_py.errors import FailedPrecondition, InvalidArgument, Unimplemented
 from cri_py.linux import features
+from cri_py.runtime.container_model import ContainerFilter, ContainerRecord
 from cri_py.runtime.containers import ContainerService
-from cri_py.runtime.model import SandboxFilter, SandboxState
+from cri_py.runtime.model import SandboxFilter, SandboxState, SandboxView
 from cri_py.runtime.node import NodeState, conditions
 from cri_py.runtime.sandboxes import SandboxService
-from cri_py.server import convert, convert_containers, convert_stats
+from cri_py.runtime.stats import filesystem_capacity
+from cri_py.server import convert, convert_containers, convert_metrics, convert_stats
 from cri_py.server.guard import Context
+from cri_py.server.images import STREAM_CHUNK
+from cri_py.server.summary_cache import SummaryCache
 from cri_py.streaming.requests import AttachRequest, ExecRequest, PortForwardRequest
 from cri_py.streaming.server import StreamServer
 
@@ -24,6 +31,10 @@ RUNTIME_NAME = "cri-py"
 # The CRI's own version string for the Version RPC's `version` field (kubelet ignores it).
 KUBELET_API_VERSION = "0.1.0"
 RUNTIME_API_VERSION = "v1"
+
+T = TypeVar("T")
+# Pods per StreamPodSandboxMetrics message: a pod's metrics are a few KB, well under gRPC's cap.
+METRICS_CHUNK = 50
 
 
 class RuntimeServicer:
@@ -42,6 +53,13 @@ class RuntimeServicer:
         self._node = node
         self._sandboxes = sandboxes
         self._containers_service = containers
+        # kubelet lists everything every second: summaries are rebuilt only for changed objects.
+        self._pod_summaries: SummaryCache[SandboxView, pb.PodSandbox] = SummaryCache(
+            convert.sandbox_summary, lambda v: (v.record, v.state)
+        )
+        self._container_summaries: SummaryCache[ContainerRecord, pb.Container] = SummaryCache(
+            convert_containers.container_summary, lambda r: (r,)
+        )
 
     @property
     def _containers(self) -> ContainerService:
@@ -72,6 +90,9 @@ class RuntimeServicer:
                 {**to_data(self._config), "registries": sorted(self._config.registries)}
             )
             info["podCIDR"] = self._node.pod_cidr
+            # For `cri-py info`: which network new pods get, and how many shims run.
+            info["network"] = "cni" if self._sandboxes.network.uses_cni() else "builtin"
+            info["shims"] = str(self._sandboxes.shim_count())
         return pb.StatusResponse(
             status=status,
             info=info,
@@ -79,7 +100,8 @@ class RuntimeServicer:
                 pb.RuntimeHandler(
                     name="",
                     features=pb.RuntimeHandlerFeatures(
-                        recursive_read_only_mounts=features.recursive_read_only_mounts()
+                        recursive_read_only_mounts=features.recursive_read_only_mounts(),
+                        user_namespaces=not features.user_namespaces_problem(self._config.root_dir),
                     ),
                 )
             ],
@@ -125,17 +147,32 @@ class RuntimeServicer:
         self, request: pb.PodSandboxStatusRequest, context: Context
     ) -> pb.PodSandboxStatusResponse:
         view = self._sandboxes.status(request.pod_sandbox_id)
+        sandbox_id = view.record.id
+        # kubelet with EventedPLEG takes a pod's containers from here, not from ListContainers,
+        # whenever `timestamp` is set: without them it would start every container again.
+        records = []
+        if self._containers_service is not None:
+            records = self._containers_service.list(ContainerFilter(sandbox_id=sandbox_id))
         return pb.PodSandboxStatusResponse(
             status=convert.sandbox_status(view),
             info=convert.sandbox_info(view) if request.verbose else {},
+            containers_statuses=[
+                convert_containers.container_status(r)
+                for r in records
+                if r.sandbox_id == sandbox_id
+            ],
             timestamp=time.time_ns(),
         )
 
     async def ListPodSandbox(
         self, request: pb.ListPodSandboxRequest, context: Context
     ) -> pb.ListPodSandboxResponse:
-        views = self._sandboxes.list(convert.sandbox_filter(request))
-        return pb.ListPodSandboxResponse(items=[convert.sandbox_summary(v) for v in views])
+        selector = convert.sandbox_filter(request)
+        views = self._sandboxes.list(selector)
+        items = self._pod_summaries.summaries(
+            ((v.record.id, v) for v in views), complete=selector == SandboxFilter()
+        )
+        return pb.ListPodSandboxResponse(items=items)
 
     # --- containers ---------------------------------------------------------------------------
 
@@ -167,10 +204,12 @@ class RuntimeServicer:
     async def ListContainers(
         self, request: pb.ListContainersRequest, context: Context
     ) -> pb.ListContainersResponse:
-        records = self._containers.list(convert_containers.container_filter(request))
-        return pb.ListContainersResponse(
-            containers=[convert_containers.container_summary(r) for r in records]
+        selector = convert_containers.container_filter(request)
+        records = self._containers.list(selector)
+        containers = self._container_summaries.summaries(
+            ((r.id, r) for r in records), complete=selector == ContainerFilter()
         )
+        return pb.ListContainersResponse(containers=containers)
 
     async def ContainerStatus(
         self, request: pb.ContainerStatusRequest, context: Context
@@ -257,9 +296,20 @@ class RuntimeServicer:
     async def UpdateContainerResources(
         self, request: pb.UpdateContainerResourcesRequest, context: Context
     ) -> pb.UpdateContainerResourcesResponse:
-        resources = convert_containers.resources(request.linux)
+        resources = convert.resources(request.linux)
         await asyncio.to_thread(self._containers.update_resources, request.container_id, resources)
         return pb.UpdateContainerResourcesResponse()
+
+    async def UpdatePodSandboxResources(
+        self, request: pb.UpdatePodSandboxResourcesRequest, context: Context
+    ) -> pb.UpdatePodSandboxResourcesResponse:
+        await asyncio.to_thread(
+            self._sandboxes.update_resources,
+            request.pod_sandbox_id,
+            convert.resources(request.resources),
+            convert.resources(request.overhead),
+        )
+        return pb.UpdatePodSandboxResourcesResponse()
 
     async def ContainerStats(
         self, request: pb.ContainerStatsRequest, context: Context
@@ -299,3 +349,103 @@ class RuntimeServicer:
         return pb.ListPodSandboxStatsResponse(
             stats=[convert_stats.sandbox_stats(u, now) for u in usages]
         )
+
+    # --- the streamed lists (KEP-5825): the List answers, sent in chunks -----------------------
+
+    async def StreamPodSandboxes(
+        self, request: pb.StreamPodSandboxesRequest, context: Context
+    ) -> AsyncIterator[pb.StreamPodSandboxesResponse]:
+        listed = await self.ListPodSandbox(pb.ListPodSandboxRequest(filter=request.filter), context)
+        for chunk in _chunks(listed.items):
+            yield pb.StreamPodSandboxesResponse(pod_sandboxes=chunk)
+
+    async def StreamContainers(
+        self, request: pb.StreamContainersRequest, context: Context
+    ) -> AsyncIterator[pb.StreamContainersResponse]:
+        listed = await self.ListContainers(pb.ListContainersRequest(filter=request.filter), context)
+        for chunk in _chunks(listed.containers):
+            yield pb.StreamContainersResponse(containers=chunk)
+
+    async def StreamContainerStats(
+        self, request: pb.StreamContainerStatsRequest, context: Context
+    ) -> AsyncIterator[pb.StreamContainerStatsResponse]:
+        listed = await self.ListContainerStats(
+            pb.ListContainerStatsRequest(filter=request.filter), context
+        )
+        for chunk in _chunks(listed.stats):
+            yield pb.StreamContainerStatsResponse(container_stats=chunk)
+
+    async def StreamPodSandboxStats(
+        self, request: pb.StreamPodSandboxStatsRequest, context: Context
+    ) -> AsyncIterator[pb.StreamPodSandboxStatsResponse]:
+        listed = await self.ListPodSandboxStats(
+            pb.ListPodSandboxStatsRequest(filter=request.filter), context
+        )
+        for chunk in _chunks(listed.stats):
+            yield pb.StreamPodSandboxStatsResponse(pod_sandbox_stats=chunk)
+
+    # --- events and metrics ---------------------------------------------------------------------
+
+    async def GetContainerEvents(
+        self, request: pb.GetEventsRequest, context: Context
+    ) -> AsyncIterator[pb.ContainerEventResponse]:
+        """Every container and sandbox change from now on, until the client goes or the daemon
+        stops (then the stream ends cleanly). A client that reads too slowly loses its oldest
+        events (logged); the runtime never waits for it."""
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+
+        def wake() -> None:  # called on the publishing thread
+            with contextlib.suppress(RuntimeError):  # the loop is closing: nobody to wake
+                loop.call_soon_threadsafe(ready.set)
+
+        subscription = self._containers.events.subscribe(wake)
+        try:
+            # Headers now: a client waiting for them knows it will miss nothing from here on.
+            await context.send_initial_metadata(())
+            while True:
+                await ready.wait()
+                ready.clear()
+                events, ended = subscription.drain()
+                for event in events:
+                    # kubelet drops events without the pod's status (logging an error): the
+                    # pod is gone, and its sandbox's DELETED event said so already.
+                    if event.sandbox is not None:
+                        yield convert_containers.container_event(event)
+                if ended:
+                    return
+        finally:
+            subscription.close()
+
+    async def ListMetricDescriptors(
+        self, request: pb.ListMetricDescriptorsRequest, context: Context
+    ) -> pb.ListMetricDescriptorsResponse:
+        return pb.ListMetricDescriptorsResponse(descriptors=convert_metrics.descriptors())
+
+    async def _pod_metrics(self) -> list[pb.PodSandboxMetrics]:
+        usages = await asyncio.to_thread(self._containers.sandbox_usage, SandboxFilter(), True)
+        capacity = await asyncio.to_thread(filesystem_capacity, self._config.root_dir)
+        now = time.time_ns()
+        return [convert_metrics.pod_metrics(u, capacity, now) for u in usages]
+
+    async def ListPodSandboxMetrics(
+        self, request: pb.ListPodSandboxMetricsRequest, context: Context
+    ) -> pb.ListPodSandboxMetricsResponse:
+        return pb.ListPodSandboxMetricsResponse(pod_metrics=await self._pod_metrics())
+
+    async def StreamPodSandboxMetrics(
+        self, request: pb.StreamPodSandboxMetricsRequest, context: Context
+    ) -> AsyncIterator[pb.StreamPodSandboxMetricsResponse]:
+        """ListPodSandboxMetrics in chunks (KEP-5825: at least one item each, then EOF)."""
+        pods = await self._pod_metrics()
+        for start in range(0, len(pods), METRICS_CHUNK):
+            yield pb.StreamPodSandboxMetricsResponse(
+                pod_sandbox_metrics=pods[start : start + METRICS_CHUNK]
+            )
+
+
+def _chunks(items: Sequence[T]) -> Iterator[list[T]]:
+    """A streamed list in messages of STREAM_CHUNK entries (none for an empty list, as
+    StreamImages)."""
+    for start in range(0, len(items), STREAM_CHUNK):
+        yield list(items[start : start + STREAM_CHUNK])

@@ -13,15 +13,23 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cri_py
 from cri_py.shim import protocol
-from cri_py.shim.spec import LOG_FILE, SOCKET_FILE, SPEC_FILE, ShimSpec
+from cri_py.shim.spec import (
+    LOG_FILE,
+    SOCKET_FILE,
+    SPEC_FILE,
+    TEMPLATE_MODULE,
+    TEMPLATE_TITLE_SPACE,
+    ShimSpec,
+)
 
 START_TIMEOUT_SECONDS = 10.0
 CALL_TIMEOUT_SECONDS = 5.0
@@ -68,13 +76,138 @@ def _package_parent() -> str:
     return str(Path(cri_py.__file__).resolve().parent.parent)
 
 
-def start_shim(bundle: Path, spec: ShimSpec, timeout: float = START_TIMEOUT_SECONDS) -> ShimProcess:
-    """Writes the spec into `bundle`, starts the shim, returns once it serves its socket."""
-    (bundle / SPEC_FILE).write_text(spec.to_json())
+def _shim_env() -> dict[str, str]:
     # -S: no site import (saves memory and ~10 ms); cri_py is found through PYTHONPATH instead.
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
-    env["PYTHONPATH"] = _package_parent()
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "PYTHONPATH": _package_parent(),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+class ShimTemplate:
+    """The daemon's handle on the shim template (cri_py/shim/zygote.py): a process that has
+    imported the shim once and forks each pod's shim, so a shim costs a fork instead of an
+    interpreter start, and shares the template's pages. Thread-safe; if the template dies it
+    is started again on the next use."""
+
+    def __init__(self, log_path: Path, on_start: Callable[[int], None] | None = None) -> None:
+        self._log_path = log_path
+        self._on_start = on_start or (lambda pid: None)
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid if self._process else 0
+
+    def start(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
+        with self._lock:
+            self._start(timeout)
+
+    def _start(self, timeout: float) -> None:
+        self._stop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            with open(self._log_path, "ab") as log_file:
+                process = subprocess.Popen(
+                    [sys.executable, "-S", "-m", TEMPLATE_MODULE, " " * TEMPLATE_TITLE_SPACE],
+                    stdin=theirs.fileno(),
+                    stdout=subprocess.PIPE,
+                    stderr=log_file,
+                    start_new_session=True,
+                    close_fds=True,
+                    env=_shim_env(),
+                    cwd="/",
+                )
+        finally:
+            theirs.close()
+        assert process.stdout is not None
+        try:
+            ready = _read_line(process.stdout.fileno(), timeout)
+        except ShimError:
+            ready = b""
+        finally:
+            process.stdout.close()
+        if ready != b"ready":
+            ours.close()
+            process.kill()
+            process.wait()
+            raise ShimError(f"shim template did not start; see {self._log_path}")
+        self._process, self._control = process, ours
+        self._on_start(process.pid)
+
+    def spawn(self, bundle: Path, report_fd: int, log_fd: int, timeout: float) -> None:
+        """Has the template fork the shim for `bundle`, reporting on `report_fd`."""
+        request = json.dumps({"bundle": str(bundle)}).encode()
+        with self._lock:
+            for attempt in (1, 2):
+                if self._control is None:
+                    self._start(timeout)
+                assert self._control is not None
+                try:
+                    socket.send_fds(self._control, [request], [report_fd, log_fd])
+                except OSError as e:
+                    # Dead before it took the request: a new template takes the retry.
+                    self._stop()
+                    if attempt == 2:
+                        raise ShimError(f"shim template: {e}") from e
+                    continue
+                # Once taken, never retried: the first shim may exist by now.
+                try:
+                    self._control.settimeout(timeout)
+                    answer = self._control.recv(4096)
+                except OSError as e:
+                    self._stop()
+                    raise ShimError(f"shim template did not answer: {e}") from e
+                if not answer:
+                    self._stop()
+                    raise ShimError("shim template died while starting a shim")
+                reply = json.loads(answer)
+                if "error" in reply:
+                    raise ShimError(str(reply["error"]))
+                return
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+    def _stop(self) -> None:
+        """End of file on its socket ends the template; shims it forked live on."""
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self._process is not None:
+            try:
+                self._process.wait(2.0)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+
+def start_shim(
+    bundle: Path,
+    spec: ShimSpec,
+    timeout: float = START_TIMEOUT_SECONDS,
+    template: ShimTemplate | None = None,
+) -> ShimProcess:
+    """Writes the spec into `bundle`, starts the shim (forked by `template` when given, else
+    exec'd), returns once it serves its socket."""
+    (bundle / SPEC_FILE).write_text(spec.to_json())
+    if template is not None:
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            with open(bundle / LOG_FILE, "ab") as log_file:
+                try:
+                    template.spawn(bundle, write_end, log_file.fileno(), timeout)
+                finally:
+                    os.close(write_end)
+            line = _read_line(read_end, timeout)
+        finally:
+            os.close(read_end)
+        return _started(bundle, line)
     with open(bundle / LOG_FILE, "ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-S", "-m", "cri_py.shim", str(bundle)],
@@ -83,7 +216,7 @@ def start_shim(bundle: Path, spec: ShimSpec, timeout: float = START_TIMEOUT_SECO
             stderr=log_file,
             start_new_session=True,
             close_fds=True,
-            env=env,
+            env=_shim_env(),
             cwd="/",
         )
     assert process.stdout is not None
@@ -97,6 +230,10 @@ def start_shim(bundle: Path, spec: ShimSpec, timeout: float = START_TIMEOUT_SECO
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    return _started(bundle, line)
+
+
+def _started(bundle: Path, line: bytes) -> ShimProcess:
     if not line:
         log_tail = (bundle / LOG_FILE).read_text(errors="replace")[-2000:]
         raise ShimError(f"shim for {bundle.name} exited without reporting: {log_tail.strip()}")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 
 from cri_py.api import api_pb2 as pb
 from cri_py.api import api_pb2_grpc as pb_grpc
@@ -51,11 +52,32 @@ class Daemon:
         return self.process.wait(timeout)
 
 
-def start_daemon(base: Path, config_yaml: str = "", *extra: str, wait: bool = True) -> Daemon:
-    """Starts `cri-py serve` with state under `base`; waits until it answers Version."""
+# Test daemons keep their cgroups under the tests' own parent: pods that name no parent and
+# shims would otherwise land in the machine-wide defaults (/cri-py, /cri-py-shims).
+TEST_CGROUPS = {"default_parent": "/cri-py-tests/default", "shim_cgroup": "/cri-py-tests/shims"}
+
+
+def with_test_cgroups(config_yaml: str) -> str:
+    """The config with the tests' cgroup defaults for the keys it does not set itself."""
+    data = yaml.safe_load(config_yaml) or {}
+    cgroups = data.setdefault("cgroups", {})
+    for key, value in TEST_CGROUPS.items():
+        cgroups.setdefault(key, value)
+    return yaml.safe_dump(data)
+
+
+def start_daemon(
+    base: Path,
+    config_yaml: str = "",
+    *extra: str,
+    wait: bool = True,
+    log_level: str | None = "debug",
+) -> Daemon:
+    """Starts `cri-py serve` with state under `base`; waits until it answers Version.
+    `log_level=None` gives no --log-level flag, so the config files decide."""
     base.mkdir(parents=True, exist_ok=True)
     config = base / "config.yaml"
-    config.write_text(config_yaml)
+    config.write_text(with_test_cgroups(config_yaml))
     run_dir = base / "run"
     sock = run_dir / "cri-py.sock"
     log_file = base / "daemon.log"
@@ -74,8 +96,7 @@ def start_daemon(base: Path, config_yaml: str = "", *extra: str, wait: bool = Tr
         str(run_dir),
         "--socket",
         str(sock),
-        "--log-level",
-        "debug",
+        *(["--log-level", log_level] if log_level else []),
         *extra,
     ]
     with log_file.open("wb") as out:
@@ -120,7 +141,45 @@ def remove_test_bridges() -> Iterator[None]:
     if os.geteuid() != 0:
         return
     for name in sorted(set(_cri_py_links()) - before):
-        subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+        if _is_test_link(name):
+            subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+
+
+# Bridges of the test modules (cri-pyt0..8, cri-pycni0, cri-pyz0, cri-pyu0). Only these, and
+# veths on them, are deleted: e2e runs on the same machine (cri-pyk0, cri-pyk1, cri-pyf0...)
+# create links while a test session is running, and must keep them.
+_TEST_BRIDGE_PREFIXES = ("cri-pyt", "cri-pycni", "cri-pyz", "cri-pyu")
+
+
+def _is_test_link(name: str) -> bool:
+    try:
+        master = os.path.basename(os.readlink(f"/sys/class/net/{name}/master"))
+    except OSError:
+        master = ""
+    return any(n.startswith(_TEST_BRIDGE_PREFIXES) for n in (name, master) if n)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remove_test_cgroups() -> Iterator[None]:
+    """The tests' shim and default cgroups go when the session ends (every daemon and pod of
+    the session is gone by then; a cgroup still in use is left and named)."""
+    yield
+    if os.geteuid() != 0:
+        return
+    for hierarchy in _cgroup_mounts():
+        for cgroup in (*TEST_CGROUPS.values(), "/cri-py-tests"):
+            directory = Path(hierarchy) / cgroup.lstrip("/")
+            try:
+                directory.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                print(f"test cgroup {directory} left: {e.strerror}")
+
+
+def _cgroup_mounts() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if " - cgroup" in line]
 
 
 def _cri_py_links() -> list[str]:

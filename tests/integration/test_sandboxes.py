@@ -383,3 +383,35 @@ def test_builtin_network_serves_host_ports_until_the_pod_stops(pods: Pods) -> No
         pods.stop(sandbox_id)
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", 18181), timeout=2).close()
+
+
+def template_pids(daemon: Daemon) -> list[int]:
+    """The shim templates this daemon started, in order (from its log)."""
+    found = []
+    for line in daemon.log().splitlines():
+        if "shim template ready" in line:
+            found.append(int(line.split(" pid=")[1].split()[0]))
+    return found
+
+
+def test_shims_are_forked_from_a_template_that_may_die(pods: Pods) -> None:
+    first = pods.run(pod_config("forked"))
+    shim_pid = pods.shims[first][0]
+    cmdline = Path(f"/proc/{shim_pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    # Shown as an exec'd shim would be: found by its bundle path like any other.
+    assert cmdline[-3:] == [
+        b"-m",
+        b"cri_py.shim",
+        str(pods.daemon.run_dir / "sandboxes" / first).encode(),
+    ]
+    [template] = template_pids(pods.daemon)
+    assert (
+        Path(f"/proc/{template}/cmdline").read_bytes().rstrip(b"\0").endswith(b"cri_py.shim.zygote")
+    )
+    os.kill(template, signal.SIGKILL)
+    wait_for(lambda: process_start_time(template) is None)
+    assert pods.shim_alive(first)  # the pod's shim is not the template's child
+    second = pods.run(pod_config("after-template"))
+    assert pods.status(second).status.state == pb.SANDBOX_READY
+    assert pods.status(first).status.state == pb.SANDBOX_READY
+    assert len(template_pids(pods.daemon)) == 2  # a new template took over

@@ -4,6 +4,7 @@ list, remove with garbage collection, single-flight pulls, crash recovery, lease
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -439,3 +440,59 @@ async def test_pull_logs_progress_per_layer(
     fields = downloaded[0].fields  # type: ignore[attr-defined]
     assert {"bytes", "rate_mib_s", "seconds", "digest"} <= set(fields)
     assert any(r.getMessage() == "pulled image" for r in caplog.records)
+
+
+async def test_pull_hooks_see_the_blob_bytes_received_and_each_pull(lab: Lab) -> None:
+    image = simple_image()
+    lab.push(f"{HOST}/team/app", "v1", image)
+    received: list[int] = []
+    pulled: list[float] = []
+    lab.service.on_downloaded = received.append
+    lab.service.on_pulled = pulled.append
+    await lab.service.pull(f"{APP}:v1")
+    assert sum(received) == len(image.config) + sum(len(layer.blob) for layer in image.layers)
+    assert len(pulled) == 1 and pulled[0] >= 0
+    await lab.service.pull(f"{APP}:v1")  # everything is here: nothing more received
+    assert sum(received) == len(image.config) + sum(len(layer.blob) for layer in image.layers)
+    assert len(pulled) == 2
+
+
+async def test_new_registries_and_pinned_images_apply_to_what_follows(tmp_path: Path) -> None:
+    mirror = Registry(MIRROR)
+    image = simple_image()
+    mirror.push(f"{HOST}/team/app", "v1", image)
+    service = ImageService(
+        Config(root_dir=str(tmp_path)), transport=Network(mirror).transport(), platform=AMD64
+    )
+    with pytest.raises(Unavailable):
+        await service.pull(f"{APP}:v1")  # no mirror configured: the host itself refuses
+    service.set_registries({HOST: RegistryHost(mirrors=(f"http://{MIRROR}/{HOST}",))})
+    assert await service.pull(f"{APP}:v1") == image.id
+    view = service.status(image.id)
+    assert view is not None and not view.pinned
+    service.set_pinned([f"{APP}:v1"])
+    view = service.status(image.id)
+    assert view is not None and view.pinned
+    await service.close()
+
+
+async def test_release_layers_from_threads_of_a_busy_default_pool_does_not_deadlock(
+    lab: Lab,
+) -> None:
+    # Found by tests/integration/test_concurrency.py: RemovePodSandbox runs on the default
+    # pool and waits for release_layers, whose store write needed a thread of that same pool.
+    lab.push(f"{HOST}/team/app", "v1", simple_image())
+    await lab.service.pull(f"{APP}:v1")
+    owners = [f"container-{i}" for i in range(4)]
+    for owner in owners:
+        await lab.service.lease_layers(owner, f"{APP}:v1")
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(2))
+
+    def release(owner: str) -> None:
+        asyncio.run_coroutine_threadsafe(lab.service.release_layers(owner), loop).result(10)
+
+    await asyncio.wait_for(
+        asyncio.gather(*(asyncio.to_thread(release, owner) for owner in owners)), 20
+    )
+    assert lab.service.lease_owners() == set()

@@ -14,10 +14,15 @@ from cri_py.runtime.container_model import (
     ContainerMetadata,
     ContainerRecord,
     ContainerState,
+    Device,
+    Mount,
 )
 from cri_py.runtime.containers import (
+    image_name,
     matches,
     merge_resources,
+    resolve_devices,
+    resolve_host_paths,
     stop_signal_number,
     validate_config,
 )
@@ -70,6 +75,11 @@ def test_unknown_stop_signal_is_refused() -> None:
         ContainerConfig(ContainerMetadata(""), "busybox"),
         ContainerConfig(ContainerMetadata("c"), ""),
         ContainerConfig(ContainerMetadata("c"), "busybox", pid_mode=NamespaceMode.TARGET),
+        # The shim creates the log file: it may not climb out of the pod's log directory.
+        ContainerConfig(ContainerMetadata("c"), "busybox", log_path="../../etc/cron.d/x"),
+        ContainerConfig(ContainerMetadata("c"), "busybox", log_path="c/../../x.log"),
+        ContainerConfig(ContainerMetadata("c"), "busybox", log_path="/etc/passwd"),
+        ContainerConfig(ContainerMetadata("c"), "busybox", log_path="c\x00.log"),
     ],
 )
 def test_invalid_configs(config: ContainerConfig) -> None:
@@ -89,3 +99,42 @@ def test_an_update_keeps_what_it_leaves_unset() -> None:
         memory_limit_in_bytes=64 << 20,
         hugepage_limits={"2MB": 1 << 21, "1GB": 0},
     )
+
+
+def test_nul_in_host_paths_is_invalid_argument() -> None:
+    # Found by tests/integration/test_paths.py and the fuzz suite: ValueError (INTERNAL).
+    config = ContainerConfig(ContainerMetadata("c"), "busybox", mounts=(Mount("/d", "/tmp\x00"),))
+    with pytest.raises(InvalidArgument, match="host path"):
+        resolve_host_paths(config)
+    device = Device(container_path="/dev/x", host_path="/dev/null\x00", permissions="r")
+    with pytest.raises(InvalidArgument):
+        resolve_devices(ContainerConfig(ContainerMetadata("c"), "busybox", devices=(device,)))
+
+
+IMAGE_ID = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("image", "user_specified", "expected"),
+    [
+        # kubelet: by ID, with the pod spec's name alongside.
+        (IMAGE_ID, "busybox:1.37", "busybox:1.37"),
+        # An ID alone (an older kubelet, crictl create with an ID): the image's first tag.
+        (IMAGE_ID, "", "docker.io/library/busybox:1.37.0"),
+        ("ab" * 32, "", "docker.io/library/busybox:1.37.0"),
+        # A name is shown as given.
+        ("busybox", "", "busybox"),
+    ],
+)
+def test_status_shows_the_image_by_the_name_the_user_gave(
+    image: str, user_specified: str, expected: str
+) -> None:
+    config = ContainerConfig(
+        metadata=ContainerMetadata(name="c"), image=image, user_specified_image=user_specified
+    )
+    assert image_name(config, IMAGE_ID, ("docker.io/library/busybox:1.37.0",)) == expected
+
+
+def test_an_untagged_image_by_id_stays_an_id() -> None:
+    config = ContainerConfig(metadata=ContainerMetadata(name="c"), image=IMAGE_ID)
+    assert image_name(config, IMAGE_ID, ()) == IMAGE_ID

@@ -95,3 +95,29 @@ def test_filter_conversion() -> None:
         {"app": "web"},
     )
     assert convert.sandbox_filter(pb.ListPodSandboxRequest()).state is None
+
+
+def test_user_namespace_options_are_read_stored_and_reported() -> None:
+    config = pod_config()
+    mapping = pb.IDMapping(container_id=0, host_id=65536, length=65536)
+    users = config.linux.security_context.namespace_options.userns_options
+    users.mode = pb.POD
+    users.uids.append(mapping)
+    users.gids.append(mapping)
+    converted = convert.sandbox_config(config)
+    assert converted.namespaces.user.mode == NamespaceMode.POD
+    assert [(m.container_id, m.host_id, m.length) for m in converted.namespaces.user.uids] == [
+        (0, 65536, 65536)
+    ]
+    record = SandboxRecord(id="s" * 64, config=converted, created_at=1)
+    assert from_data(SandboxRecord, json.loads(json.dumps(to_data(record)))) == record
+    status = convert.sandbox_status(SandboxView(record, SandboxState.READY))
+    reported = status.linux.namespaces.options.userns_options
+    assert reported.mode == pb.POD and list(reported.gids) == [mapping]
+
+
+def test_unset_user_namespace_options_mean_the_hosts_users() -> None:
+    assert convert.sandbox_config(pod_config()).namespaces.user.mode == NamespaceMode.NODE
+    record = SandboxRecord(id="s" * 64, config=convert.sandbox_config(pod_config()), created_at=1)
+    status = convert.sandbox_status(SandboxView(record, SandboxState.READY))
+    assert status.linux.namespaces.options.userns_options.mode == pb.NODE

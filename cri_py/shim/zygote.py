@@ -1,0 +1,115 @@
+"""The shim template: one process, started once by the daemon, that has already imported the
+shim's code and forks a pod's shim on request.
+
+A shim started with fork+exec pays a Python interpreter start and the shim's imports (~100 ms,
+most of RunPodSandbox) and private copies of every page it loads. Forked from this template it
+pays a fork (~2 ms) and shares the template's pages copy-on-write, until it writes them.
+
+Protocol, on the SOCK_SEQPACKET socket inherited as fd 0: the daemon sends one datagram per
+shim, `{"bundle": <dir>}` with two fds (SCM_RIGHTS): the write end of the pipe the shim reports
+on, and the shim's log file. The template forks a child that takes them as stdout and stderr and
+runs the shim's `main` exactly as `python -m cri_py.shim <dir>` would (the child plays the
+exec'd process: it forks the long-lived shim and exits); the template reaps it and answers
+`{"pid": <child>}` or `{"error": ..}`. End of file on the socket (the daemon is gone) ends the
+template; shims already forked are not its children and live on.
+
+Imports stay few (stdlib and the shim's own): every pod shares, then copies, these pages.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from cri_py.shim.main import main as shim_main
+from cri_py.shim.spec import TEMPLATE_MODULE
+
+MAX_REQUEST_BYTES = 4096
+CONTROL_FD = 0
+
+
+def set_cmdline(args: list[str]) -> None:
+    """Rewrites this process's /proc/<pid>/cmdline in place, within the argv space it was
+    started with (NUL-padded). The memory is the kernel's copy of argv, which Python no
+    longer reads after start-up; a title that does not fit is left as it was."""
+    stat = Path("/proc/self/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    arg_start, arg_end = int(fields[45]), int(fields[46])  # stat fields 48 and 49
+    title = b"\0".join(a.encode() for a in args) + b"\0"
+    if len(title) > arg_end - arg_start:
+        return
+    with open("/proc/self/mem", "r+b", buffering=0) as mem:
+        mem.seek(arg_start)
+        mem.write(title.ljust(arg_end - arg_start, b"\0"))
+
+
+def _child(bundle: str, report_fd: int, log_fd: int) -> int:
+    """In the forked child: become what `python -m cri_py.shim <bundle>` would be."""
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(report_fd, 1)
+    os.dup2(log_fd, 2)
+    # Nothing of the template's (its control socket above all) leaks into the pod's shim.
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter
+    set_cmdline([sys.executable, "-S", "-m", "cri_py.shim", bundle])
+    return shim_main([bundle])
+
+
+def _answer(control: socket.socket, reply: dict[str, object]) -> None:
+    control.send(json.dumps(reply).encode())
+
+
+def serve(control: socket.socket) -> int:
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(control, MAX_REQUEST_BYTES, 2)
+        except InterruptedError:
+            continue
+        if not data:
+            return 0
+        try:
+            bundle = str(json.loads(data)["bundle"])
+            if len(fds) != 2:
+                raise ValueError(f"expected 2 fds, got {len(fds)}")
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    code = _child(bundle, fds[0], fds[1])
+                except BaseException as e:  # the child must never return into this loop
+                    os.write(2, f"shim template child: {e!r}\n".encode())
+                    code = 1
+                os._exit(code)
+            # The child leaves right after forking the shim (or on a setup error).
+            _, status = os.waitpid(pid, 0)
+            _answer(control, {"pid": pid, "exit": os.waitstatus_to_exitcode(status)})
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            _answer(control, {"error": f"shim template: {e}"})
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def run() -> int:
+    set_cmdline([sys.executable, "-S", "-m", TEMPLATE_MODULE])
+    # What is alive now (the imported shim) moves out of the collector's reach: a collection
+    # in a shim would otherwise write to every object's header and unshare those pages.
+    gc.collect()
+    gc.freeze()
+    control = socket.socket(fileno=CONTROL_FD)
+    # The daemon's process group gets terminal signals; a template outliving it has no use.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.write(1, b"ready\n")
+    os.close(1)
+    os.open(os.devnull, os.O_WRONLY)  # fd 1 again, so nothing else lands there
+    return serve(control)
+
+
+if __name__ == "__main__":
+    sys.exit(run())
