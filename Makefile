@@ -10,7 +10,7 @@ CRI_TOOLS_VERSION ?= v1.37.0
 KUBERNETES_VERSION ?= v1.37.2
 SOCKET ?= /run/cri-py/cri-py.sock
 
-.PHONY: all venv run test lint typecheck protos protos-check tools registry registry-stop images critest e2e-critest bench install uninstall clean
+.PHONY: all venv run test lint typecheck protos protos-check tools tools-cluster e2e-cluster e2e-all registry registry-stop images critest e2e-critest e2e-kubelet bench install uninstall clean test-faults
 
 all: test
 
@@ -53,6 +53,14 @@ protos-check: protos
 tools:
 	TOOLS_DIR=$(TOOLS_DIR) CRI_TOOLS_VERSION=$(CRI_TOOLS_VERSION) KUBERNETES_VERSION=$(KUBERNETES_VERSION) ./e2e/build-tools.sh
 
+# The control plane for `make e2e-cluster` (kube-apiserver, -controller-manager, -scheduler,
+# etcd): kept out of `tools` because it adds a long build CI does not need.
+ETCD_VERSION ?= v3.6.16
+tools-cluster:
+	TOOLS_DIR=$(TOOLS_DIR) KUBERNETES_VERSION=$(KUBERNETES_VERSION) ETCD_VERSION=$(ETCD_VERSION) \
+	  BUILD_CRI_TOOLS=0 BUILD_KUBECTL=0 BUILD_NICE=19 \
+	  KUBE_TOOLS="kube-apiserver kube-controller-manager kube-scheduler" ./e2e/build-tools.sh
+
 # Debian's docker-registry on 127.0.0.1:5000, storage outside the repo.
 registry:
 	./e2e/registry.sh start
@@ -72,6 +80,19 @@ critest: venv
 e2e-critest: venv
 	GATE=1 PYTHON=$(PY) TOOLS_DIR=$(TOOLS_DIR) ./e2e/critest.sh
 
+# kubelet v1.37 standalone (static pods, no API server) on a throw-away cri-py; needs the lab
+# registry and images. EVENTED_PLEG=1 turns kubelet's EventedPLEG feature gate on.
+e2e-kubelet: venv
+	EVENTED_PLEG=$(EVENTED_PLEG) PYTHON=$(PY) TOOLS_DIR=$(TOOLS_DIR) $(PY) e2e/kubelet_e2e.py
+
+# A single-node cluster of host processes (etcd, control plane, kubelet, cri-py) driven by
+# kubectl: needs `make tools tools-cluster images`. See e2e/README.md.
+e2e-cluster: venv
+	PYTHON=$(PY) TOOLS_DIR=$(TOOLS_DIR) ./e2e/cluster.sh
+
+# Every end-to-end scenario, the cluster included (CI runs only the first two).
+e2e-all: e2e-critest e2e-kubelet e2e-cluster
+
 # Install as a service: venv in $(PREFIX), systemd unit, default config (see systemd/install.sh).
 PREFIX ?= /opt/cri-py
 install:
@@ -80,9 +101,29 @@ install:
 uninstall:
 	PREFIX=$(PREFIX) ./systemd/install.sh uninstall
 
-# Benchmarks (numbers, not pass/fail). Needs the lab: make registry images.
-bench: venv
-	$(PY) bench/images.py
+# As root, with the lab: pod lifecycles from concurrent clients while the daemon is SIGKILLed
+# and restarted (seeded: SEED=n replays a schedule); then no lost pods and no leaks.
+LIFECYCLES ?= 200
+KILLS ?= 20
+test-faults: venv
+	$(PY) e2e/faults.py --lifecycles $(LIFECYCLES) --min-kills $(KILLS) $(if $(SEED),--seed $(SEED))
+
+# Benchmarks (numbers, not pass/fail), as root. Needs the lab: make registry images.
+# `make bench COMPARE=containerd` (or `make bench -- --compare containerd`: make rejects an
+# unknown option before `--`) also runs containerd, installed from bench/apt-packages.txt.
+# ROUNDS=n alternating rounds (default 4, 2-4 min with containerd). Results: bench/results/.
+ROUNDS ?= 4
+ifneq ($(filter --compare,$(MAKECMDGOALS)),)
+COMPARE := $(filter-out bench --compare,$(MAKECMDGOALS))
+--compare $(COMPARE):
+	@:
+endif
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $@
+
+bench: venv $(VENV)/.bench-installed
+	$(PY) bench/compare.py --rounds $(ROUNDS) $(if $(COMPARE),--compare $(COMPARE))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
