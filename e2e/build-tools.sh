@@ -15,7 +15,13 @@
 #   KUBERNETES_VERSION  v1.37.2   (k8s.io/kubernetes tag)
 #   GO_CACHE_DIR        /var/cache/cri-py/go
 #   BUILD_KUBECTL       1         0 skips kubectl (cheap once kubelet is built: ~40s)
+#   BUILD_CRI_TOOLS     1         0 skips crictl and critest
+#   KUBE_TOOLS          kubelet   k8s.io/kubernetes/cmd/* binaries to build (kubectl is added
+#                                 by BUILD_KUBECTL); `make tools-cluster` asks for
+#                                 kube-apiserver kube-controller-manager kube-scheduler
+#   ETCD_VERSION        (unset)   a go.etcd.io/etcd/server/v3 tag (e.g. v3.6.16): also build etcd
 #   BUILD_JOBS          nproc     go build -p
+#   BUILD_NICE          10        nice level of the go builds (tools-cluster uses 19)
 #   GO                  go        the Go toolchain to use (GOTOOLCHAIN=local: never downloaded)
 #   GOPROXY             https://proxy.golang.org,direct   (the user's go env file is ignored)
 set -euo pipefail
@@ -25,6 +31,9 @@ CRI_TOOLS_VERSION=${CRI_TOOLS_VERSION:-v1.37.0}
 KUBERNETES_VERSION=${KUBERNETES_VERSION:-v1.37.2}
 GO_CACHE_DIR=${GO_CACHE_DIR:-/var/cache/cri-py/go}
 BUILD_KUBECTL=${BUILD_KUBECTL:-1}
+BUILD_CRI_TOOLS=${BUILD_CRI_TOOLS:-1}
+KUBE_TOOLS=${KUBE_TOOLS:-kubelet}
+ETCD_VERSION=${ETCD_VERSION:-}
 BUILD_JOBS=${BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}
 GO=${GO:-go}
 
@@ -85,7 +94,7 @@ mod_download() {
 }
 
 # gorun ARGS...: run go at low priority (2-core machines stay responsive during long builds).
-gorun() { nice -n 10 "$GO" "$@"; }
+gorun() { nice -n "${BUILD_NICE:-10}" "$GO" "$@"; }
 
 elapsed() { local s=$(($(date +%s) - $1)); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
 
@@ -141,7 +150,8 @@ build_cri_tools() {
 # ---------------------------------------------------------------------------------------------
 build_kubernetes() {
   local want="k8s.io/kubernetes@$KUBERNETES_VERSION"
-  local tools=(kubelet) need=()
+  local tools need=()
+  read -r -a tools <<<"$KUBE_TOOLS"
   [[ $BUILD_KUBECTL == 1 ]] && tools+=(kubectl)
   for tool in "${tools[@]}"; do
     up_to_date "$tool" "$want" && log "$tool: up to date ($want)" || need+=("$tool")
@@ -219,13 +229,61 @@ build_kubernetes() {
   done
 }
 
-build_cri_tools
+# ---------------------------------------------------------------------------------------------
+# etcd (for the local cluster scenario): go.etcd.io/etcd/server/v3 ships the etcd main package,
+# but its go.mod replaces its sibling modules (api, client, pkg) with ../<dir>, which a
+# proxy-fetched module cannot use: same wrapper trick as kubernetes, pinning each to the tag.
+# ---------------------------------------------------------------------------------------------
+build_etcd() {
+  [[ -n $ETCD_VERSION ]] || return 0
+  [[ $ETCD_VERSION == v3.* ]] || die "ETCD_VERSION must be a tag like v3.6.16, got '$ETCD_VERSION'"
+  local want="go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  up_to_date etcd "$want" && { log "etcd: up to date ($want)"; return 0; }
+
+  log "etcd: fetching $want go.mod from the module proxy"
+  local emod
+  emod=$(mod_download "$want" GoMod)
+  [[ -n $emod && -f $emod ]] || die "no go.mod for $want"
+  local siblings
+  siblings=$(sed -n 's#^[[:space:]]*\(go\.etcd\.io/etcd/[^[:space:]]*\)[[:space:]]*=>[[:space:]]*\.\./.*#\1#p' "$emod" | sort -u)
+  [[ -n $siblings ]] || die "found no ../ replace directives in $emod"
+
+  local wrap=$WORK/etcd-wrapper
+  mkdir -p "$wrap"
+  {
+    echo "module cri-py.local/etcd-tools"
+    echo
+    echo "go $(sed -n 's/^go \([0-9.]*\)$/\1/p' "$emod")"
+    echo
+    echo "require go.etcd.io/etcd/server/v3 $ETCD_VERSION"
+    echo
+    echo "replace ("
+    local m
+    while read -r m; do echo "	$m => $m $ETCD_VERSION"; done <<<"$siblings"
+    echo ")"
+  } >"$wrap/go.mod"
+  (cd "$wrap" && GOFLAGS=-buildvcs=false "$GO" get "$want") || die "go get failed for $want"
+
+  local t0
+  t0=$(date +%s)
+  log "etcd: building from $want"
+  (cd "$wrap" && CGO_ENABLED=0 gorun build -p "$BUILD_JOBS" -trimpath -ldflags "-s -w" \
+    -o "$WORK/etcd" go.etcd.io/etcd/server/v3)
+  install_tool etcd "$WORK/etcd" "$want"
+  log "etcd: built in $(elapsed "$t0")"
+}
+
+if [[ $BUILD_CRI_TOOLS == 1 ]]; then build_cri_tools; fi
 build_kubernetes
+build_etcd
 
 log "versions:"
 # (both warn on stderr about a missing /etc/crictl.yaml)
-"$BIN_DIR/crictl" --version 2>/dev/null
-"$BIN_DIR/critest" --version 2>/dev/null | grep -i version
-"$BIN_DIR/kubelet" --version
-if [[ -x $BIN_DIR/kubectl ]]; then "$BIN_DIR/kubectl" version --client 2>/dev/null | sed -n 1p; fi
+if [[ $BUILD_CRI_TOOLS == 1 ]]; then
+  "$BIN_DIR/crictl" --version 2>/dev/null
+  "$BIN_DIR/critest" --version 2>/dev/null | grep -i version
+fi
+for tool in $KUBE_TOOLS; do "$BIN_DIR/$tool" --version; done
+if [[ $BUILD_KUBECTL == 1 && -x $BIN_DIR/kubectl ]]; then "$BIN_DIR/kubectl" version --client 2>/dev/null | sed -n 1p; fi
+if [[ -n $ETCD_VERSION ]]; then "$BIN_DIR/etcd" --version | sed -n 1p; fi
 log "done: binaries in $BIN_DIR"
