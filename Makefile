@@ -10,7 +10,7 @@ CRI_TOOLS_VERSION ?= v1.37.0
 KUBERNETES_VERSION ?= v1.37.2
 SOCKET ?= /run/cri-py/cri-py.sock
 
-.PHONY: all venv run test lint typecheck protos protos-check tools tools-cluster e2e-cluster e2e-all registry registry-stop images critest e2e-critest e2e-kubelet bench install uninstall clean test-faults
+.PHONY: all venv run test test-fuzz lint typecheck protos protos-check tools tools-cluster e2e-cluster e2e-all registry registry-stop images critest e2e-critest e2e-kubelet bench install uninstall clean test-faults
 
 all: test
 
@@ -29,11 +29,17 @@ run: venv
 
 # Lint, types, then every test. Root-only tests skip (with a reason) when not root.
 # pytest's exit code 5 means "no tests collected": said plainly, not turned into make's 2.
+# The fuzz suite sends FUZZ_EXAMPLES random requests to every RPC (200 here, a few minutes);
+# `make test-fuzz` runs it at 2000 per RPC (~20 min on 2 cores), as CI does.
+FUZZ_EXAMPLES ?= 200
 test: venv
 	$(PY) -m ruff check cri_py tests e2e
 	$(PY) -m mypy --strict cri_py
-	rc=0; $(PY) -m pytest -q tests || rc=$$?; \
+	rc=0; CRI_PY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+
+test-fuzz: venv
+	CRI_PY_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests/integration/test_fuzz.py
 
 lint: venv
 	$(PY) -m ruff check cri_py tests e2e

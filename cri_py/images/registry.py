@@ -73,6 +73,9 @@ class Credentials:
             username, sep, password = decoded.partition(":")
             if not sep:
                 raise InvalidArgument("auth: decoded value has no ':' between user and password")
+        if registry_token and not (registry_token.isascii() and registry_token.isprintable()):
+            # It is sent as is in an HTTP header.
+            raise InvalidArgument("registry_token: must be printable ASCII")
         return cls(username, password, identity_token, registry_token)
 
     def __bool__(self) -> bool:

@@ -160,6 +160,11 @@ def test_bad_auth_field_is_invalid_argument() -> None:
         Credentials.create(auth="\x80")
     with pytest.raises(InvalidArgument):
         Credentials.create(auth=base64.b64encode(b"\xff:x").decode())
+    # A bearer token goes into a header: non-ASCII was a UnicodeEncodeError (INTERNAL).
+    with pytest.raises(InvalidArgument, match="registry_token"):
+        Credentials.create(registry_token="\x80")
+    with pytest.raises(InvalidArgument, match="registry_token"):
+        Credentials.create(registry_token="a\r\nX-Injected: 1")
 
 
 async def test_mirrors_are_tried_in_order_then_the_host(store: ContentStore) -> None:
