@@ -13,8 +13,12 @@ skip=${SKIP:-}
 
 state=$(mktemp -d /tmp/cri-py-critest.XXXXXX)
 sock=$state/run/cri-py.sock
-mkdir -p "$results"
-"$python" -m cri_py.cli serve --config "$top/e2e/lab-config.yaml" --config-dir "$state/none" \
+mkdir -p "$results" "$state/config.d"
+# The run's cgroups (pods without a parent, shims) under a parent of its own, removed at the end.
+cgroups=/cri-py-critest
+printf 'cgroups:\n  default_parent: %s\n  shim_cgroup: %s/shims\n' "$cgroups" "$cgroups" \
+    >"$state/config.d/10-cgroups.yaml"
+"$python" -m cri_py.cli serve --config "$top/e2e/lab-config.yaml" --config-dir "$state/config.d" \
     --root-dir "$state/root" --run-dir "$state/run" --socket "$sock" >"$results/cri-py.log" 2>&1 &
 daemon=$!
 crictl() { "$tools/crictl" --runtime-endpoint "unix://$sock" --image-endpoint "unix://$sock" "$@"; }
@@ -29,6 +33,12 @@ cleanup() {
     fi
     kill -TERM "$daemon" 2>/dev/null && wait "$daemon" || true
     rm -rf "$state"
+    # Deepest first; a cgroup still in use stays (and says so) rather than being forced.
+    for hierarchy in /sys/fs/cgroup/*/; do
+        [ -d "$hierarchy${cgroups#/}" ] || continue
+        find "$hierarchy${cgroups#/}" -depth -type d -exec rmdir {} + 2>/dev/null ||
+            echo "critest.sh: $hierarchy${cgroups#/} not removed (still in use?)" >&2
+    done
 }
 trap cleanup EXIT
 for _ in $(seq 100); do

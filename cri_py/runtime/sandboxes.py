@@ -239,16 +239,21 @@ class SandboxService:
         try:
             with lock:
                 record = self._create(sandbox_id, config, runtime_handler)
+                assert record.shim is not None
+                # Alive before visible: a lister must never see the new pod NOTREADY. A shim
+                # that dies from here on is taken out again by the watcher's callback.
+                with self._lock:
+                    self._alive.add(sandbox_id)
+                if not self._watcher.watch(sandbox_id, _shim_process(record.shim)):
+                    with self._lock:
+                        self._alive.discard(sandbox_id)
                 with self._lock:
                     self._records[sandbox_id] = record
-                assert record.shim is not None
-                if self._watcher.watch(sandbox_id, _shim_process(record.shim)):
-                    with self._lock:
-                        self._alive.add(sandbox_id)
         except BaseException as e:
             with self._lock:
                 self._names.pop(key, None)
                 self._op_locks.pop(sandbox_id, None)
+                self._alive.discard(sandbox_id)
             if isinstance(e, CriError) or not isinstance(e, Exception):
                 raise
             # Kernel, netlink or shim trouble: not a bug of ours, but worth its traceback.

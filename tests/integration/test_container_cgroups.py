@@ -326,6 +326,14 @@ def test_kubelets_pod_cgroup_holds_the_containers_and_is_never_written(
 ) -> None:
     parent = f"{PARENT}/kubepods/burstable/poduid-kube"  # what kubelet's cgroupfs driver sends
     fs.create(parent)
+    try:
+        kubelets_pod_cgroup(lab, fs, parent)
+    finally:
+        for cgroup in (parent, f"{PARENT}/kubepods/burstable", f"{PARENT}/kubepods"):
+            fs.remove(cgroup)
+
+
+def kubelets_pod_cgroup(lab: Lab, fs: Cgroupfs, parent: str) -> None:
     before = fs.read(parent, "memory", "memory.limit_in_bytes")
     pod = run_pod_with(
         lab,
@@ -347,7 +355,6 @@ def test_kubelets_pod_cgroup_holds_the_containers_and_is_never_written(
     assert [p.name for p in fs.dirs(parent)[0].iterdir() if p.is_dir()] == [f"cri-py-{cid}"]
     lab.remove_pod(pod)
     assert not fs.exists(f"{parent}/cri-py-{cid}") and fs.exists(parent)
-    fs.remove(parent)
 
 
 def test_shims_run_in_their_own_cgroup(lab: Lab) -> None:
