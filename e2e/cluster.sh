@@ -283,6 +283,7 @@ network:
   subnet: $subnet
 cgroups:
   default_parent: $cgroup_parent
+  shim_cgroup: $cgroup_parent/cri-py-shims
 EOF
 start cri-py "$python" -m cri_py.cli serve --config "$top/e2e/lab-config.yaml" \
     --config-dir "$state/config.d" --root-dir "$state/root" --run-dir "$state/run" \
@@ -326,7 +327,7 @@ EOF
 # kubelet wants its cgroup root to exist in every hierarchy; it creates kubepods/... below it.
 for h in /sys/fs/cgroup/*; do
     [ -f "$h/cgroup.procs" ] && [ "$(stat -f -c %T "$h")" != cgroup2fs ] || continue
-    mkdir "$h$cgroup_parent"
+    mkdir -p "$h$cgroup_parent"  # cri-py may have made it already (its shims' cgroup is below)
     if [ -f "$h/cpuset.cpus" ]; then  # a v1 cpuset child starts empty: inherit the root's
         cat "$h/cpuset.cpus" >"$h$cgroup_parent/cpuset.cpus"
         cat "$h/cpuset.mems" >"$h$cgroup_parent/cpuset.mems"

@@ -63,7 +63,7 @@ def config_yaml() -> str:
     return (
         (ROOT / "e2e" / "lab-config.yaml").read_text()
         + f"network:\n  bridge: {BRIDGE}\n  subnet: {SUBNET}\n  cni_conf_dir: /nonexistent\n"
-        + f"cgroups:\n  default_parent: {CGROUP_PARENT}\n"
+        + f"cgroups:\n  default_parent: {CGROUP_PARENT}\n  shim_cgroup: {CGROUP_PARENT}/shims\n"
     )
 
 
@@ -430,7 +430,7 @@ def clean_up_by_hand(daemon: Daemon) -> None:
 def remove_cgroup_parent() -> None:
     with contextlib.suppress(OSError):
         fs = Cgroupfs.from_host()
-        for cgroup in (CGROUP_PARENT, "/cri-py-tests"):
+        for cgroup in (f"{CGROUP_PARENT}/shims", CGROUP_PARENT, "/cri-py-tests"):
             for directory in fs.dirs(cgroup):
                 with contextlib.suppress(OSError):
                     os.rmdir(directory)
