@@ -14,9 +14,10 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import grpc
 import pytest
@@ -40,18 +41,17 @@ CONFIG = (
 )
 
 
-def remove_cgroup_parent() -> None:
-    """The tests' parent and anything left in it, in every hierarchy (a failed test's)."""
+def remove_cgroup_parent(parent: str = CGROUP_PARENT) -> None:
+    """A tests' parent and anything left in it (a failed test's; pod cgroups nest), deepest
+    first, in every hierarchy; then /cri-py-tests if nothing else is in it."""
     fs = Cgroupfs.from_host()
-    for cgroup in (CGROUP_PARENT, "/cri-py-tests"):
-        for directory in fs.dirs(cgroup):
-            if not directory.is_dir():
-                continue
-            for child in [p for p in directory.iterdir() if p.is_dir()]:
-                with contextlib.suppress(OSError):
-                    os.rmdir(child)
-            with contextlib.suppress(OSError):  # another module's parent may be there
-                os.rmdir(directory)
+    for directory in fs.dirs(parent):
+        for path, _, _ in sorted(os.walk(directory), key=lambda entry: -len(entry[0])):
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+    for directory in fs.dirs("/cri-py-tests"):
+        with contextlib.suppress(OSError):  # another module's parent may be there
+            os.rmdir(directory)
 
 
 def registry_up() -> bool:
@@ -164,12 +164,19 @@ class Lab:
 
 
 @contextlib.contextmanager
-def open_lab(base: Path, config: str) -> Iterator[Lab]:
-    """A daemon with busybox pulled; on the way out every pod the tests made is removed,
-    the daemon stopped and the tests' cgroup parent cleared (even after a failure)."""
+def open_lab(
+    base: Path,
+    config: str,
+    env: Mapping[str, str] | None = None,
+    cgroup_parent: str = CGROUP_PARENT,
+) -> Iterator[Lab]:
+    """A daemon with busybox pulled (its environment plus `env`); on the way out every pod
+    the tests made is removed, the daemon stopped and `cgroup_parent` (the config's) cleared,
+    even after a failure."""
     if not registry_up():
         pytest.skip("the lab registry on 127.0.0.1:5000 is not running (make registry images)")
-    daemon = start_daemon(base / "daemon", config)
+    with mock.patch.dict(os.environ, env or {}):
+        daemon = start_daemon(base / "daemon", config)
     lab = Lab(daemon, base / "logs")
     try:
         daemon.images().PullImage(
@@ -181,7 +188,7 @@ def open_lab(base: Path, config: str) -> Iterator[Lab]:
             with contextlib.suppress(grpc.RpcError):
                 lab.remove_pod(sandbox_id)
         daemon.stop()
-        remove_cgroup_parent()
+        remove_cgroup_parent(cgroup_parent)
 
 
 @pytest.fixture(scope="module")

@@ -11,22 +11,19 @@ names and bad image sub paths (unit tests). The daemon runs on bridge `cri-pyz1`
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from unittest import mock
 
 import grpc
 import pytest
 
 from cri_py.api import api_pb2 as pb
-from cri_py.linux.cgroupfs import Cgroupfs
 
-from .conftest import needs_root, start_daemon
-from .test_containers import BUSYBOX, ROOT, Lab, registry_up
+from .conftest import needs_root
+from .test_containers import BUSYBOX, ROOT, Lab, open_lab
 
 pytestmark = needs_root
 
@@ -46,27 +43,9 @@ OFFLINE_ENV = {
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    if not registry_up():
-        pytest.skip("the lab registry on 127.0.0.1:5000 is not running (make registry images)")
     base = tmp_path_factory.mktemp("paths")
-    with mock.patch.dict(os.environ, OFFLINE_ENV):
-        daemon = start_daemon(base / "daemon", CONFIG)
-    lab = Lab(daemon, base / "logs")
-    try:
-        daemon.images().PullImage(
-            pb.PullImageRequest(image=pb.ImageSpec(image=BUSYBOX)), timeout=120
-        )
-        yield lab
-    finally:
-        for sandbox_id in lab.pods:
-            with contextlib.suppress(grpc.RpcError):
-                lab.remove_pod(sandbox_id)
-        daemon.stop()
-        # The parent and what a failed test left in it (pod cgroups nest), deepest first.
-        for directory in Cgroupfs.from_host().dirs(CGROUP_PARENT):
-            for path, _, _ in sorted(os.walk(directory), key=lambda e: -len(e[0])):
-                with contextlib.suppress(OSError):
-                    os.rmdir(path)
+    with open_lab(base, CONFIG, env=OFFLINE_ENV, cgroup_parent=CGROUP_PARENT) as opened:
+        yield opened
 
 
 @pytest.fixture
