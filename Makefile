@@ -30,7 +30,7 @@ run: venv
 # Lint, types, then every test. Root-only tests skip (with a reason) when not root.
 # pytest's exit code 5 means "no tests collected": said plainly, not turned into make's 2.
 # The fuzz suite sends FUZZ_EXAMPLES random requests to every RPC (200 here, a few minutes);
-# `make test-fuzz` runs it at 2000 per RPC (~20 min on 2 cores), as CI does.
+# `make test-fuzz` runs it at 2000 per RPC (~23 min on 2 cores), as CI does.
 FUZZ_EXAMPLES ?= 200
 test: venv
 	$(PY) -m ruff check cri_py tests e2e
