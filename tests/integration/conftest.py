@@ -145,10 +145,13 @@ def remove_test_bridges() -> Iterator[None]:
             subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
 
 
-# Bridges of the test modules (cri-pyt0..8, cri-pycni0, cri-pyz0, cri-pyu0). Only these, and
-# veths on them, are deleted: e2e runs on the same machine (cri-pyk0, cri-pyk1, cri-pyf0...)
-# create links while a test session is running, and must keep them.
+# Bridges of the test modules (cri-pyt0..9, cri-pycni0, cri-pyz0/1, cri-pyu0, cri-pyc0,
+# cri-pyf1). Only these, and veths on them, are deleted: e2e runs on the same machine
+# (cri-pyk0, cri-pyk1, cri-pyf0...) create links while a test session runs, and keep them.
 _TEST_BRIDGE_PREFIXES = ("cri-pyt", "cri-pycni", "cri-pyz", "cri-pyu")
+# And these by full name: a prefix with a hex digit after "cri-py" would match pod veths
+# (named cri-py<hex>) of any cri-py on the machine.
+_TEST_BRIDGES = frozenset({"cri-pyc0", "cri-pyf1"})
 
 
 def _is_test_link(name: str) -> bool:
@@ -156,7 +159,9 @@ def _is_test_link(name: str) -> bool:
         master = os.path.basename(os.readlink(f"/sys/class/net/{name}/master"))
     except OSError:
         master = ""
-    return any(n.startswith(_TEST_BRIDGE_PREFIXES) for n in (name, master) if n)
+    return any(
+        n.startswith(_TEST_BRIDGE_PREFIXES) or n in _TEST_BRIDGES for n in (name, master) if n
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)
