@@ -166,20 +166,21 @@ def _is_test_link(name: str) -> bool:
 
 @pytest.fixture(scope="session", autouse=True)
 def remove_test_cgroups() -> Iterator[None]:
-    """The tests' shim and default cgroups go when the session ends (every daemon and pod of
-    the session is gone by then; a cgroup still in use is left and named)."""
+    """The tests' cgroups (/cri-py-tests and everything in it: shims, default parent, the
+    modules' parents) go when the session ends, deepest first. Every daemon and pod of the
+    session is gone by then; a cgroup still in use (another run's) is left and named."""
     yield
     if os.geteuid() != 0:
         return
     for hierarchy in _cgroup_mounts():
-        for cgroup in (*TEST_CGROUPS.values(), "/cri-py-tests"):
-            directory = Path(hierarchy) / cgroup.lstrip("/")
+        top = Path(hierarchy) / "cri-py-tests"
+        if not top.is_dir():
+            continue
+        for path, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
             try:
-                directory.rmdir()
-            except FileNotFoundError:
-                pass
+                os.rmdir(path)
             except OSError as e:
-                print(f"test cgroup {directory} left: {e.strerror}")
+                print(f"test cgroup {path} left: {e.strerror}")
 
 
 def _cgroup_mounts() -> list[str]:
