@@ -352,9 +352,13 @@ class SandboxService:
             )
             if own_users:
                 undo.callback(unpin_namespace, Path(pins["user"]))
-            shim = start_shim(bundle, spec, template=self._template)
+            # Forked by the template, a shim is born in the shims' cgroup; exec'd (no template
+            # could start), it is moved there.
+            template = self._template if self._template.ready() else None
+            shim = start_shim(bundle, spec, template=template)
             undo.callback(stop_shim, bundle, shim)
-            self._join_shim_cgroup(shim.pid, shim.init_pid)
+            if template is None:
+                self._join_shim_cgroup(shim.pid, shim.init_pid)
             record = dataclasses.replace(
                 record, shim=ShimInfo(shim.pid, shim.start_time, shim.init_pid)
             )

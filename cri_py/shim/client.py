@@ -106,6 +106,16 @@ class ShimTemplate:
         with self._lock:
             self._start(timeout)
 
+    def ready(self, timeout: float = START_TIMEOUT_SECONDS) -> bool:
+        """Whether a template serves (started now if none does); False if none can start."""
+        with self._lock:
+            if self._control is None:
+                try:
+                    self._start(timeout)
+                except ShimError:
+                    return False
+            return True
+
     def _start(self, timeout: float) -> None:
         self._stop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
