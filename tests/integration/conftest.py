@@ -57,12 +57,19 @@ class Daemon:
 TEST_CGROUPS = {"default_parent": "/cri-py-tests/default", "shim_cgroup": "/cri-py-tests/shims"}
 
 
+# And a daemon that names no bridge gets this one (deleted with the session), not cri-py0.
+TEST_NETWORK = {"bridge": "cri-pytd", "subnet": "10.77.0.0/24"}
+
+
 def with_test_cgroups(config_yaml: str) -> str:
-    """The config with the tests' cgroup defaults for the keys it does not set itself."""
+    """The config with the tests' cgroup and bridge defaults where it sets none itself."""
     data = yaml.safe_load(config_yaml) or {}
     cgroups = data.setdefault("cgroups", {})
     for key, value in TEST_CGROUPS.items():
         cgroups.setdefault(key, value)
+    network = data.setdefault("network", {})
+    if "bridge" not in network:
+        network.update(TEST_NETWORK)
     return yaml.safe_dump(data)
 
 
