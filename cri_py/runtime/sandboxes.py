@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import ipaddress
 import os
 import secrets
 import shutil
@@ -111,6 +112,15 @@ def validate_config(config: SandboxConfig) -> None:
     if ns.pid == NamespaceMode.TARGET:
         raise InvalidArgument("pod PID namespace mode TARGET is only valid for containers")
     validate_sysctls(config.sysctls, ns)
+    for port in config.port_mappings:
+        try:
+            # Given to the hostPort relay or CNI's portmap: an address, never a name to resolve.
+            if port.host_ip:
+                ipaddress.ip_address(port.host_ip)
+        except ValueError:
+            raise InvalidArgument(
+                f"port mapping host_ip {port.host_ip!r} is not an IP address"
+            ) from None
     validate_pod_user_namespace(ns)
     validate_resources(config.resources)
     validate_resources(config.overhead)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from cri_py.errors import InvalidArgument
@@ -10,6 +12,7 @@ from cri_py.runtime.model import (
     NamespaceOptions,
     Phase,
     PodMetadata,
+    PortMapping,
     SandboxConfig,
     SandboxFilter,
     SandboxRecord,
@@ -79,3 +82,12 @@ def test_hostname_the_kernel_would_refuse_is_invalid_argument(hostname: str) -> 
         validate_config(config(hostname=hostname))
     with pytest.raises(InvalidArgument, match="hostname"):
         validate_config(config(metadata=PodMetadata(hostname, "u", "default")))
+
+
+@pytest.mark.parametrize("host_ip", ["\x8f/\u00be", "example.com", "10.0.0.300"])
+def test_port_mapping_host_ip_must_be_an_address(host_ip: str) -> None:
+    # Found by the fuzz suite: the hostPort relay resolved it as a name (an idna error, INTERNAL).
+    mapping = PortMapping(container_port=80, host_port=8080, host_ip=host_ip)
+    with pytest.raises(InvalidArgument, match="host_ip"):
+        validate_config(config(port_mappings=(mapping,)))
+    validate_config(config(port_mappings=(dataclasses.replace(mapping, host_ip="127.0.0.1"),)))
