@@ -14,10 +14,12 @@ skip=${SKIP:-}
 state=$(mktemp -d /tmp/cri-py-critest.XXXXXX)
 sock=$state/run/cri-py.sock
 mkdir -p "$results" "$state/config.d"
-# The run's cgroups (pods without a parent, shims) under a parent of its own, removed at the end.
+# The run's cgroups (pods without a parent, shims) and bridge are its own, removed at the end.
 cgroups=/cri-py-critest
+bridge=cri-pyct0
 printf 'cgroups:\n  default_parent: %s\n  shim_cgroup: %s/shims\n' "$cgroups" "$cgroups" \
     >"$state/config.d/10-cgroups.yaml"
+printf 'network:\n  bridge: %s\n  subnet: 10.76.0.0/24\n' "$bridge" >"$state/config.d/20-network.yaml"
 "$python" -m cri_py.cli serve --config "$top/e2e/lab-config.yaml" --config-dir "$state/config.d" \
     --root-dir "$state/root" --run-dir "$state/run" --socket "$sock" >"$results/cri-py.log" 2>&1 &
 daemon=$!
@@ -33,6 +35,7 @@ cleanup() {
     fi
     kill -TERM "$daemon" 2>/dev/null && wait "$daemon" || true
     rm -rf "$state"
+    ip link del "$bridge" 2>/dev/null || true
     # Deepest first; a cgroup still in use stays (and says so) rather than being forced.
     for hierarchy in /sys/fs/cgroup/*/; do
         [ -d "$hierarchy${cgroups#/}" ] || continue
