@@ -36,6 +36,8 @@ MNT_DETACH = 0x2
 
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
@@ -216,6 +218,88 @@ def move_mount(fd: int, target: str | os.PathLike[str]) -> None:
         ),
         f"move_mount(fd={fd}, target={target!s})",
     )
+
+
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+
+
+def move_mount_to_fd(fd: int, target_fd: int) -> None:
+    """Attaches the detached mount `fd` onto what the descriptor `target_fd` (O_PATH is
+    enough) refers to: no path is looked up."""
+    _check(
+        _libc.syscall(
+            ctypes.c_long(_SYS_MOVE_MOUNT),
+            ctypes.c_int(fd),
+            b"",
+            ctypes.c_int(target_fd),
+            b"",
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
+        ),
+        f"move_mount(fd={fd}, target_fd={target_fd})",
+    )
+
+
+# <linux/openat2.h>: openat2(2) (Linux 5.6), the same number on every arch.
+_SYS_OPENAT2 = 437
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("resolve", ctypes.c_uint64),
+    ]
+
+
+def openat2(dirfd: int, path: str | os.PathLike[str], flags: int, mode: int, resolve: int) -> int:
+    how = _OpenHow(flags, mode, resolve)
+    return int(
+        _check(
+            _libc.syscall(
+                ctypes.c_long(_SYS_OPENAT2),
+                ctypes.c_int(dirfd),
+                _path(path),
+                ctypes.byref(how),
+                ctypes.c_size_t(ctypes.sizeof(how)),
+            ),
+            f"openat2(dirfd={dirfd}, path={path!s}, flags={flags:#x}, resolve={resolve:#x})",
+        )
+    )
+
+
+# <linux/magic.h>
+PROC_SUPER_MAGIC = 0x9FA0
+TMPFS_MAGIC = 0x01021994
+
+
+class _Statfs(ctypes.Structure):
+    # struct statfs on 64-bit Linux: every field a long (f_fsid two ints).
+    _fields_ = [
+        ("f_type", ctypes.c_long),
+        ("f_bsize", ctypes.c_long),
+        ("f_blocks", ctypes.c_ulong),
+        ("f_bfree", ctypes.c_ulong),
+        ("f_bavail", ctypes.c_ulong),
+        ("f_files", ctypes.c_ulong),
+        ("f_ffree", ctypes.c_ulong),
+        ("f_fsid", ctypes.c_int * 2),
+        ("f_namelen", ctypes.c_long),
+        ("f_frsize", ctypes.c_long),
+        ("f_flags", ctypes.c_long),
+        ("f_spare", ctypes.c_long * 4),
+    ]
+
+
+def fstatfs_type(fd: int) -> int:
+    """The filesystem magic number (`f_type`) of what `fd` refers to (O_PATH is enough)."""
+    result = _Statfs()
+    _check(_libc.fstatfs(ctypes.c_int(fd), ctypes.byref(result)), f"fstatfs(fd={fd})")
+    return int(result.f_type) & 0xFFFFFFFF
 
 
 # <linux/bpf.h>: bpf(2) for cgroup v2 device programs.

@@ -1,6 +1,7 @@
 """The contents of a pod's /etc/hostname, /etc/hosts and /etc/resolv.conf (pure).
 
-The sandbox service writes them into the sandbox dir; containers get them bind-mounted.
+The sandbox service writes them into the sandbox dir (mode `FILE_MODE`); containers get them
+bind-mounted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ _HOSTS_HEADER = (
 )
 # Linux's HOST_NAME_MAX.
 MAX_HOSTNAME = 64
+# World-readable, as containerd writes them: a container running as any user resolves names
+# (the daemon's umask, 077, would leave them to root alone).
+FILE_MODE = 0o644
 
 
 def pod_hostname(requested: str, pod_name: str, host_network: bool, node_hostname: str) -> str:

@@ -332,10 +332,10 @@ class SandboxService:
             files = self._store.dir_of(sandbox_id)
             undo.callback(shutil.rmtree, bundle, ignore_errors=True)
             (bundle / "ns").mkdir(mode=0o700, parents=True)
-            (files / "hostname").write_text(pod_files.hostname_file(hostname))
-            (files / "hosts").write_text(pod_files.hosts_file(hostname, ()))
-            (files / "resolv.conf").write_text(
-                pod_files.resolv_conf(config.dns, _read_host_resolv_conf())
+            _write_pod_file(files / "hostname", pod_files.hostname_file(hostname))
+            _write_pod_file(files / "hosts", pod_files.hosts_file(hostname, ()))
+            _write_pod_file(
+                files / "resolv.conf", pod_files.resolv_conf(config.dns, _read_host_resolv_conf())
             )
             if not host_ipc:
                 shm = bundle / "shm"
@@ -386,7 +386,7 @@ class SandboxService:
                 record = dataclasses.replace(
                     record, ip=ips[0] if ips else "", additional_ips=ips[1:]
                 )
-                (files / "hosts").write_text(pod_files.hosts_file(hostname, ips))
+                _write_pod_file(files / "hosts", pod_files.hosts_file(hostname, ips))
                 if network_kind == BUILTIN and self._hostports and ips:
                     undo.callback(self._hostports.close, sandbox_id)
                     self._hostports.open(sandbox_id, ips[0], config.port_mappings)
@@ -629,6 +629,12 @@ def _unmount(path: Path) -> None:
     except OSError as e:
         if e.errno not in (errno.EINVAL, errno.ENOENT):
             raise
+
+
+def _write_pod_file(path: Path, text: str) -> None:
+    """In place (a container's bind mount holds the inode), with the mode containerd gives it."""
+    path.write_text(text)
+    path.chmod(pod_files.FILE_MODE)
 
 
 def _read_host_resolv_conf() -> str:

@@ -119,46 +119,70 @@ def oom_kills(path: str) -> int:
     return 0
 
 
-def join_cgroup(procs_files: Sequence[str], pid: int) -> None:
-    """Moves `pid` into the container's cgroup in every hierarchy (its later children follow)."""
-    for path in procs_files:
-        with open(path, "w") as f:
-            f.write(str(pid))
-
-
-def set_oom_score_adj(pid: int, value: int) -> int:
-    """Lowering a score needs CAP_SYS_RESOURCE, which this runtime may lack: then the process
-    keeps the (higher) score it inherited, as the closest allowed value. Returns the value the
-    process has now (the daemon reports a clamp)."""
-    path = f"/proc/{pid}/oom_score_adj"
-    with contextlib.suppress(PermissionError), open(path, "w") as f:
-        f.write(str(value))
-    with open(path) as f:
-        return int(f.read())
-
-
 def _nonblocking(fd: int) -> int:
     os.set_blocking(fd, False)
     return fd
 
 
-def receive_ready(sync: socket.socket, timeout: float) -> tuple[int, dict[str, Any]]:
-    """Waits for the child's "R" (its PID, from SCM_CREDENTIALS, and payload) or raises with
-    its "E" text."""
-    ready, _, _ = select.select([sync], [], [], timeout)
-    if not ready:
-        raise ContainerError("failed", f"the child did not get ready within {timeout}s")
-    size = socket.CMSG_SPACE(struct.calcsize("iII"))
-    data, ancillary, _, _ = sync.recvmsg(65536, size)
-    if data.startswith(b"E"):
-        raise ContainerError("failed", data[1:].decode(errors="replace"))
-    if not data.startswith(b"R"):
-        raise ContainerError("failed", "the child exited during setup")
+class SetupProcesses:
+    """The processes a launch reported as about to exec ("P"), held by pidfd (a PID could be
+    reused once the process is reaped elsewhere): when the launch fails or times out they are
+    killed, not only the intermediate process the shim forked. Killing a PID namespace's init
+    ends every process in it."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+        self._pidfds: list[int] = []
+
+    def add(self, pid: int) -> None:
+        self.pids.append(pid)
+        with contextlib.suppress(ProcessLookupError):
+            self._pidfds.append(os.pidfd_open(pid))
+
+    def kill(self) -> None:
+        for pidfd in self._pidfds:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
+    def close(self) -> None:
+        for pidfd in self._pidfds:
+            os.close(pidfd)
+        self._pidfds.clear()
+
+
+def _credentials_pid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
             pid, _, _ = struct.unpack("iII", payload[: struct.calcsize("iII")])
-            return pid, json.loads(data[1:] or b"{}")
-    raise ContainerError("failed", "the child's ready message carried no credentials")
+            return int(pid)
+    return None
+
+
+def receive_ready(
+    sync: socket.socket, timeout: float, started: SetupProcesses | None = None
+) -> tuple[int, dict[str, Any]]:
+    """Waits for the child's "R" (its PID, from SCM_CREDENTIALS, and payload) or raises with
+    its "E" text. Each "P" before it (a process that will exec, with its PID) goes to
+    `started`, for the caller to kill if this raises."""
+    deadline = time.monotonic() + timeout
+    size = socket.CMSG_SPACE(struct.calcsize("iII"))
+    while True:
+        ready, _, _ = select.select([sync], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise ContainerError("failed", f"the child did not get ready within {timeout}s")
+        data, ancillary, _, _ = sync.recvmsg(65536, size)
+        if data.startswith(b"E"):
+            raise ContainerError("failed", data[1:].decode(errors="replace"))
+        pid = _credentials_pid(ancillary)
+        if data == b"P":
+            if pid is not None and started is not None:
+                started.add(pid)
+            continue
+        if not data.startswith(b"R"):
+            raise ContainerError("failed", "the child exited during setup")
+        if pid is None:
+            raise ContainerError("failed", "the child's ready message carried no credentials")
+        return pid, json.loads(data[1:] or b"{}")
 
 
 def _sync_pair() -> tuple[socket.socket, socket.socket]:
@@ -198,6 +222,8 @@ class Container:
     # its `oom_kill` counter (memory.oom_control on v1, memory.events on v2).
     cgroup_procs: tuple[str, ...] = ()
     oom_file: str = ""
+    # The oom_score_adj its init got (None: none was asked for); every exec gets it too.
+    oom_score_adj: int | None = None
 
     def view(self) -> dict[str, Any]:
         return {
@@ -292,12 +318,20 @@ class Containers:
                 else:
                     in_r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
                 child_fds = [in_r, out_w, err_w]
+            # The init joins them itself, before it touches the image (0 too: a process
+            # must not keep the shim's score, -999 under the daemon's systemd unit).
+            container.cgroup_procs = tuple(str(p) for p in params.get("cgroup_procs", ()))
+            container.oom_file = str(params.get("oom_file", ""))
+            wanted_score = params.get("oom_score_adj")
+            limits = launcher.Limits(
+                container.cgroup_procs, None if wanted_score is None else int(wanted_score)
+            )
             ours, theirs = _sync_pair()
             undo.callback(ours.close)
             try:
                 child = _fork_child(
                     lambda: launcher.run_init(
-                        plan, rootfs, child_fds, theirs.fileno(), self._mirror_exits
+                        plan, rootfs, child_fds, theirs.fileno(), self._mirror_exits, limits
                     )
                 )
             finally:
@@ -305,26 +339,22 @@ class Containers:
                 for fd in set(child_fds):
                     os.close(fd)
             undo.callback(_kill_and_reap, child)
+            started = SetupProcesses()
+            undo.callback(started.close)
+            undo.callback(started.kill)  # the init first, then the process that forked it
             try:
-                pid, payload = receive_ready(ours, SYNC_TIMEOUT_SECONDS)
+                pid, payload = receive_ready(ours, SYNC_TIMEOUT_SECONDS, started)
             except OSError as e:
                 raise ContainerError("failed", f"waiting for the container's init: {e}") from e
             container.pid = pid
             container.sync = ours
-            # Joined while the init waits for "S": no code of the image runs outside it.
-            container.cgroup_procs = tuple(str(p) for p in params.get("cgroup_procs", ()))
-            container.oom_file = str(params.get("oom_file", ""))
-            try:
-                join_cgroup(container.cgroup_procs, pid)
-                oom_score_adj = None
-                if params.get("oom_score_adj"):
-                    oom_score_adj = set_oom_score_adj(pid, int(params["oom_score_adj"]))
-            except OSError as e:
-                raise ContainerError("failed", f"joining the container's cgroup: {e}") from e
+            if "oom_score_adj" in payload:
+                container.oom_score_adj = int(payload["oom_score_adj"])
             container.user = User(
                 int(payload["uid"]), int(payload["gid"]), tuple(payload.get("groups", ()))
             )
             undo.pop_all()
+            started.close()
         # A pod's shim outlives one container: the child that forked the init (if any) is
         # reaped by the SIGCHLD loop; the init itself is adopted by this subreaper.
         self._containers[container_id] = container
@@ -335,8 +365,8 @@ class Containers:
         for fd in container.outputs:
             self._hooks.add_reader(fd, functools.partial(self._on_output, container, fd))
         view = container.view()
-        if oom_score_adj is not None:
-            view["oom_score_adj"] = oom_score_adj  # applied (maybe clamped)
+        if container.oom_score_adj is not None:
+            view["oom_score_adj"] = container.oom_score_adj  # applied (maybe clamped)
         return view
 
     def start(self, container_id: str) -> dict[str, Any]:
@@ -591,11 +621,11 @@ class Containers:
         child_stdio = list(stdio) if stdio is not None else [null, out_w, err_w]
         ours, theirs = _sync_pair()
         plan = container.plan
+        # Confined as the init is: its cgroups and the score it got, its rlimits.
+        limits = launcher.Limits(container.cgroup_procs, container.oom_score_adj)
         try:
             pid = _fork_child(
-                lambda: _join_then(
-                    container.cgroup_procs,
-                    launcher.run_exec,
+                lambda: launcher.run_exec(
                     join,
                     container.user,
                     plan.cwd,
@@ -605,20 +635,25 @@ class Containers:
                     theirs.fileno(),
                     plan.security,
                     bool(params.get("tty")),
+                    limits,
+                    plan.rlimits,
                 )
             )
         finally:
             for fd in (null, out_w, err_w):
                 os.close(fd)
             theirs.close()
+        started = SetupProcesses()
         try:
-            command_pid, _ = receive_ready(ours, SYNC_TIMEOUT_SECONDS)
+            command_pid, _ = receive_ready(ours, SYNC_TIMEOUT_SECONDS, started)
         except (ContainerError, OSError) as e:
+            started.kill()  # the command, in the container, then the process that forked it
             _kill_and_reap(pid)
             os.close(out_r)
             os.close(err_r)
             raise ContainerError("failed", f"exec in {container.id}: {e}") from e
         finally:
+            started.close()
             ours.close()
         session = ExecSession(
             container.id,
@@ -689,13 +724,6 @@ class Containers:
                     os.kill(session.command_pid, signal.SIGKILL)
             elif session.drain_deadline and now >= session.drain_deadline:
                 self._maybe_finish(session, force=True)
-
-
-def _join_then(procs_files: Sequence[str], run: Callable[..., None], *args: Any) -> None:
-    """In an exec's child: into the container's cgroup first, so the command (forked after
-    it enters the namespaces) starts there too."""
-    join_cgroup(procs_files, os.getpid())
-    run(*args)
 
 
 def _kill_and_reap(pid: int) -> None:

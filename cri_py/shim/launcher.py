@@ -3,12 +3,22 @@ container's namespaces, builds its filesystem view and finally execs the contain
 
 Decisions come from the launch plan (`cri_py.oci.plan`); this module performs them with the
 syscall edge and reports over a sync socket (SOCK_SEQPACKET, one message per send):
-  child -> shim  b"R" + JSON {uid, gid, groups}  ready, blocked before execve
+  child -> shim  b"P"                            the process that will exec exists
+                 b"R" + JSON {uid, gid, groups,  ready, blocked before execve
+                   oom_score_adj}
                  b"E" + text                     setup or execve failed (then it exits)
   shim -> child  b"S"                            go: execve (success closes the socket)
-The "R" message carries SCM_CREDENTIALS, so the shim learns the init's PID in its own PID
-namespace whatever namespace the init lives in. Nothing here returns: every path ends in
-execve or os._exit.
+"P" and "R" carry SCM_CREDENTIALS, so the shim learns the PID in its own PID namespace
+whatever namespace the process lives in ("P" as soon as it is forked: a setup that hangs or
+times out is killed there, not only in the intermediate process that forked it). Nothing here
+returns: every path ends in execve or os._exit.
+
+What a setup process promises (DESIGN.md, "Isolation"): it is non-dumpable from fork to
+execve (no ptrace, /proc/<pid>/mem, pidfd_getfd or /proc/<pid>/exe from a container), cuts the
+bounding set before it can be seen in a PID namespace it shares, joins the container's cgroups
+and takes its oom_score_adj before it touches the image, reads image files only if regular and
+bounded, and hands over a process that starts as on a plain host: default signal actions, an
+empty signal mask, umask 022, no descriptor but 0-2 and a working directory inside the root.
 """
 
 from __future__ import annotations
@@ -25,23 +35,23 @@ import stat
 import struct
 import termios
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from cri_py.linux import syscalls
+from cri_py.linux.rootfs import make_directory, open_in_root
 from cri_py.oci.capabilities import CAP_SYS_ADMIN, before_exec, sets_for_user
 from cri_py.oci.plan import (
-    DeviceStep,
-    IdRange,
     LaunchPlan,
     MountStep,
+    PlanError,
     Security,
     User,
     executable_candidates,
-    host_id,
-    idmapped_overlay,
     resolve_user,
 )
 from cri_py.oci.seccomp import SeccompFilter
+from cri_py.shim.mounts import finish_mounts, prepare_rootfs
 
 EXIT_SETUP_FAILED = 1
 # What a shell reports for "command could not be run"; the daemon records 128 (StartError).
@@ -55,30 +65,36 @@ NAMESPACE_FLAGS = {
     "mount": syscalls.CLONE_NEWNS,
     "user": syscalls.CLONE_NEWUSER,
 }
-# Device nodes of every container's /dev (major, minor), as runc creates them.
-DEVICES = {
-    "null": (1, 3),
-    "zero": (1, 5),
-    "full": (1, 7),
-    "random": (1, 8),
-    "urandom": (1, 9),
-    "tty": (5, 0),
-}
-DEV_LINKS = {
-    "fd": "/proc/self/fd",
-    "stdin": "/proc/self/fd/0",
-    "stdout": "/proc/self/fd/1",
-    "stderr": "/proc/self/fd/2",
-    "ptmx": "pts/ptmx",
-    "core": "/proc/kcore",
-}
 _RLIMITS = {name: getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")}
 SYNC_FD = 3
 CONTAINER_UMASK = 0o022
+# Above any descriptor number (close_range takes it): every descriptor from a point on.
+_ALL_FDS = 2**31 - 1
+# /etc/passwd and /etc/group of an image are read only if regular files up to this size: a
+# link to /dev/zero or a FIFO must not exhaust the node or hang the shim.
+IMAGE_FILE_LIMIT = 1024 * 1024
+# The kernel follows "#!" this many times (BINPRM_MAX_RECURSION), reading this much of a file.
+_SHEBANG_DEPTH = 4
+_SHEBANG_BYTES = 256
 
 
 class LaunchError(Exception):
     """A step failed; the message (sent to the shim) names the step."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What confines a container's processes before they touch the image: the cgroup.procs
+    file of its cgroup in every hierarchy, and its oom_score_adj (None: the inherited one)."""
+
+    cgroup_procs: tuple[str, ...] = ()
+    oom_score_adj: int | None = None
+
+
+def report_pid(sync: socket.socket) -> None:
+    """b"P": the shim learns this process's PID (SCM_CREDENTIALS), to kill it if setup fails."""
+    creds = struct.pack("iII", os.getpid(), os.getuid(), os.getgid())
+    sync.sendmsg([b"P"], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)])
 
 
 def send_ready(sync: socket.socket, payload: Mapping[str, Any]) -> None:
@@ -101,9 +117,100 @@ def setup_stdio(stdio: Sequence[int], sync_fd: int) -> socket.socket:
     for target, fd in enumerate(stdio):
         os.dup2(fd, target)
     os.dup2(sync_copy, SYNC_FD)
-    os.closerange(SYNC_FD + 1, os.sysconf("SC_OPEN_MAX"))
+    # Not SC_OPEN_MAX: a descriptor above the soft limit (lowered after it was opened) counts.
+    os.closerange(SYNC_FD + 1, _ALL_FDS)
     os.set_inheritable(SYNC_FD, False)
     return socket.socket(fileno=SYNC_FD)
+
+
+def reset_signals() -> None:
+    """Every signal back to its default action, none blocked: ignored signals survive execve,
+    and Python ignores SIGPIPE and SIGXFSZ at start-up (then `seq 1 99999 | head -1` reports a
+    broken pipe; the shim ignores SIGINT and SIGHUP). Handlers would be reset by execve, but a
+    signal arriving before it must not run the shim's code in this process."""
+    signal.set_wakeup_fd(-1)
+    for signum in range(1, signal.NSIG):
+        if signum in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        # glibc keeps 32 and 33 for itself (EINVAL): they are never ignored.
+        with contextlib.suppress(OSError):
+            signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def cut_bounding_set(security: Security | None) -> None:
+    """Drops from the bounding set what the container may not have. Done before a setup process
+    can be seen in a PID namespace it shares with containers (an exec, an init in a pod-wide PID
+    namespace); the permitted and effective sets stay whole until `become`, so mounts still
+    work. Needs CAP_SETPCAP, which the container's user may not keep: done as root."""
+    capabilities = security.capabilities if security is not None else None
+    if capabilities is None:
+        return
+    for bit in range(last_capability() + 1):
+        if bit not in capabilities.bounding:
+            syscalls.prctl(syscalls.PR_CAPBSET_DROP, bit)
+
+
+class HostFiles:
+    """What a setup process opens while the host's `/` is still in view and uses after its
+    namespaces changed: the host's /proc and the container's cgroup.procs files. Close-on-exec,
+    and closed before the image is touched."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.fds: list[int] = []
+        try:
+            self.proc = self._open("/proc", os.O_PATH | os.O_DIRECTORY)
+            self.cgroup_procs = [self._open(p, os.O_WRONLY) for p in limits.cgroup_procs]
+        except OSError as e:
+            self.close()
+            raise LaunchError(f"opening the container's cgroup: {e}") from e
+
+    def _open(self, path: str, flags: int) -> int:
+        fd = os.open(path, flags | os.O_CLOEXEC)
+        self.fds.append(fd)
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+def apply_limits(limits: Limits, files: HostFiles) -> int | None:
+    """Moves this process into the container's cgroups and gives it the container's
+    oom_score_adj (its children inherit both), then closes `files`. Returns the score applied
+    (maybe clamped, see `set_oom_score_adj`), None when none was asked for."""
+    try:
+        for fd in files.cgroup_procs:
+            # "0" is the writer itself, whatever PID namespace it is in.
+            os.write(fd, b"0")
+        applied = None
+        if limits.oom_score_adj is not None:
+            applied = set_oom_score_adj(limits.oom_score_adj, files.proc)
+        return applied
+    except OSError as e:
+        raise LaunchError(f"joining the container's cgroup: {e}") from e
+    finally:
+        files.close()
+
+
+def set_oom_score_adj(value: int, proc_fd: int, pid: str = "self") -> int:
+    """Sets /proc/<pid>/oom_score_adj (`proc_fd`: the /proc it is read in). Lowering a score
+    needs CAP_SYS_RESOURCE, which this runtime may lack: then the process keeps the (higher)
+    score it inherited, as the closest allowed value. Returns the value it has now (the daemon
+    reports a clamp)."""
+    path = f"{pid}/oom_score_adj"
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+    try:
+        with contextlib.suppress(PermissionError):
+            os.write(fd, str(value).encode())
+    finally:
+        os.close(fd)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+    try:
+        return int(os.read(fd, 64))
+    finally:
+        os.close(fd)
 
 
 def join_namespaces(join: Sequence[tuple[str, str]]) -> None:
@@ -118,325 +225,45 @@ def join_namespaces(join: Sequence[tuple[str, str]]) -> None:
             os.close(fd)
 
 
-def secure_join(root: str, path: str) -> str:
-    """`path` inside `root`, with symlinks resolved as if `root` were `/` (so an image's
-    symlink cannot make a mount land outside the rootfs)."""
-    parts = [p for p in path.split("/") if p]
-    resolved: list[str] = []
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part == ".":
-            continue
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = os.path.join(root, *resolved, part)
-        try:
-            target = os.readlink(candidate)
-        except OSError:
-            resolved.append(part)
-            continue
-        links += 1
-        if links > 40:
-            raise LaunchError(f"too many symlinks resolving {path} in the rootfs")
-        if target.startswith("/"):
-            resolved = []
-        parts = [p for p in target.split("/") if p] + parts
-    return os.path.join(root, *resolved)
-
-
-def make_mount_point(target: str, source: str, is_bind: bool) -> None:
-    file_source = False
-    if is_bind:
-        try:
-            file_source = not stat.S_ISDIR(os.stat(source).st_mode)
-        except FileNotFoundError:
-            raise LaunchError(f"bind mount source {source} does not exist") from None
-    if file_source:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        if not os.path.lexists(target):
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
-    else:
-        os.makedirs(target, exist_ok=True)
-
-
-def idmapped_bind(source: str, target: str, userns_fd: int, recursive: bool) -> None:
-    """Binds `source` at `target` as seen through the user namespace `userns_fd` (host ID
-    H + n shows as container ID n). Only a detached clone may get MOUNT_ATTR_IDMAP, so the
-    clone is made, idmapped, then attached."""
-    recursion = syscalls.AT_RECURSIVE if recursive else 0
-    tree = syscalls.open_tree(
-        source, syscalls.OPEN_TREE_CLONE | syscalls.OPEN_TREE_CLOEXEC | recursion
-    )
+def read_image_file(path: str, limit: int = IMAGE_FILE_LIMIT) -> tuple[str, str]:
+    """An image file's text, after pivot_root (so links resolve inside the root), and "" or
+    why it was not read: only a regular file up to `limit` bytes counts, anything else (a link
+    to /dev/zero, a FIFO, a directory, a huge file) is treated as absent. Opened non-blocking
+    (a FIFO's open would wait for a writer) and without a controlling terminal, checked with
+    fstat on the descriptor it was opened as."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        syscalls.mount_setattr(
-            "",
-            syscalls.AT_EMPTY_PATH | recursion,
-            syscalls.MOUNT_ATTR_IDMAP,
-            userns_fd=userns_fd,
-            dirfd=tree,
-        )
-        syscalls.move_mount(tree, target)
-    finally:
-        os.close(tree)
-
-
-def stage_idmapped_layers(
-    step: MountStep,
-    staging: str,
-    userns_fd: int,
-    uid_mappings: tuple[IdRange, ...],
-    gid_mappings: tuple[IdRange, ...],
-) -> MountStep:
-    """An overlay step rewritten to stack idmapped clones of its layers (attached under
-    `staging`, on the private mount beside the rootfs: they go with the mount namespace).
-    An overlay itself cannot be idmapped (EINVAL); its layers can (Linux 5.19)."""
-    layers, step, upper = idmapped_overlay(step, staging)
-    for source, target in layers:
-        os.makedirs(target, exist_ok=True)
-        idmapped_bind(source, target, userns_fd, recursive=False)
-    if upper:
-        os.chown(upper, host_id(uid_mappings, 0), host_id(gid_mappings, 0))
-    return step
-
-
-def perform_mount(step: MountStep, target: str, userns_fd: int = -1) -> None:
-    if step.fstype == "cgroup":
-        # The container's cgroup view is the cgroups issue's (issue 7): until it lands,
-        # /sys/fs/cgroup stays the empty directory of the container's fresh sysfs.
-        return
-    if step.is_bind and step.idmap:
-        if userns_fd < 0:
-            raise LaunchError(f"idmapped mount at {step.destination} without a user namespace")
-        idmapped_bind(step.source, target, userns_fd, bool(step.flags & syscalls.MS_REC))
-        if step.remount_flags:
-            flags = step.remount_flags | _locked_flags(target)
-            syscalls.mount(None, target, None, flags)
-    elif step.is_bind:
-        syscalls.mount(step.source, target, None, step.flags & (syscalls.MS_BIND | syscalls.MS_REC))
-        if step.remount_flags:
-            flags = step.remount_flags | _locked_flags(target)
-            syscalls.mount(None, target, None, flags)
-    else:
-        syscalls.mount(step.source, target, step.fstype, step.flags, step.data or None)
-    if step.recursive_readonly:
-        # A read-only bind remount covers the top mount only; submounts need mount_setattr.
-        syscalls.mount_setattr(target, syscalls.AT_RECURSIVE, syscalls.MOUNT_ATTR_RDONLY)
-    if step.propagation:
-        syscalls.mount(None, target, None, step.propagation)
-
-
-def mount_sub_path(step: MountStep, target: str, staging: str) -> None:
-    """An image volume's sub path: the overlay is mounted at `staging` (beside the rootfs, on
-    the private mount the launcher made of it, so nothing reaches the host; pivot_root leaves
-    it behind) and the sub path, resolved inside it, bound read-only at `target`."""
-    os.makedirs(staging, exist_ok=True)
-    syscalls.mount(step.source, staging, step.fstype, step.flags, step.data or None)
-    source = secure_join(staging, step.sub_path)
-    if not os.path.lexists(source):
-        raise LaunchError(f"image volume sub path {step.sub_path!r} does not exist in the image")
-    make_mount_point(target, source, True)
-    syscalls.mount(source, target, None, syscalls.MS_BIND)
-    remount = syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY
-    syscalls.mount(None, target, None, remount | _locked_flags(target))
-    if step.propagation:
-        syscalls.mount(None, target, None, step.propagation)
-
-
-def mount_cgroups(step: MountStep, target: str, sources: Sequence[tuple[str, str]]) -> None:
-    """The container's /sys/fs/cgroup (cgroup v1, as runc does it): a tmpfs holding one dir per
-    hierarchy, each a bind mount of the container's own cgroup there, read-only unless the
-    spec says rw (privileged). On v2, the container's cgroup dir itself. Runs before
-    pivot_root, so the host's hierarchies are still in reach."""
-    if not sources:
-        return  # cgroups not managed: the empty dir of the container's sysfs stays
-    readonly = bool(step.flags & syscalls.MS_RDONLY)
-    lockable = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
-    if len(sources) == 1 and not sources[0][0]:  # cgroup v2
-        _bind_cgroup(sources[0][1], target, readonly, lockable)
-        return
-    syscalls.mount("tmpfs", target, "tmpfs", lockable, "mode=755")
-    for name, source in sources:
-        os.makedirs(os.path.join(target, name), exist_ok=True)
-        _bind_cgroup(source, os.path.join(target, name), readonly, lockable)
-        controllers = name.split(",")
-        if len(controllers) > 1:  # cpu,cpuacct: also reachable as cpu and cpuacct
-            for controller in controllers:
-                link = os.path.join(target, controller)
-                if not os.path.lexists(link):
-                    os.symlink(name, link)
-    if readonly:
-        flags = syscalls.MS_REMOUNT | syscalls.MS_RDONLY | lockable
-        syscalls.mount(None, target, None, flags, "mode=755")
-
-
-def _bind_cgroup(source: str, target: str, readonly: bool, flags: int) -> None:
-    syscalls.mount(source, target, None, syscalls.MS_BIND)
-    remount = syscalls.MS_REMOUNT | syscalls.MS_BIND | flags
-    syscalls.mount(None, target, None, remount | (syscalls.MS_RDONLY if readonly else 0))
-
-
-def _locked_flags(path: str) -> int:
-    """Flags a remount must keep or the kernel refuses it (EPERM): nosuid/nodev/noexec/...
-    already on the mount. statvfs's ST_* bits are the MS_* bits for these."""
-    lockable = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
-    return os.statvfs(path).f_flag & lockable
-
-
-def _mount_point_of(path: str) -> str:
-    """The mount point `path` lives on (the longest mount point that is a prefix of it)."""
-    best = "/"
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = line.split(" ")[4].encode().decode("unicode_escape")
-            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) > len(
-                best
-            ):
-                best = point
-    return best
-
-
-def populate_dev(root: str) -> None:
-    dev = os.path.join(root, "dev")
-    if not os.path.isdir(dev):
-        return
-    old = os.umask(0)
-    try:
-        for name, (major, minor) in DEVICES.items():
-            path = os.path.join(dev, name)
-            if not os.path.lexists(path):
-                os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
-        for name, target in DEV_LINKS.items():
-            path = os.path.join(dev, name)
-            if not os.path.lexists(path):
-                os.symlink(target, path)
-    finally:
-        os.umask(old)
-
-
-def create_devices(root: str, devices: Sequence[DeviceStep]) -> None:
-    """The spec's device nodes, as the host's are (type, numbers, mode, owner). Made, not
-    bound: /dev is the container's own tmpfs, and a node there cannot reach the host's /dev."""
-    old = os.umask(0)
-    try:
-        for device in devices:
-            # The last component is not followed: a default link (/dev/ptmx -> pts/ptmx) is
-            # replaced, not what it points to.
-            parent = secure_join(root, os.path.dirname(device.path))
-            target = os.path.join(parent, os.path.basename(device.path))
-            os.makedirs(parent, exist_ok=True)
-            kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(target)  # a default node the client replaces (its own /dev/null...)
-            mode = (device.file_mode & 0o7777) | kind[device.type]
-            os.mknod(target, mode, os.makedev(device.major, device.minor))
-            os.chown(target, device.uid, device.gid)
-    finally:
-        os.umask(old)
-
-
-def prepare_rootfs(
-    plan: LaunchPlan, rootfs_mounts: Sequence[MountStep], userns_fd: int = -1
-) -> None:
-    """Inside the new mount namespace: the rootfs, the spec's mounts, then pivot_root. With
-    a user namespace (`userns_fd`), overlays stack idmapped layers and idmap binds use it."""
-    # rslave (the default): host mounts made later still reach rslave volumes, nothing
-    # mounted here reaches the host. rshared keeps the tree the host's peer, for rshared
-    # volumes; then the rootfs's parent must be private, or the overlay below would appear
-    # on the host too (and pivot_root refuses a shared parent).
-    syscalls.mount(None, "/", None, plan.rootfs_propagation)
-    root = plan.rootfs
-    syscalls.mount(None, _mount_point_of(root), None, syscalls.MS_PRIVATE)
-    idmapped_dir = os.path.join(os.path.dirname(root), "idmapped")
-    for step in rootfs_mounts:
-        try:
-            if userns_fd >= 0 and step.fstype == "overlay":
-                step = stage_idmapped_layers(
-                    step,
-                    os.path.join(idmapped_dir, "rootfs"),
-                    userns_fd,
-                    plan.uid_mappings,
-                    plan.gid_mappings,
-                )
-            syscalls.mount(step.source, root, step.fstype, step.flags, step.data or None)
-        except OSError as e:
-            raise LaunchError(f"mounting the rootfs at {root}: {e}") from e
-    for index, step in enumerate(plan.mounts):
-        target = secure_join(root, step.destination)
-        try:
-            if userns_fd >= 0 and step.fstype == "overlay":
-                step = stage_idmapped_layers(
-                    step,
-                    os.path.join(idmapped_dir, str(index)),
-                    userns_fd,
-                    plan.uid_mappings,
-                    plan.gid_mappings,
-                )
-            if step.sub_path:
-                staging = os.path.join(os.path.dirname(root), "image-volumes", str(index))
-                mount_sub_path(step, target, staging)
-                continue
-            make_mount_point(target, step.source, step.is_bind)
-            if step.fstype == "cgroup":
-                mount_cgroups(step, target, plan.cgroup_mounts)
-            else:
-                perform_mount(step, target, userns_fd)
-        except OSError as e:
-            raise LaunchError(f"mount {step.source} at {step.destination}: {e}") from e
-    populate_dev(root)
-    try:
-        create_devices(root, plan.devices)
-    except OSError as e:
-        raise LaunchError(f"creating device nodes: {e}") from e
-    os.chdir(root)
-    # pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves
-    # only the new root (runc's trick: no put_old directory needed in the image).
-    syscalls.pivot_root(".", ".")
-    syscalls.umount2(".", syscalls.MNT_DETACH)
-    os.chdir("/")
-
-
-def finish_mounts(plan: LaunchPlan) -> None:
-    """After pivot_root: /proc (from inside the PID namespace), masked and read-only paths."""
-    for step in plan.late_mounts:
-        target = secure_join("/", step.destination)
-        try:
-            os.makedirs(target, exist_ok=True)
-            perform_mount(step, target)
-        except OSError as e:
-            raise LaunchError(f"mount {step.fstype} at {step.destination}: {e}") from e
-    for path in plan.masked_paths:
-        try:
-            if os.path.isdir(path):
-                syscalls.mount("tmpfs", path, "tmpfs", syscalls.MS_RDONLY)
-            else:
-                syscalls.mount("/dev/null", path, None, syscalls.MS_BIND)
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            if e.errno != errno.ENOENT:
-                raise LaunchError(f"masking {path}: {e}") from e
-    for path in plan.readonly_paths:
-        try:
-            syscalls.mount(path, path, None, syscalls.MS_BIND | syscalls.MS_REC)
-            flags = syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY
-            syscalls.mount(None, path, None, flags | _locked_flags(path))
-        except OSError as e:
-            if e.errno != errno.ENOENT:
-                raise LaunchError(f"making {path} read-only: {e}") from e
-    if plan.readonly_rootfs:
-        flags = syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY
-        syscalls.mount(None, "/", None, flags)
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
+        fd = os.open(path, flags)
     except OSError:
-        return ""
+        return "", ""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return "", f"{path} is not a regular file"
+        data = b""
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        if len(data) > limit:
+            return "", f"{path} is larger than {limit} bytes"
+        return data.decode("utf-8", errors="replace"), ""
+    except OSError as e:
+        return "", f"reading {path}: {e.strerror}"
+    finally:
+        os.close(fd)
+
+
+def image_user(wanted: User) -> User:
+    """The plan's user in numbers, from the image's /etc/passwd and /etc/group."""
+    passwd, passwd_problem = read_image_file("/etc/passwd")
+    group, group_problem = read_image_file("/etc/group")
+    try:
+        return resolve_user(wanted, passwd, group)
+    except PlanError as e:
+        problems = "; ".join(p for p in (passwd_problem, group_problem) if p)
+        raise LaunchError(f"{e} ({problems}: ignored)" if problems else str(e)) from e
 
 
 def set_rlimits(rlimits: Sequence[tuple[str, int, int]]) -> None:
@@ -458,16 +285,29 @@ def become(user: User, cwd: str, security: Security | None = None) -> None:
     permitted set across setuid, and capset then sets the final sets, plus CAP_SYS_ADMIN until
     execve when a seccomp filter is to be loaded without no_new_privs (see `before_exec`);
     ambient capabilities are raised last (they need permitted and inheritable)."""
-    # The working dir is made as root (an image may lack it), entered as the user.
-    os.makedirs(cwd, exist_ok=True)
+    # The working dir is made as root (an image may lack it), entered as the user. Resolved
+    # in the root this process has now (the container's), by descriptor: an image's
+    # WorkingDir of /proc/1/root/... or /proc/self/fd/N/.. must not reach a host directory.
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        workdir = make_directory(root, cwd)
+    except OSError as e:
+        raise LaunchError(f"working directory {cwd}: {e.strerror or e}") from e
+    finally:
+        os.close(root)
+    try:
+        _switch_user(user, security)
+        os.fchdir(workdir)
+    finally:
+        os.close(workdir)
+
+
+def _switch_user(user: User, security: Security | None) -> None:
     capabilities = security.capabilities if security is not None else None
     if capabilities is not None:
         assert security is not None
         _, held, _ = syscalls.capget()
-        last = _last_capability()
-        for bit in range(last + 1):
-            if bit not in capabilities.bounding:
-                syscalls.prctl(syscalls.PR_CAPBSET_DROP, bit)
+        cut_bounding_set(security)
         syscalls.prctl(syscalls.PR_SET_KEEPCAPS, 1)
     os.setgroups(list(user.additional_gids))
     os.setgid(user.gid)
@@ -480,15 +320,20 @@ def become(user: User, cwd: str, security: Security | None = None) -> None:
         for bit in sorted(final.ambient):
             syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_RAISE, bit)
         syscalls.prctl(syscalls.PR_SET_KEEPCAPS, 0)
-    os.chdir(cwd)
 
 
-def _last_capability() -> int:
-    try:
-        with open("/proc/sys/kernel/cap_last_cap") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 40
+def last_capability() -> int:
+    """The highest capability this kernel knows, asked of the kernel itself (PR_CAPBSET_READ
+    fails with EINVAL past it): /proc/sys/kernel/cap_last_cap would be read in the container's
+    /proc, which a container may have covered with a file of its own."""
+    last = 0
+    while last < 63:
+        try:
+            syscalls.prctl(syscalls.PR_CAPBSET_READ, last + 1)
+        except OSError:
+            break
+        last += 1
+    return last
 
 
 def load_seccomp(rules: SeccompFilter, no_new_privileges: bool) -> None:
@@ -519,6 +364,47 @@ def load_seccomp(rules: SeccompFilter, no_new_privileges: bool) -> None:
         syscalls.seccomp_release(ctx)
 
 
+def audit_descriptors() -> None:
+    """The last setup step before the ready message (nothing opens a file after it):
+    nothing of the launcher's may reach the container (CVE-2016-9962, CVE-2024-21626 were a
+    host descriptor or a host working directory left to it). Every descriptor but 0-2 must be
+    close-on-exec (the sync socket is, by design): one that is not is a bug here, and fails the
+    launch. Whatever the container's /proc lists, every descriptor above the sync socket is
+    then closed; and the working directory must be inside the root (getcwd fails with ENOENT
+    for one outside it)."""
+    try:
+        fd_dir = os.open("/proc/thread-self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        names = []  # no /proc (a container that unmounted it): the closerange below holds
+    else:
+        try:
+            names = os.listdir(fd_dir)
+        finally:
+            os.close(fd_dir)
+    leaked = []
+    for name in names:
+        if not name.isdigit() or int(name) <= 2:
+            continue
+        fd = int(name)
+        try:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFD)
+        except OSError:
+            continue  # the listing's own descriptor, closed since
+        if not flags & fcntl.FD_CLOEXEC:
+            try:
+                target = os.readlink(f"/proc/thread-self/fd/{fd}")
+            except OSError:
+                target = "?"
+            leaked.append(f"{fd} ({target})")
+    if leaked:
+        raise LaunchError(f"descriptors would leak into the container: {', '.join(leaked)}")
+    os.closerange(SYNC_FD + 1, _ALL_FDS)
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise LaunchError("the working directory is outside the container's root") from None
+
+
 def lock_down(security: Security) -> None:
     """The last steps before execve: no_new_privs, then the seccomp filter (after it, only the
     syscalls the container may make are left to make)."""
@@ -528,24 +414,122 @@ def lock_down(security: Security) -> None:
         load_seccomp(security.seccomp, security.no_new_privileges)
 
 
-def exec_command(args: Sequence[str], env: Sequence[str], path: str | None) -> str:
-    """execve's the command (never returns on success); the error text otherwise."""
-    environ = dict(e.partition("=")[::2] for e in env)
+def open_program(path: str, args: Sequence[str]) -> tuple[int, list[str]]:
+    """The descriptor to execve and its argv, for `path` run with `args`. CVE-2019-5736: a
+    program that is, or whose "#!" interpreter is, /proc/self/exe (or a link to it) would make
+    execve run this process's own executable, the host's Python, in the container, whose root
+    could then open it through /proc/<pid>/exe. So each file execve would follow is opened here
+    with magic links refused, and the file run is the one opened (a container swapping it in
+    between changes nothing): a script's "#!" line is followed here as the kernel would (up to
+    4 levels, argv = interpreter, its argument, the script's path, the rest) and the
+    interpreter's descriptor is what runs. A file this user may execute but not read is run as
+    it is (its interpreter could not read it either; a root container can read anything).
+    Raises OSError as execve would, LaunchError for a magic link."""
+    argv = list(args)
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for _ in range(_SHEBANG_DEPTH + 1):
+            fd = _open_executable(root, path)
+            try:
+                if not _may_execute(fd):
+                    raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+                if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_PATH:
+                    return fd, argv  # not readable by this user: run as it is
+                head = os.pread(fd, _SHEBANG_BYTES, 0)
+            except BaseException:
+                os.close(fd)
+                raise
+            if not head.startswith(b"#!"):
+                return fd, argv
+            os.close(fd)
+            line = head[2:].split(b"\n", 1)[0].strip(b" \t")
+            interpreter, _, argument = line.replace(b"\t", b" ").partition(b" ")
+            if not interpreter:
+                raise OSError(errno.ENOEXEC, os.strerror(errno.ENOEXEC))
+            argument = argument.strip(b" ")
+            script = path
+            path = os.fsdecode(interpreter)
+            argv = [path, *([os.fsdecode(argument)] if argument else []), script, *argv[1:]]
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+    finally:
+        os.close(root)
+
+
+def _open_executable(root: int, path: str) -> int:
+    """`path` (from the working dir if relative, as execve) opened for reading, or O_PATH when
+    this user may not read it; magic links refused."""
+    if not path.startswith("/"):
+        path = os.path.join(os.getcwd(), path)
+    try:
+        return open_in_root(root, path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except PermissionError:
+        pass
+    except OSError as e:
+        if e.errno == errno.ELOOP and _reachable(path):
+            raise LaunchError(
+                f"exec {path}: it leads through a /proc magic link (refused)"
+            ) from None
+        raise OSError(e.errno, os.strerror(e.errno or errno.EIO)) from None
+    try:
+        return open_in_root(root, path, os.O_PATH)
+    except OSError as e:
+        raise OSError(e.errno, os.strerror(e.errno or errno.EIO)) from None
+
+
+def _reachable(path: str) -> bool:
+    try:
+        os.close(os.open(path, os.O_PATH | os.O_CLOEXEC))
+    except OSError:
+        return False
+    return True
+
+
+def find_program(args: Sequence[str], path: str | None) -> tuple[int, list[str]] | str:
+    """The command's program, opened (`open_program`) before the seccomp filter goes on (a
+    profile may not allow what opening it takes), as execve would search $PATH: a candidate
+    missing or not executable by this user is skipped. The descriptor and argv, or the error
+    text."""
     denied = ""
     for candidate in executable_candidates(args[0], path):
         try:
-            os.execve(candidate, list(args), environ)
+            fd, argv = open_program(candidate, args)
+        except LaunchError as e:
+            return str(e)
         except (FileNotFoundError, NotADirectoryError):
             continue
         except PermissionError as e:
             denied = f"exec {candidate}: {e.strerror}"
+            continue
         except OSError as e:
             return f"exec {candidate}: {e.strerror}"
+        return fd, argv
     if denied:
         return denied
     if "/" in args[0]:
         return f'exec: "{args[0]}": stat {args[0]}: no such file or directory'
     return f'exec: "{args[0]}": executable file not found in $PATH'
+
+
+def _may_execute(fd: int) -> bool:
+    """Whether execve could run what `fd` is: a regular file with some execute bit, not on a
+    noexec mount (from the descriptor: the container's /proc may be anything). Finer refusals
+    are execve's."""
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode) or not mode & 0o111:
+        return False
+    return not os.fstatvfs(fd).f_flag & os.ST_NOEXEC
+
+
+def exec_program(program: tuple[int, list[str]], env: Sequence[str]) -> str:
+    """execve's the program `find_program` opened (execveat(fd, "", AT_EMPTY_PATH): the file
+    checked is the file run); never returns on success, the error text otherwise."""
+    fd, argv = program
+    environ = dict(e.partition("=")[::2] for e in env)
+    try:
+        os.execve(fd, argv, environ)
+    except OSError as e:
+        os.close(fd)
+        return f"exec {argv[0]}: {e.strerror}"
 
 
 def attach_terminal() -> None:
@@ -558,13 +542,15 @@ def _parent_of_init(child: int, sync: socket.socket, mirror_exit: bool) -> NoRet
     """The process that forked the init into its PID namespace. Normally it just leaves and
     the shim (a subreaper) adopts the init. But when the shim's children live in the pod's PID
     namespace, the kernel gives orphans to that namespace's init, not to the shim: then this
-    process stays, waits for the init and exits with its status, for the shim to reap."""
+    process stays (non-dumpable, holding nothing but /dev/null), waits for the init and exits
+    with its status, for the shim to reap."""
     if not mirror_exit:
         os._exit(0)
     sync.close()
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
+    os.closerange(3, _ALL_FDS)
     _, status = os.waitpid(child, 0)
     code = os.waitstatus_to_exitcode(status)
     os._exit(128 - code if code < 0 else code)
@@ -576,17 +562,21 @@ def run_init(
     stdio: Sequence[int],
     sync_fd: int,
     mirror_exit: bool = False,
+    limits: Limits = Limits(),
 ) -> NoReturn:
     """The container's init, from the shim's fork to execve. Never returns."""
+    # First: until execve, nothing in a container may ptrace this process, read its memory,
+    # take its descriptors or open its /proc/<pid>/exe (the host's interpreter).
+    syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
     sync = setup_stdio(stdio, sync_fd)
     # The daemon's umask (077) would make mount points and the working dir unreadable to
     # other users, and be the container's own: OCI's (and runc's) default is 022.
     os.umask(CONTAINER_UMASK)
     try:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(signum, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        reset_signals()
+        host = HostFiles(limits)
+        # Before a PID namespace another container shares (the pod's) can show this process.
+        cut_bounding_set(plan.security)
         if plan.security.seccomp is not None:
             syscalls.open_libseccomp()  # from the host, before the rootfs replaces it
         # Opened now: after pivot_root the pin's path is out of reach.
@@ -602,11 +592,19 @@ def run_init(
         if plan.forks_for_pid:
             child = os.fork()
             if child != 0:
+                host.close()
+                if userns_fd >= 0:
+                    os.close(userns_fd)
                 _parent_of_init(child, sync, mirror_exit)
+        # This process is the init from here on: the shim can kill it if setup fails or hangs.
+        report_pid(sync)
+        # Confined before the image is touched: whatever the rootfs makes this process do,
+        # it does in the container's cgroups, with the container's OOM score.
+        oom_score_adj = apply_limits(limits, host)
         attach_terminal()
         prepare_rootfs(plan, rootfs_mounts, userns_fd)
         finish_mounts(plan)
-        user = resolve_user(plan.user, _read("/etc/passwd"), _read("/etc/group"))
+        user = image_user(plan.user)
         set_rlimits(plan.rlimits)
         if userns_fd >= 0:
             # Last: every mount above needed the host's root (idmapped mounts, /proc of a PID
@@ -618,7 +616,15 @@ def run_init(
                 raise LaunchError(f"joining the pod's user namespace: {e}") from e
             os.close(userns_fd)
         become(user, plan.cwd, plan.security)
-        send_ready(sync, {"uid": user.uid, "gid": user.gid, "groups": list(user.additional_gids)})
+        ready: dict[str, Any] = {
+            "uid": user.uid,
+            "gid": user.gid,
+            "groups": list(user.additional_gids),
+        }
+        if oom_score_adj is not None:
+            ready["oom_score_adj"] = oom_score_adj
+        audit_descriptors()
+        send_ready(sync, ready)
     except Exception as e:
         fail(sync, f"container setup: {e}", EXIT_SETUP_FAILED)
     try:
@@ -628,10 +634,13 @@ def run_init(
     if go != b"S":
         os._exit(EXIT_SETUP_FAILED)  # the shim gave up on us (remove before start)
     try:
+        program = find_program(plan.args, plan.env_value("PATH"))
         lock_down(plan.security)
     except Exception as e:
         fail(sync, f"container setup: {e}", EXIT_SETUP_FAILED)
-    fail(sync, exec_command(plan.args, plan.env, plan.env_value("PATH")), EXIT_EXEC_FAILED)
+    if isinstance(program, str):
+        fail(sync, program, EXIT_EXEC_FAILED)
+    fail(sync, exec_program(program, plan.env), EXIT_EXEC_FAILED)
 
 
 def run_exec(
@@ -644,42 +653,54 @@ def run_exec(
     sync_fd: int,
     security: Security | None = None,
     tty: bool = False,
+    limits: Limits = Limits(),
+    rlimits: Sequence[tuple[str, int, int]] = (),
 ) -> NoReturn:
-    """A process in a running container's namespaces (ExecSync), with the container's user,
-    capabilities, no_new_privs and seccomp filter. This process enters them,
-    forks the command and waits for it, exiting with its status: the command lives in the
-    container's PID namespace, where only we (not the shim) can reap it."""
+    """A process in a running container (ExecSync, exec streams), confined as its init is: its
+    cgroups, OOM score, rlimits, user, capabilities, no_new_privs and seccomp filter. This
+    process takes the limits, enters the namespaces, forks the command and waits for it,
+    exiting with its status: the command lives in the container's PID namespace, where only we
+    (not the shim) can reap it."""
+    syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)  # as the init's (see run_init)
     sync = setup_stdio(stdio, sync_fd)
     os.umask(CONTAINER_UMASK)
     try:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(signum, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        reset_signals()
+        # The host's paths first (cgroup.procs, /proc): the namespaces below hide them. The
+        # command forked below inherits the cgroups, the score and the limits.
+        apply_limits(limits, HostFiles(limits))
+        set_rlimits(rlimits)
+        cut_bounding_set(security)  # before the container's PID namespace shows the command
         if security is not None and security.seccomp is not None:
             syscalls.open_libseccomp()  # from the host, before the container's mounts
         join_namespaces(join)
+        # setns into the mount namespace moved the root and working directory to its root;
+        # said again, so that nothing below can start from a host directory.
+        os.chdir("/")
     except Exception as e:
         fail(sync, f"exec setup: {e}", EXIT_SETUP_FAILED)
     pid = os.fork()
     if pid == 0:
         try:
+            report_pid(sync)
             os.setsid()
             if tty:
                 # stdin is the slave of a terminal the daemon allocated: make it ours.
                 fcntl.ioctl(0, termios.TIOCSCTTY, 0)
             become(user, cwd, security)
+            audit_descriptors()
             send_ready(sync, {})
         except Exception as e:
             fail(sync, f"exec setup: {e}", EXIT_SETUP_FAILED)
         try:
+            path = dict(entry.partition("=")[::2] for entry in env).get("PATH")
+            program = find_program(args, path)
             lock_down(security or Security())
         except Exception as e:
             os.write(2, f"exec setup: {e}\n".encode(errors="replace"))
             os._exit(EXIT_SETUP_FAILED)
-        path = dict(entry.partition("=")[::2] for entry in env).get("PATH")
         # As a shell would: the reason on stderr, 127 (126 when not executable).
-        message = exec_command(args, env, path)
+        message = program if isinstance(program, str) else exec_program(program, env)
         os.write(2, message.encode(errors="replace") + b"\n")
         os._exit(126 if "permission denied" in message.lower() else EXIT_EXEC_FAILED)
     sync.close()

@@ -28,7 +28,11 @@ from cri_py.linux import syscalls
 from cri_py.linux.userns import UserNamespaceHelper
 from cri_py.shim import protocol
 from cri_py.shim.containers import EXEC_FRAME_BYTES, ContainerError, Containers, Hooks
+from cri_py.shim.launcher import last_capability
 from cri_py.shim.spec import EXIT_FILE, LOG_FILE, SOCKET_FILE, SPEC_FILE, ShimSpec, sysctl_path
+
+# The pod's PID 1 runs as nobody (as kubelet's pause image does, with 65535).
+NOBODY = 65534
 
 
 def _report(line: dict[str, Any]) -> None:
@@ -98,13 +102,48 @@ def _enter_pod_user_namespace(spec: ShimSpec, flags: int) -> None:
         helper.close()
 
 
+def confine_pid_init() -> None:
+    """PID 1 of a pod-wide PID namespace is in view of every container of the pod: one allowed
+    to ptrace (CAP_SYS_PTRACE) must not find a host root process with every capability there,
+    nor the host's files behind /proc/1/root. So it keeps nothing: an empty read-only root in a
+    mount namespace of its own, no descriptor but /dev/null, no capability, user nobody,
+    non-dumpable. It only reaps and waits for signals, which need none of it."""
+    syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    syscalls.unshare(syscalls.CLONE_NEWNS)
+    syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+    # Over /proc, which every host has, in this namespace only; then made the root (runc's
+    # pivot_root(".", ".") with the old root detached).
+    locked = syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
+    syscalls.mount("tmpfs", "/proc", "tmpfs", locked, "size=4k,mode=555")
+    os.chdir("/proc")
+    syscalls.pivot_root(".", ".")
+    syscalls.umount2(".", syscalls.MNT_DETACH)
+    os.chdir("/")
+    for bit in range(last_capability() + 1):
+        syscalls.prctl(syscalls.PR_CAPBSET_DROP, bit)
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)  # without PR_SET_KEEPCAPS: every capability set is emptied
+    syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.closerange(3, 2**31 - 1)
+
+
 def run_pid_init() -> None:
     """PID 1 of the pod's PID namespace: reaps orphans until told to stop."""
-    with contextlib.suppress(OSError):
-        _detach_stdio(None)
+    try:
+        confine_pid_init()
+    except OSError as e:
+        # Not unconfined: without its init the pod's PID namespace cannot be pinned, and the
+        # sandbox fails to start.
+        os.write(2, f"shim: the pod's PID 1 cannot be confined: {e}\n".encode())
+        os._exit(1)
     # SIGKILLed shim: its namespace's processes must not outlive it (stop relies on that).
-    # (getppid() is 0 here, the parent being outside the namespace, so the usual re-check for a
-    # parent that died before this prctl is not possible; the window is a few instructions.)
+    # Set after the user changed (that clears it). (getppid() is 0 here, the parent being
+    # outside the namespace, so the usual re-check for a parent that died before this prctl is
+    # not possible; the window is a few instructions.)
     syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
     wanted = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, wanted)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from cri_py.runtime.oom import OomScoreClamps
-from cri_py.shim.containers import set_oom_score_adj
+from cri_py.shim.launcher import set_oom_score_adj
 
 
 def test_a_clamp_is_warned_about_once_with_both_values() -> None:
@@ -25,12 +27,15 @@ def test_a_clamp_is_warned_about_once_with_both_values() -> None:
 
 def test_set_oom_score_adj_returns_what_the_process_has() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
     try:
         # Raising is always allowed.
-        assert set_oom_score_adj(child.pid, 900) == 900
+        assert set_oom_score_adj(900, proc, str(child.pid)) == 900
         # Lowering below what the runtime may set is clamped, not an error (the value is
         # -1000 only where the caller holds CAP_SYS_RESOURCE).
-        assert set_oom_score_adj(child.pid, -1000) in (-1000, 900)
+        assert set_oom_score_adj(-1000, proc, str(child.pid)) in (-1000, 900)
+        assert int(Path(f"/proc/{child.pid}/oom_score_adj").read_text()) in (-1000, 900)
     finally:
+        os.close(proc)
         child.kill()
         child.wait()
