@@ -56,6 +56,10 @@ class ImagesConfig:
     max_concurrent_downloads: int = 3
     # A pull fails when no byte arrives for this many seconds; a slow pull does not.
     progress_timeout_seconds: float = 60.0
+    # One layer, unpacked: a pull whose layer inflates past these fails and keeps nothing
+    # (a compression bomb, sparse files, millions of files). Generous: 64 GiB, 4M files.
+    max_layer_bytes: int = 64 << 30
+    max_layer_inodes: int = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class NetworkConfig:
     # The built-in network, used when no CNI config exists.
     bridge: str = "cri-py0"
     subnet: str = "10.88.0.0/16"
+    # Connections one hostPort relay holds at once; more are closed as they arrive.
+    hostport_max_connections: int = 1024
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,11 @@ class StreamConfig:
     address: str = "127.0.0.1"
     port: int = 0  # 0: a random free port
     idle_timeout_seconds: int = 4 * 3600
+    # Streams a client holding a valid token may have open on one SPDY connection (a
+    # port-forward uses two per forwarded connection); more are refused (RST_STREAM).
+    max_streams_per_session: int = 1000
+    # Port-forward streams waiting for the other of their pair (data / error); more are reset.
+    max_pending_port_forward_streams: int = 100
 
 
 @dataclass(frozen=True)
@@ -210,6 +221,15 @@ def _validate(config: Config, source: str) -> None:
         raise ConfigError(source, "images.max_concurrent_downloads", "must be between 1 and 64")
     if config.images.progress_timeout_seconds <= 0:
         raise ConfigError(source, "images.progress_timeout_seconds", "must be positive")
+    for key, value in (
+        ("images.max_layer_bytes", config.images.max_layer_bytes),
+        ("images.max_layer_inodes", config.images.max_layer_inodes),
+        ("network.hostport_max_connections", config.network.hostport_max_connections),
+        ("stream.max_streams_per_session", config.stream.max_streams_per_session),
+        ("stream.max_pending_port_forward_streams", config.stream.max_pending_port_forward_streams),
+    ):
+        if value < 1:
+            raise ConfigError(source, key, "must be at least 1")
     parent = config.cgroups.default_parent
     if not parent.startswith("/") or any(p in (".", "..") for p in parent.split("/")):
         raise ConfigError(source, "cgroups.default_parent", "must be an absolute cgroup path")

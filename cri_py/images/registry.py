@@ -348,10 +348,20 @@ class RegistryClient:
         if challenge.scheme != "bearer" or "realm" not in challenge.params:
             raise EndpointError("auth", f"unsupported auth challenge {challenge.scheme!r}")
         realm = challenge.params["realm"]
-        if urlsplit(realm).scheme not in ("http", "https"):
+        realm_scheme = urlsplit(realm).scheme
+        if realm_scheme not in ("http", "https"):
             raise EndpointError("auth", f"token realm {realm!r} is not an http(s) URL")
         scope = challenge.params.get("scope") or f"repository:{endpoint.repository(ref)}:pull"
         service = challenge.params.get("service", "")
+        # The realm is the registry's word, and any host: credentials (a password, an identity
+        # token) never go to one in clear text. The token is asked for anonymously instead,
+        # which is enough for public images; a private one then fails, saying why.
+        withheld = realm_scheme == "http" and bool(
+            credentials.username or credentials.identity_token
+        )
+        if withheld:
+            log.warning("credentials withheld from a plain-http token realm", realm=realm)
+            credentials = Credentials()
         if credentials.identity_token:
             response = await client.post(
                 realm,
@@ -369,6 +379,12 @@ class RegistryClient:
                 params["service"] = service
             headers = {"Authorization": _basic(credentials)} if credentials.username else {}
             response = await client.get(realm, params=params, headers=headers)
+        if response.status_code in (401, 403) and withheld:
+            raise EndpointError(
+                "auth",
+                f"token endpoint {realm} refused an anonymous request ({response.status_code}); "
+                "credentials are never sent to a plain-http token realm",
+            )
         if response.status_code in (401, 403):
             raise EndpointError(
                 "auth", f"token endpoint refused the credentials ({response.status_code})"

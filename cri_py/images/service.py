@@ -50,7 +50,7 @@ from cri_py.images.reference import (
 )
 from cri_py.images.registry import Credentials, Endpoint, RegistryClient
 from cri_py.images.store import ContentStore, ImageRecord, LayerRecord, StoreState, measure_tree
-from cri_py.images.unpack import unpack_layer
+from cri_py.images.unpack import LayerLimits, unpack_layer
 from cri_py.log import get_logger
 
 log = get_logger("cri_py.images")
@@ -146,6 +146,9 @@ class _Shared(Generic[_T]):
             if self.waiters == 1 and not self.task.done():
                 self.abandoned = True
                 self.task.cancel()
+                # Waited for: its cleanup (a thread's unpack cannot be stopped, see `_unpack`)
+                # is over before the caller reports, so a failed pull leaves nothing behind.
+                await asyncio.wait([self.task])
             raise
         finally:
             self.waiters -= 1
@@ -264,6 +267,9 @@ class ImageService:
         self._pinned = self._normalise_pinned(config.images.pinned)
         self._downloads = asyncio.Semaphore(config.images.max_concurrent_downloads)
         self._unpacks = asyncio.Semaphore(config.images.max_concurrent_downloads)
+        self._layer_limits = LayerLimits(
+            config.images.max_layer_bytes, config.images.max_layer_inodes
+        )
         self._lock = asyncio.Lock()  # serialises changes to the metadata
         self._trash_lock = asyncio.Lock()
         self._pulls: dict[tuple[str, str], _Shared[str]] = {}
@@ -721,13 +727,24 @@ class ImageService:
     ) -> tuple[int, int]:
         async with self._unpacks:
             started = time.monotonic()
-            result = await asyncio.to_thread(
-                unpack_layer,
-                self._store.blob_path(descriptor.digest),
-                self._store.layer_path(chain_id),
-                diff_id,
-                layer=descriptor.digest,
+            work = asyncio.ensure_future(
+                asyncio.to_thread(
+                    unpack_layer,
+                    self._store.blob_path(descriptor.digest),
+                    self._store.layer_path(chain_id),
+                    diff_id,
+                    layer=descriptor.digest,
+                    limits=self._layer_limits,
+                )
             )
+            try:
+                result = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # The thread runs on whatever we do: it ends with its layer in place or its
+                # temporary dir removed, and this task ends after it (no `.tmp-*` outlives
+                # a failed or cancelled pull).
+                await asyncio.wait([work])
+                raise
             log.info(
                 "layer unpacked",
                 image=image,

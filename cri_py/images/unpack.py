@@ -13,6 +13,9 @@ Rules, each enforced by construction rather than by checking paths as strings:
   never taken from the tar (a layer could otherwise forge whiteouts or redirects).
 The tar is unpacked into a temp dir beside the target and renamed into place only when complete
 and when the uncompressed stream hashes to the layer's diff ID; any failure removes the temp dir.
+Bounded (`LayerLimits`, from `images.max_layer_bytes` / `images.max_layer_inodes`): a small blob
+that inflates without end (a compression bomb, sparse files, trailing data after the tar) or
+makes millions of files fails the pull before it fills the node's disk or inode table.
 
 As root, ownership, modes (setuid included), xattrs, device nodes and timestamps are kept.
 Without root (unit tests), what needs privilege is skipped and reported in `skipped`: ownership,
@@ -55,8 +58,21 @@ PAX_XATTR_PREFIX = "SCHILY.xattr."
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 COPY_CHUNK = 1 << 20
+# Generous: the largest layers seen in the wild (CUDA, model weights) are some tens of GiB
+# and some hundred thousand files.
+DEFAULT_MAX_LAYER_BYTES = 64 << 30
+DEFAULT_MAX_LAYER_INODES = 4_000_000
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class LayerLimits:
+    """What one layer may take once unpacked: bytes (of the uncompressed tar and of the files
+    written, sparse holes included) and inodes (hard links count: each is a name to make)."""
+
+    max_bytes: int = DEFAULT_MAX_LAYER_BYTES
+    max_inodes: int = DEFAULT_MAX_LAYER_INODES
 
 
 @dataclass(frozen=True)
@@ -72,22 +88,32 @@ class _CorruptStream(Exception):
     """The compressed stream itself is broken (raised from inside tarfile's reads)."""
 
 
+class _TooLarge(Exception):
+    """The layer goes over one of its `LayerLimits`."""
+
+
 class _HashingReader:
     """Reads the decompressed stream for tarfile, hashing every byte (the diff ID is the hash of
-    the whole uncompressed tar, trailing padding included)."""
+    the whole uncompressed tar, trailing padding included), and no more than `max_bytes`."""
 
-    def __init__(self, stream: IO[bytes], algorithm: str) -> None:
+    def __init__(self, stream: IO[bytes], algorithm: str, max_bytes: int) -> None:
         self._stream = stream
         self._hash = hashlib.new(algorithm)
+        self._max_bytes = max_bytes
         self.size = 0
 
     def read(self, size: int = -1) -> bytes:
+        # Never more than one byte past the limit in memory, whatever tarfile asks for.
+        left = self._max_bytes - self.size + 1
+        size = left if size < 0 else min(size, left)
         try:
             data = self._stream.read(size)
         except (EOFError, zlib.error, zstandard.ZstdError, gzip.BadGzipFile) as e:
             raise _CorruptStream(f"{type(e).__name__}: {e}") from None
         self._hash.update(data)
         self.size += len(data)
+        if self.size > self._max_bytes:
+            raise _TooLarge(f"more than {self._max_bytes} bytes uncompressed")
         return data
 
     def drain(self) -> None:
@@ -168,16 +194,20 @@ def _pax_xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
 
 
 class _Extractor:
-    def __init__(self, root_fd: int, layer: str, privileged: bool) -> None:
+    def __init__(
+        self, root_fd: int, layer: str, privileged: bool, limits: LayerLimits = LayerLimits()
+    ) -> None:
         self.root_fd = root_fd
         self.layer = layer
         self.privileged = privileged
+        self.limits = limits
         self.seen: dict[tuple[str, ...], str] = {}  # explicit entries -> kind
         self.dirs: dict[tuple[str, ...], _DirMeta] = {
             (): _DirMeta(0o755, 0, 0, None, {}),
         }
         self.bytes = 0
         self.inodes = 1
+        self.links = 0
         self.skipped: set[str] = set()
         self._cached: tuple[tuple[str, ...], int] | None = None
 
@@ -321,6 +351,9 @@ class _Extractor:
     def add_file(
         self, tar: tarfile.TarFile, member: tarfile.TarInfo, base: str, parent: int
     ) -> str:
+        # Checked before writing: a sparse entry's size is what it would take, holes filled.
+        if self.bytes + member.size > self.limits.max_bytes:
+            raise _TooLarge(f"more than {self.limits.max_bytes} bytes of files")
         try:
             fd = os.open(
                 base,
@@ -378,6 +411,7 @@ class _Extractor:
         if kind == "skipped":
             return "skipped"
         source = self.walk(target[:-1], create=False, entry=member.name)
+        self.links += 1
         try:
             os.link(target[-1], base, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False)
         except FileExistsError:
@@ -467,16 +501,31 @@ class _Extractor:
                 os.close(fd)
 
 
-def _extract(reader: _HashingReader, root: Path, layer: str, privileged: bool) -> _Extractor:
+def _extract(
+    reader: _HashingReader,
+    root: Path,
+    layer: str,
+    privileged: bool,
+    limits: LayerLimits = LayerLimits(),
+) -> _Extractor:
     root_fd = os.open(root, _DIR_FLAGS)
-    extractor = _Extractor(root_fd, layer, privileged)
+    extractor = _Extractor(root_fd, layer, privileged, limits)
     try:
         with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
             for member in tar:
+                # Checked before each entry: at most one more inode than the limit (an entry
+                # whose parents are missing makes them too: counted, checked at the next).
+                if extractor.inodes + extractor.links >= limits.max_inodes:
+                    raise _TooLarge(f"more than {limits.max_inodes} files")
                 extractor.add(tar, member)
         reader.drain()
         extractor.close()
         extractor.finish_dirs()
+    except _TooLarge as e:
+        raise FailedPrecondition(
+            f"layer {layer}: too large: {e} (images.max_layer_bytes / "
+            "images.max_layer_inodes); nothing of it is kept"
+        ) from None
     except _CorruptStream as e:
         raise FailedPrecondition(f"layer {layer}: broken compressed stream: {e}") from None
     except tarfile.TarError as e:
@@ -488,10 +537,17 @@ def _extract(reader: _HashingReader, root: Path, layer: str, privileged: bool) -
 
 
 def unpack_layer(
-    blob: Path, target: Path, diff_id: str, *, layer: str = "", privileged: bool | None = None
+    blob: Path,
+    target: Path,
+    diff_id: str,
+    *,
+    layer: str = "",
+    privileged: bool | None = None,
+    limits: LayerLimits = LayerLimits(),
 ) -> UnpackResult:
     """Unpacks the layer blob at `blob` into the directory `target` (which must not exist yet),
-    checking that the uncompressed tar hashes to `diff_id`. Blocking: run it in a thread.
+    checking that the uncompressed tar hashes to `diff_id` and that it stays within `limits`
+    (else FailedPrecondition, and nothing is left). Blocking: run it in a thread.
 
     When another unpack of the same layer got there first, its directory is kept and measured.
     `layer` names the layer in errors (default: the blob's file name).
@@ -505,8 +561,8 @@ def unpack_layer(
     os.mkdir(temp, 0o700)
     try:
         with _decompressed(blob) as stream:
-            reader = _HashingReader(stream, algorithm)
-            extractor = _extract(reader, temp, layer, privileged)
+            reader = _HashingReader(stream, algorithm, limits.max_bytes)
+            extractor = _extract(reader, temp, layer, privileged, limits)
         actual = reader.digest()
         if actual != diff_id:
             raise FailedPrecondition(

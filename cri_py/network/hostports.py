@@ -3,8 +3,11 @@
 CNI pods get hostPort from the `portmap` plugin (iptables); the built-in network has no
 iptables rules of its own, so the runtime serves the mappings itself, as DESIGN.md says: one
 listener per TCP mapping in the daemon's event loop, and one relay per connection with
-bounded buffers. Listeners are opened synchronously (a taken port fails RunPodSandbox at once)
-and closed when the pod's network goes. UDP and SCTP mappings are not served here.
+bounded buffers and a bounded number of connections per listener (`network.
+hostport_max_connections`: anyone who reaches the port could otherwise make the daemon hold
+sockets without end; one past the bound is closed as it arrives). Listeners are opened
+synchronously (a taken port fails RunPodSandbox at once) and closed, with their connections,
+when the pod's network goes. UDP and SCTP mappings are not served here.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ T = TypeVar("T")
 TCP = 0
 RELAY_CHUNK = 64 * 1024
 CONNECT_TIMEOUT_SECONDS = 5.0
+DEFAULT_MAX_CONNECTIONS = 1024
 
 
 def tcp_mappings(mappings: Sequence[PortMapping]) -> list[PortMapping]:
@@ -58,12 +62,86 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         pass
 
 
+class Relay:
+    """One hostPort's listener and the connections it relays (at most `max_connections`)."""
+
+    def __init__(self, pod_ip: str, mapping: PortMapping, max_connections: int) -> None:
+        self.pod_ip = pod_ip
+        self.mapping = mapping
+        self.max_connections = max_connections
+        self.server: asyncio.Server | None = None
+        # Writers of the relayed connections (client's and pod's), to close them with us.
+        self.connections: set[asyncio.StreamWriter] = set()
+        self.active = 0
+        self.refused = 0
+
+    async def listen(self) -> None:
+        m = self.mapping
+        host = m.host_ip or "0.0.0.0"
+        try:
+            self.server = await asyncio.start_server(
+                self.relay, host, m.host_port, family=socket.AF_INET, reuse_address=True
+            )
+        except OSError as e:
+            raise AlreadyExists(
+                f"hostPort {host}:{m.host_port} cannot be opened: {e.strerror}"
+            ) from None
+
+    async def relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self.active >= self.max_connections:
+            if not self.refused:
+                log.warning(
+                    "hostPort at its connection limit; closing new connections",
+                    host_port=self.mapping.host_port,
+                    limit=self.max_connections,
+                )
+            self.refused += 1
+            client_w.close()
+            return
+        self.active += 1
+        self.connections.add(client_w)
+        try:
+            try:
+                pod_r, pod_w = await asyncio.wait_for(
+                    asyncio.open_connection(self.pod_ip, self.mapping.container_port),
+                    CONNECT_TIMEOUT_SECONDS,
+                )
+            except (OSError, TimeoutError):
+                return
+            self.connections.add(pod_w)
+            try:
+                await asyncio.gather(_pipe(client_r, pod_w), _pipe(pod_r, client_w))
+            finally:
+                self.connections.discard(pod_w)
+                pod_w.close()
+                with contextlib.suppress(OSError):
+                    await pod_w.wait_closed()
+        finally:
+            self.active -= 1
+            self.connections.discard(client_w)
+            client_w.close()
+            with contextlib.suppress(OSError):
+                await client_w.wait_closed()
+
+    async def close(self) -> None:
+        """Stops listening and ends every relayed connection (the pod is going away)."""
+        if self.server is not None:
+            self.server.close()
+        for writer in list(self.connections):
+            writer.close()
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
 class HostPorts:
     """The listeners of every pod, keyed by sandbox ID; called from worker threads."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, max_connections: int = DEFAULT_MAX_CONNECTIONS
+    ) -> None:
         self._loop = loop
-        self._servers: dict[str, list[asyncio.Server]] = {}
+        self._max_connections = max_connections
+        self._relays: dict[str, list[Relay]] = {}
         self._lock = threading.Lock()
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
@@ -75,16 +153,18 @@ class HostPorts:
         served = tcp_mappings(mappings)
         if not served:
             return
-        servers: list[asyncio.Server] = []
+        relays: list[Relay] = []
         try:
             for m in served:
-                servers.append(self._run(self._listen(pod_ip, m)))
+                relay = Relay(pod_ip, m, self._max_connections)
+                self._run(relay.listen())
+                relays.append(relay)
         except BaseException:
-            for server in servers:
-                self._run(self._close(server))
+            for opened in relays:
+                self._run(opened.close())
             raise
         with self._lock:
-            self._servers.setdefault(sandbox_id, []).extend(servers)
+            self._relays.setdefault(sandbox_id, []).extend(relays)
         log.info(
             "hostPorts open",
             sandbox=sandbox_id,
@@ -93,42 +173,12 @@ class HostPorts:
 
     def close(self, sandbox_id: str) -> None:
         with self._lock:
-            servers = self._servers.pop(sandbox_id, [])
-        for server in servers:
-            self._run(self._close(server))
+            relays = self._relays.pop(sandbox_id, [])
+        for relay in relays:
+            self._run(relay.close())
 
     def close_all(self) -> None:
         with self._lock:
-            ids = list(self._servers)
+            ids = list(self._relays)
         for sandbox_id in ids:
             self.close(sandbox_id)
-
-    async def _listen(self, pod_ip: str, m: PortMapping) -> asyncio.Server:
-        async def relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-            try:
-                pod_r, pod_w = await asyncio.wait_for(
-                    asyncio.open_connection(pod_ip, m.container_port), CONNECT_TIMEOUT_SECONDS
-                )
-            except (OSError, TimeoutError):
-                client_w.close()
-                return
-            await asyncio.gather(_pipe(client_r, pod_w), _pipe(pod_r, client_w))
-            for w in (client_w, pod_w):
-                w.close()
-                with contextlib.suppress(OSError):
-                    await w.wait_closed()
-
-        host = m.host_ip or "0.0.0.0"
-        try:
-            return await asyncio.start_server(
-                relay, host, m.host_port, family=socket.AF_INET, reuse_address=True
-            )
-        except OSError as e:
-            raise AlreadyExists(
-                f"hostPort {host}:{m.host_port} cannot be opened: {e.strerror}"
-            ) from None
-
-    @staticmethod
-    async def _close(server: asyncio.Server) -> None:
-        server.close()
-        await server.wait_closed()

@@ -50,6 +50,20 @@ def is_ours(cgroup: str) -> bool:
     return cgroup.rsplit("/", 1)[-1].startswith(LEAF_PREFIX)
 
 
+def device_rules_problem(manager: CgroupManager | None) -> str:
+    """Why this node cannot enforce a container's device rules, "" when it can: on cgroup
+    v2 a BPF program does it (attaching one that fails refuses the container), on v1 the
+    devices controller must be mounted; without cgroups nothing does. Containers are then
+    confined otherwise or refused (`cri_py.spec.devices.without_device_rules`)."""
+    if manager is None:
+        return "no cgroup hierarchy is mounted, so cri-py manages no cgroups"
+    if manager.mode == CgroupMode.V2:
+        return ""
+    if "devices" not in manager.fs.controllers():
+        return f"no devices controller is mounted on this cgroup {manager.mode.value} node"
+    return ""
+
+
 class CgroupManager:
     def __init__(self, fs: Cgroupfs, pids_limit: int = 0) -> None:
         self.fs = fs

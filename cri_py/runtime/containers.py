@@ -42,7 +42,7 @@ from cri_py.log import get_logger
 from cri_py.oci.cgroups import Resources, to_oci
 from cri_py.oci.devices import v1_device_writes
 from cri_py.runtime import oom
-from cri_py.runtime.cgroups import CgroupManager, container_cgroup
+from cri_py.runtime.cgroups import CgroupManager, container_cgroup, device_rules_problem
 from cri_py.runtime.container_model import (
     ContainerConfig,
     ContainerFilter,
@@ -69,7 +69,7 @@ from cri_py.shim.client import ShimClient, ShimError, call_passing_fds
 from cri_py.shim.events import ShimEvents
 from cri_py.shim.spec import SOCKET_FILE
 from cri_py.spec.build import SpecInputs, build_spec
-from cri_py.spec.devices import DeviceNode
+from cri_py.spec.devices import DeviceNode, devices_unconfined
 from cri_py.spec.mounts import PodFiles, check_image_sub_path
 from cri_py.spec.rootfs import overlay_mount
 from cri_py.spec.security import seccomp_profile
@@ -577,8 +577,16 @@ class ContainerService:
             },
             empty_dir=str(directory / "empty"),
             devices=resolve_devices(config),
+            device_rules_problem=device_rules_problem(self._cgroups),
         )
         spec = build_spec(inputs)
+        nodev = devices_unconfined(config.privileged, inputs.device_rules_problem)
+        if nodev:
+            log.warning(
+                "device rules not enforced: container without CAP_MKNOD, rootfs nodev",
+                container=container_id,
+                reason=inputs.device_rules_problem,
+            )
         log_path = ""
         if sandbox.config.log_directory and config.log_path:
             log_path = os.path.join(sandbox.config.log_directory, config.log_path)
@@ -608,6 +616,7 @@ class ContainerService:
                 str(directory / "upper"),
                 str(directory / "work"),
                 str(directory / "empty"),
+                nodev=nodev,
             )
             cgroup_params: dict[str, Any] = {}
             if self._cgroups is not None:
@@ -675,12 +684,17 @@ class ContainerService:
         rules = spec.get("linux", {}).get("resources", {}).get("devices", ())
         if self._cgroups.mode == CgroupMode.V2:
             try:
-                for directory in self._cgroups.fs.dirs(cgroup):
+                directories = self._cgroups.fs.dirs(cgroup)
+                if not directories:  # never silently unfiltered
+                    raise ValueError("no cgroup v2 directory for it")
+                for directory in directories:
                     attach_device_filter(directory, rules)
             except (OSError, ValueError) as e:
                 raise Internal(f"cgroup {cgroup}: attaching the device filter: {e}") from None
             return
         if "devices" not in self._cgroups.fs.controllers():
+            # Not silent: the spec was built knowing (device_rules_problem), so the container
+            # has no CAP_MKNOD and a nodev rootfs, or was refused.
             return
         try:
             self._cgroups.fs.write(cgroup, v1_device_writes(rules))

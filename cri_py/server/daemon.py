@@ -181,7 +181,7 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> Non
     with run_dir_lock(run_dir):
         claim_socket(sock)
         node = NodeState(root_dir)
-        hostports = HostPorts(asyncio.get_running_loop())
+        hostports = HostPorts(asyncio.get_running_loop(), config.network.hostport_max_connections)
         cgroups = start_cgroups(config)
         sandboxes = await asyncio.to_thread(start_sandboxes, config, hostports, cgroups)
         images = ImageService(config)

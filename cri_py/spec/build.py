@@ -16,8 +16,14 @@ from cri_py.runtime.container_model import (
     SupplementalGroupsPolicy,
 )
 from cri_py.runtime.model import SandboxConfig
-from cri_py.spec.capabilities import container_capabilities
-from cri_py.spec.devices import DeviceNode, device_nodes, device_rules
+from cri_py.spec.capabilities import capability_name, container_capabilities, is_all
+from cri_py.spec.devices import (
+    DeviceNode,
+    device_nodes,
+    device_rules,
+    devices_unconfined,
+    without_device_rules,
+)
 from cri_py.spec.mounts import PodFiles, container_mounts, masked_paths, readonly_paths
 from cri_py.spec.namespaces import container_namespaces
 from cri_py.spec.process import (
@@ -68,6 +74,9 @@ class SpecInputs:
     empty_dir: str = ""
     # Device nodes for the container's /dev: the CRI's devices (and, privileged, the host's).
     devices: tuple[DeviceNode, ...] = ()
+    # Why the node cannot enforce device rules ("" when it can): no devices controller, no
+    # cgroups. An unprivileged container then loses CAP_MKNOD or is refused (spec/devices.py).
+    device_rules_problem: str = ""
 
 
 def spec_annotations(inputs: SpecInputs) -> dict[str, str]:
@@ -102,6 +111,15 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
         config.add_ambient_capabilities,
         privileged,
     )
+    if devices_unconfined(privileged, inputs.device_rules_problem):
+        requested = [*config.add_capabilities, *config.add_ambient_capabilities]
+        capabilities = without_device_rules(
+            config.metadata.name,
+            capabilities,
+            {capability_name(n) for n in requested if not is_all(n)},
+            inputs.devices,
+            inputs.device_rules_problem,
+        )
     process: dict[str, Any] = {
         "terminal": config.tty,
         "user": container_user(

@@ -43,7 +43,8 @@ def capability_name(name: str) -> str:
     return full
 
 
-def _is_all(name: str) -> bool:
+def is_all(name: str) -> bool:
+    """True for "ALL" (or "CAP_ALL") in an add or drop list: every capability."""
     return name.strip().upper() in ("ALL", "CAP_ALL")
 
 
@@ -67,12 +68,12 @@ def container_capabilities(
         caps = set(ALL_CAPABILITIES)
     else:
         caps = set(DEFAULT_CAPABILITIES)
-        if any(_is_all(n) for n in add):
+        if any(is_all(n) for n in add):
             caps = set(ALL_CAPABILITIES)
-        if any(_is_all(n) for n in drop):
+        if any(is_all(n) for n in drop):
             caps = set()
-        caps |= {capability_name(n) for n in add if not _is_all(n)}
-        caps -= {capability_name(n) for n in drop if not _is_all(n)}
+        caps |= {capability_name(n) for n in add if not is_all(n)}
+        caps -= {capability_name(n) for n in drop if not is_all(n)}
     ambient_caps = {capability_name(n) for n in ambient}
     caps |= ambient_caps
     every = _ordered(caps)

@@ -8,11 +8,11 @@ allows all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cri_py.errors import InvalidArgument
+from cri_py.errors import FailedPrecondition, InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -97,3 +97,50 @@ def device_rules(nodes: Sequence[DeviceNode], privileged: bool) -> list[dict[str
             }
         )
     return rules
+
+
+# Without device rules (no devices controller, no cgroups at all) nothing stops a container
+# from opening any device node it can make or reach. Failing closed, as issue 17 asks: the
+# container may not make nodes (no CAP_MKNOD) nor use one on its rootfs (mounted nodev); the
+# launcher's own /dev (null, zero, ... and the CRI's devices) stays usable. What would undo
+# that is refused instead: CAP_SYS_ADMIN mounts a devtmpfs (every host device) or remounts the
+# rootfs with `dev`; an explicitly asked CAP_MKNOD would be a silent lie; a CRI device granted
+# read-only (or write-only) could be opened for both.
+UNCONFINED_DEVICES_REFUSED_CAPABILITIES = ("CAP_SYS_ADMIN", "CAP_MKNOD")
+
+
+def devices_unconfined(privileged: bool, problem: str) -> bool:
+    """True when an unprivileged container's device rules cannot be enforced (`problem`
+    says why): its rootfs is then mounted nodev and it loses CAP_MKNOD. A privileged
+    container may use every device anyway, so nothing changes for it."""
+    return bool(problem) and not privileged
+
+
+def without_device_rules(
+    name: str,
+    capabilities: Mapping[str, Sequence[str]],
+    requested: Collection[str],
+    nodes: Sequence[DeviceNode],
+    problem: str,
+) -> dict[str, list[str]]:
+    """The container's capability sets when its device rules cannot be enforced: CAP_MKNOD
+    taken out of every set. `requested` is what the CRI asked to add (full names, ambient
+    included). Refuses (FailedPrecondition, naming `problem`) what cannot be confined."""
+    bounding = capabilities.get("bounding", ())
+    for capability in UNCONFINED_DEVICES_REFUSED_CAPABILITIES:
+        # CAP_MKNOD of the default set is taken away below; one the CRI asked for is refused.
+        if capability in bounding and (capability == "CAP_SYS_ADMIN" or capability in requested):
+            raise FailedPrecondition(
+                f"container {name}: device rules cannot be enforced here: {problem}; "
+                f"{capability} would give it every host device (drop it, run the container "
+                "privileged, or mount the devices controller)"
+            )
+    for node in nodes:
+        access = check_permissions(node.permissions, node.path)
+        if "r" not in access or "w" not in access:
+            raise FailedPrecondition(
+                f"container {name}: device rules cannot be enforced here: {problem}; device "
+                f"{node.path} granted {access!r} would be open for reading and writing (grant "
+                "'rw', or mount the devices controller)"
+            )
+    return {key: [c for c in values if c != "CAP_MKNOD"] for key, values in capabilities.items()}

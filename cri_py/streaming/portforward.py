@@ -1,7 +1,8 @@
 """Port-forward over a streaming session (portforward.k8s.io): for each pair of streams the
 peer opens (an error and a data stream with the same requestID and port), a TCP connection to
 that port on the pod's loopback, opened inside the pod's network namespace, with bytes copied
-both ways; failures are reported as text on the error stream.
+both ways; failures are reported as text on the error stream. Streams waiting for their
+pair are bounded (`stream.max_pending_port_forward_streams`): one past the bound is reset.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ log = get_logger("cri_py.streaming")
 PROTOCOL = "portforward.k8s.io"
 CONNECT_TIMEOUT_SECONDS = 10.0
 READ_BYTES = 32 * 1024
+DEFAULT_MAX_PENDING = 100
 
 
 def connect_loopback(port: int) -> socket.socket:
@@ -105,9 +107,14 @@ async def forward(request: PortForwardRequest, port_text: str, data: Stream, err
             await writer.wait_closed()
 
 
-async def serve_portforward(session: SpdySession, request: PortForwardRequest) -> None:
-    """Pairs streams by requestID until the peer hangs up; each pair forwards on its own."""
+async def serve_portforward(
+    session: SpdySession, request: PortForwardRequest, max_pending: int = DEFAULT_MAX_PENDING
+) -> None:
+    """Pairs streams by requestID until the peer hangs up; each pair forwards on its own.
+    At most `max_pending` streams wait for the other of their pair: a stream that would start
+    one more pair is reset (a client opening only halves cannot make the daemon hold them)."""
     pending: dict[str, dict[str, Stream]] = {}
+    refused = 0
     tasks: set[asyncio.Task[None]] = set()
     try:
         while (stream := await session.accept()) is not None:
@@ -118,6 +125,23 @@ async def serve_portforward(session: SpdySession, request: PortForwardRequest) -
                 continue
             # Old clients send no requestID: they open the error stream, then the data one.
             key = stream.header("requestid") or f"port:{stream.header('port')}"
+            # Halves the peer gave up on (reset, or hung up) wait for nothing any more.
+            for stale in [k for k, p in pending.items() if all(s.finished for s in p.values())]:
+                del pending[stale]
+            if key not in pending and len(pending) >= max_pending:
+                if not refused:  # once per session: a client cannot flood the log either
+                    log.warning(
+                        "port-forward: too many streams waiting for their pair; resetting",
+                        sandbox=request.sandbox_id,
+                        limit=max_pending,
+                    )
+                refused += 1
+                await stream.refuse()
+                continue
+            if kind in pending.get(key, {}):
+                # A second data (or error) stream for one requestID: not a pair, refused.
+                await stream.refuse()
+                continue
             pair = pending.setdefault(key, {})
             pair[kind] = stream
             if len(pair) == 2:

@@ -180,11 +180,19 @@ class StreamServer:
             transport="spdy",
         )
         initial, _ = conn.trailing_data
-        session = SpdySession(reader, writer, bytes(initial), self._config.idle_timeout_seconds)
+        session = SpdySession(
+            reader,
+            writer,
+            bytes(initial),
+            self._config.idle_timeout_seconds,
+            self._config.max_streams_per_session,
+        )
         session.start()
         try:
             if isinstance(stream_request, PortForwardRequest):
-                await portforward.serve_portforward(session, stream_request)
+                await portforward.serve_portforward(
+                    session, stream_request, self._config.max_pending_port_forward_streams
+                )
             elif isinstance(stream_request, AttachRequest):
                 await remotecommand.serve_attach(session, stream_request, protocol, self._runtime)
             elif isinstance(stream_request, ExecRequest):
@@ -235,10 +243,13 @@ class StreamServer:
                     websocket.TunnelWriter(ws),
                     b"",
                     self._config.idle_timeout_seconds,
+                    self._config.max_streams_per_session,
                 )
                 session.start()
                 try:
-                    await portforward.serve_portforward(session, stream_request)
+                    await portforward.serve_portforward(
+                        session, stream_request, self._config.max_pending_port_forward_streams
+                    )
                 finally:
                     await session.close(grace=0)
                 return

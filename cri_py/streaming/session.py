@@ -2,8 +2,9 @@
 
 Framing is `spdy.Connection`'s; this module owns the socket loop, the per-stream buffers
 (bounded: when a stream's handler does not keep up, the session stops reading the socket, so
-a fast peer cannot make the daemon's memory grow) and the idle timeout. What the streams mean
-(exec, port-forward) is the handlers'.
+a fast peer cannot make the daemon's memory grow), how many streams may be open at once (more
+are refused with RST_STREAM: a client holding one valid token cannot open streams without end)
+and the idle timeout. What the streams mean (exec, port-forward) is the handlers'.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ STREAM_BUFFER_CHUNKS = 16
 READ_BYTES = 64 * 1024
 # The largest DATA frame we send (spdystream accepts any; smaller frames interleave streams).
 WRITE_CHUNK = 32 * 1024
+# Streams open at once on one session (`stream.max_streams_per_session`).
+DEFAULT_MAX_STREAMS = 1000
 
 
 class Reader(Protocol):
@@ -91,6 +94,16 @@ class Stream:
             self.local_closed = True
             await self.session.send_data(self.id, b"", True)
 
+    async def refuse(self, status: int = spdy.REFUSED_STREAM) -> None:
+        """Ends the stream both ways at once (RST_STREAM): the session forgets it."""
+        if not self.reset:
+            await self.session.reset_stream(self.id, status)
+
+    @property
+    def finished(self) -> bool:
+        """Closed both ways or reset: it no longer counts against the session's limit."""
+        return self.reset or (self.remote_closed and self.local_closed)
+
     def _end(self) -> None:
         if not self.remote_closed:
             self.remote_closed = True
@@ -107,13 +120,17 @@ class SpdySession:
         writer: Writer,
         initial: bytes,
         idle_timeout: float,
+        max_streams: int = DEFAULT_MAX_STREAMS,
     ) -> None:
         self._reader = reader
         self._writer = writer
         self._initial = initial
         self._idle_timeout = idle_timeout
+        self._max_streams = max_streams
         self._conn = spdy.Connection()
         self._streams: dict[int, Stream] = {}
+        self._last_stream_id = 0
+        self.refused_streams = 0
         self._new: asyncio.Queue[Stream | None] = asyncio.Queue()
         self._last_activity = time.monotonic()
         self.closed = asyncio.Event()
@@ -144,6 +161,25 @@ class SpdySession:
             await self._flush()
         except (ConnectionError, OSError):
             self._shut()
+
+    async def reset_stream(self, stream_id: int, status: int) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            stream.reset = True
+            stream._end()
+        if self.closed.is_set():
+            return
+        self._conn.send_rst_stream(stream_id, status)
+        try:
+            await self._flush()
+        except (ConnectionError, OSError):
+            self._shut()
+
+    def _open_streams(self) -> int:
+        """Streams that still count; finished ones are forgotten on the way."""
+        for stream_id in [i for i, s in self._streams.items() if s.finished]:
+            del self._streams[stream_id]
+        return len(self._streams)
 
     async def _run(self) -> None:
         try:
@@ -177,8 +213,20 @@ class SpdySession:
     async def _handle(self, frame: spdy.Frame) -> None:
         match frame:
             case spdy.SynStream():
-                if frame.stream_id in self._streams or frame.stream_id % 2 == 0:
+                # A client's stream IDs are odd and increase (SPDY/3 2.3.2): an old one could
+                # otherwise be opened again once forgotten.
+                if frame.stream_id <= self._last_stream_id or frame.stream_id % 2 == 0:
                     self._conn.send_rst_stream(frame.stream_id, spdy.PROTOCOL_ERROR)
+                    return
+                self._last_stream_id = frame.stream_id
+                if self._open_streams() >= self._max_streams:
+                    if not self.refused_streams:
+                        log.warning(
+                            "streaming connection at its stream limit; refusing streams",
+                            limit=self._max_streams,
+                        )
+                    self.refused_streams += 1
+                    self._conn.send_rst_stream(frame.stream_id, spdy.REFUSED_STREAM)
                     return
                 stream = Stream(self, frame.stream_id, frame.headers)
                 self._streams[frame.stream_id] = stream

@@ -9,6 +9,9 @@ Shares test_containers' lab (its daemon config, bridge and registry); skips the 
 from __future__ import annotations
 
 import json
+import platform
+import struct
+import subprocess
 from pathlib import Path
 
 import grpc
@@ -162,4 +165,68 @@ def test_privileged_container_needs_a_privileged_pod(lab: Lab) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         running(lab, pod, "priv", privileged=True)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    lab.remove_pod(pod)
+
+
+def io_uring_probe() -> bytes:
+    """A static x86-64 ELF that calls io_uring_setup(1, &zeroed params) and exits 0 when it
+    gets a ring, else with the errno (EPERM = 1). Hand-made: the lab's images have no tool
+    that makes the call (busybox cannot), and the host needs no compiler."""
+    code = bytes.fromhex(
+        "4881ec80000000"  # sub rsp, 128: the io_uring_params (120 bytes)
+        "31c0" "b980000000" "4889e7" "f3aa"  # xor eax,eax; mov ecx,128; mov rdi,rsp; rep stosb
+        "bf01000000" "4889e6"  # mov edi, 1 (entries); mov rsi, rsp (params)
+        "b8a9010000" "0f05"  # mov eax, 425 (io_uring_setup); syscall
+        "4885c0" "7906"  # test rax, rax; jns ok
+        "f7d8" "89c7" "eb02"  # neg eax; mov edi, eax (errno); jmp out
+        "31ff"  # ok: xor edi, edi
+        "b8e7000000" "0f05"  # out: mov eax, 231 (exit_group); syscall
+    )  # fmt: skip
+    base, header_size, phdr_size = 0x400000, 64, 56
+    entry = base + header_size + phdr_size
+    total = header_size + phdr_size + len(code)
+    ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
+    header = ident + struct.pack(
+        "<HHIQQQIHHHHHH", 2, 62, 1, entry, header_size, 0, 0, header_size, phdr_size, 1, 64, 0, 0
+    )
+    load = struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, total, total, 0x1000)
+    return header + load + code
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the io_uring probe is x86-64 code")
+def test_seccomp_runtime_default_refuses_io_uring_that_unconfined_allows(
+    lab: Lab, tmp_path: Path
+) -> None:
+    probe = tmp_path / "io-uring-probe"
+    probe.write_bytes(io_uring_probe())
+    probe.chmod(0o755)
+    assert subprocess.run([probe]).returncode == 0, "io_uring is off on this host: no control"
+    pod = lab.run_pod("sec-io-uring")
+    results = {}
+    for name, profile_type in (("default", 0), ("unconfined", 1)):
+        config = pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name=name),
+            image=pb.ImageSpec(image=BUSYBOX),
+            command=["sleep", "1000"],
+            log_path=f"{name}.log",
+            mounts=[pb.Mount(container_path="/probe", host_path=str(probe), readonly=True)],
+            linux=pb.LinuxContainerConfig(
+                security_context=pb.LinuxContainerSecurityContext(
+                    seccomp=pb.SecurityProfile(profile_type=profile_type)  # type: ignore[arg-type]
+                )
+            ),
+        )
+        cid = (
+            lab.daemon.runtime()
+            .CreateContainer(
+                pb.CreateContainerRequest(
+                    pod_sandbox_id=pod, config=config, sandbox_config=lab.configs[pod]
+                ),
+                timeout=30,
+            )
+            .container_id
+        )
+        lab.start(cid)
+        results[name] = lab.exec(cid, "/probe").exit_code
+    assert results == {"default": 1, "unconfined": 0}  # EPERM under RuntimeDefault
     lab.remove_pod(pod)

@@ -74,6 +74,19 @@ def test_registry_mirrors_are_typed(tmp_path: Path) -> None:
         ({"images": {"max_concurrent_downloads": 0}}, "images.max_concurrent_downloads", ""),
         ({"metrics": {"address": "localhost"}}, "metrics.address", "IP address"),
         ({"metrics": {"port": -1}}, "metrics.port", "between 0 and 65535"),
+        ({"images": {"max_layer_bytes": 0}}, "images.max_layer_bytes", "at least 1"),
+        ({"images": {"max_layer_inodes": -5}}, "images.max_layer_inodes", "at least 1"),
+        (
+            {"network": {"hostport_max_connections": 0}},
+            "network.hostport_max_connections",
+            "at least 1",
+        ),
+        ({"stream": {"max_streams_per_session": 0}}, "stream.max_streams_per_session", "least"),
+        (
+            {"stream": {"max_pending_port_forward_streams": 0}},
+            "stream.max_pending_port_forward_streams",
+            "at least 1",
+        ),
         ([1, 2], "<top>", "mapping"),
     ],
 )
@@ -109,3 +122,20 @@ def test_empty_file_is_the_defaults(tmp_path: Path) -> None:
     main = tmp_path / "config.yaml"
     main.write_text("# nothing set\n")
     assert load(main, tmp_path / "none.d") == Config()
+
+
+def test_resource_bounds_default_to_what_their_modules_use_without_a_config() -> None:
+    from cri_py.images.unpack import LayerLimits
+    from cri_py.network.hostports import DEFAULT_MAX_CONNECTIONS
+    from cri_py.streaming.portforward import DEFAULT_MAX_PENDING
+    from cri_py.streaming.session import DEFAULT_MAX_STREAMS
+
+    config = parse_layers([])
+    limits = LayerLimits()
+    assert (config.images.max_layer_bytes, config.images.max_layer_inodes) == (
+        limits.max_bytes,
+        limits.max_inodes,
+    )
+    assert config.network.hostport_max_connections == DEFAULT_MAX_CONNECTIONS
+    assert config.stream.max_streams_per_session == DEFAULT_MAX_STREAMS
+    assert config.stream.max_pending_port_forward_streams == DEFAULT_MAX_PENDING

@@ -240,6 +240,8 @@ class Registry:
         self.chunk_delay = 0.0
         self.stall_after: int | None = None
         self.on_blob: Callable[[str], Any] | None = None
+        # The scheme of the token realm the bearer challenge names.
+        self.realm_scheme = "https"
 
     def push(self, repository: str, tag: str, image: Image) -> None:
         self.manifests[(repository, tag)] = (image.manifest, image.media_type)
@@ -268,7 +270,7 @@ class Registry:
     def _challenge(self, repository: str) -> httpx.Response:
         if self.auth == "bearer":
             value = (
-                f'Bearer realm="https://auth.{self.host}/token",service="{self.host}",'
+                f'Bearer realm="{self.realm_scheme}://auth.{self.host}/token",service="{self.host}",'
                 f'scope="repository:{repository}:pull"'
             )
         else:

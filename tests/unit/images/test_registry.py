@@ -117,6 +117,35 @@ async def test_bearer_with_wrong_credentials_fails_clearly(store: ContentStore) 
         await fetch_all(client(Network(registry)), store, Credentials.create("alice", "wrong"))
 
 
+@pytest.mark.parametrize(
+    "creds", [Credentials.create("alice", "secret"), Credentials(identity_token="refresh-me")]
+)
+async def test_credentials_never_go_to_a_plain_http_token_realm(
+    store: ContentStore, creds: Credentials
+) -> None:
+    registry = Registry(HOST, auth="bearer", users={"alice": "secret"})
+    registry.realm_scheme = "http"
+    registry.push("team/app", "v1", simple_image())
+    with pytest.raises(FailedPrecondition, match="never sent to a plain-http token realm"):
+        await fetch_all(client(Network(registry)), store, creds)
+    (request,) = registry.token_requests  # asked anonymously, once
+    assert request.method == "GET" and request.url.scheme == "http"
+    assert "Authorization" not in request.headers
+    assert b"secret" not in request.content and b"refresh-me" not in request.content
+    assert "secret" not in str(request.url) and "refresh-me" not in str(request.url)
+    assert blobs_in(store) == set()
+
+
+async def test_an_anonymous_token_from_a_plain_http_realm_still_pulls(store: ContentStore) -> None:
+    registry = Registry(HOST, auth="bearer")  # public: anyone gets a token
+    registry.realm_scheme = "http"
+    image = simple_image()
+    registry.push("team/app", "v1", image)
+    await fetch_all(client(Network(registry)), store, Credentials.create("alice", "secret"))
+    assert blobs_in(store) == set(image.blobs)
+    assert all("Authorization" not in r.headers for r in registry.token_requests)
+
+
 async def test_identity_token_is_exchanged_with_a_refresh_grant(store: ContentStore) -> None:
     registry = Registry(HOST, auth="bearer", users={"alice": "secret"})
     registry.push("team/app", "v1", simple_image())

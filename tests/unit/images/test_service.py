@@ -387,6 +387,28 @@ async def test_a_hostile_layer_fails_the_pull_and_leaves_nothing(lab: Lab) -> No
     assert not any(p.name.startswith(".tmp-") for p in (lab.root / "images/layers").iterdir())
 
 
+async def test_a_layer_over_the_configured_limits_fails_the_pull_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    lab = Lab(tmp_path / "root", max_layer_bytes=1 << 20, max_layer_inodes=50)
+    bomb = make_image([make_layer([file("ok")]), make_layer([file("zeros", bytes(4 << 20))])])
+    many = make_image([make_layer([file(f"f{i}") for i in range(60)])])
+    lab.push(f"{HOST}/team/app", "bomb", bomb)
+    lab.push(f"{HOST}/team/app", "many", many)
+    with pytest.raises(FailedPrecondition, match="too large: more than 1048576 bytes"):
+        await lab.service.pull(f"{APP}:bomb")
+    with pytest.raises(FailedPrecondition, match="too large: more than 50 files"):
+        await lab.service.pull(f"{APP}:many")
+    assert lab.service.list_images() == []
+    layers = lab.root / "images/layers"
+    assert not any(p.name.startswith(".tmp-") for p in layers.iterdir())
+    # Only the bomb image's first, valid layer is kept (cached, as any layer a failed pull
+    # finished); nothing of the layers over the limits.
+    ok_layer = bomb.layers[0].diff_id  # chain ID of a bottom layer = its diff ID
+    assert lab.layer_dirs() == {ok_layer.removeprefix("sha256:")}
+    await lab.service.close()
+
+
 async def test_a_tampered_blob_fails_the_pull(lab: Lab) -> None:
     image = simple_image()
     lab.push(f"{HOST}/team/app", "v1", image)

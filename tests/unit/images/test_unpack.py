@@ -5,15 +5,17 @@ outside the layer dir and no layer dir left behind."""
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import stat
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from cri_py.errors import FailedPrecondition
 from cri_py.images.store import remove_tree
-from cri_py.images.unpack import sniff_compression, split_entry_name, unpack_layer
+from cri_py.images.unpack import LayerLimits, sniff_compression, split_entry_name, unpack_layer
 
 from .fakes import (
     MTIME,
@@ -31,6 +33,7 @@ from .fakes import (
 )
 
 IS_ROOT = os.geteuid() == 0
+DEFAULT_LIMITS = LayerLimits()
 MODES = [False, True] if IS_ROOT else [False]
 
 
@@ -55,11 +58,17 @@ def outside(tmp_path: Path) -> Path:
     return path
 
 
-def unpack(layer: Layer, layers_dir: Path, privileged: bool, diff_id: str = "") -> Path:
+def unpack(
+    layer: Layer,
+    layers_dir: Path,
+    privileged: bool,
+    diff_id: str = "",
+    limits: LayerLimits = DEFAULT_LIMITS,
+) -> Path:
     blob = layers_dir.parent / f"blob-{layer.digest[7:19]}"
     blob.write_bytes(layer.blob)
     target = layers_dir / "layer"
-    unpack_layer(blob, target, diff_id or layer.diff_id, privileged=privileged)
+    unpack_layer(blob, target, diff_id or layer.diff_id, privileged=privileged, limits=limits)
     return target
 
 
@@ -313,3 +322,67 @@ def test_name_too_long_is_a_clear_rejection(layers_dir: Path) -> None:
     tar = make_tar([file("a" * 300, b"x")])
     with pytest.raises(FailedPrecondition, match="cannot create it"):
         unpack(Layer(tar, sha256(tar), "x"), layers_dir, False)
+
+
+def test_a_compression_bomb_over_the_byte_limit_fails_and_leaves_nothing(layers_dir: Path) -> None:
+    # 8 MiB of zeros compress to a few KiB; the limit is 1 MiB.
+    layer = make_layer([file("zeros", bytes(8 << 20))], compression="zstd")
+    assert len(layer.blob) < 64 << 10
+    with pytest.raises(FailedPrecondition, match=r"too large: more than 1048576 bytes") as caught:
+        unpack(layer, layers_dir, False, limits=LayerLimits(max_bytes=1 << 20))
+    assert "images.max_layer_bytes" in str(caught.value)
+    assert list(layers_dir.iterdir()) == []  # neither the layer nor its temp dir
+
+
+def test_a_sparse_file_over_the_byte_limit_is_refused_before_it_is_written(
+    layers_dir: Path,
+) -> None:
+    # A 10 KiB tar whose one (PAX sparse) entry expands to 50 MB of holes filled with zeros.
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("sparse")
+        info.size = 10
+        info.pax_headers = {
+            "GNU.sparse.map": "0,10",
+            "GNU.sparse.size": "50000000",
+            "GNU.sparse.numblocks": "1",
+            "GNU.sparse.name": "sparse",
+        }
+        tar.addfile(info, io.BytesIO(b"x" * 10))
+    data = out.getvalue()
+    with pytest.raises(FailedPrecondition, match="more than 1048576 bytes of files"):
+        unpack(Layer(data, sha256(data), "x"), layers_dir, False,
+               limits=LayerLimits(max_bytes=1 << 20))  # fmt: skip
+    assert list(layers_dir.iterdir()) == []
+
+
+def test_trailing_data_after_the_tar_counts_against_the_limit(layers_dir: Path) -> None:
+    tar = make_tar([file("a", b"x")]) + bytes(4 << 20)
+    with pytest.raises(FailedPrecondition, match="too large"):
+        unpack(Layer(gzip.compress(tar), sha256(tar), "x"), layers_dir, False,
+               limits=LayerLimits(max_bytes=1 << 20))  # fmt: skip
+    assert list(layers_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["files", "hard links", "implied directories"])
+def test_more_entries_than_the_inode_limit_fail_and_leave_nothing(
+    kind: str, layers_dir: Path
+) -> None:
+    if kind == "files":
+        entries = [file(f"f{i}") for i in range(50)]
+    elif kind == "hard links":
+        entries = [file("f"), *(hardlink(f"l{i}", "f") for i in range(50))]
+    else:
+        entries = [file("/".join(f"d{j}" for j in range(i + 1)) + "/f") for i in range(30)]
+    with pytest.raises(FailedPrecondition, match=r"too large: more than 20 files"):
+        unpack(make_layer(entries), layers_dir, False, limits=LayerLimits(max_inodes=20))
+    assert list(layers_dir.iterdir()) == []
+
+
+def test_a_layer_just_within_the_limits_unpacks(layers_dir: Path) -> None:
+    entries = [file(f"f{i}", b"y" * 10) for i in range(9)]  # 9 files + the root: 10 inodes
+    tar = make_tar(entries)
+    target = unpack(
+        make_layer(entries), layers_dir, False, limits=LayerLimits(len(tar), max_inodes=10)
+    )
+    assert sorted(os.listdir(target)) == [f"f{i}" for i in range(9)]

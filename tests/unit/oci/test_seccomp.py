@@ -4,7 +4,7 @@ import pytest
 
 from cri_py.oci import seccomp as s
 from cri_py.oci.seccomp import ArgCondition, SeccompError, SeccompRule, seccomp_filter
-from cri_py.spec.seccomp_default import default_profile
+from cri_py.spec.seccomp_default import BY_CAPABILITY, default_profile
 
 # critest's "block hostname" profile, as a user would write it.
 BLOCK_HOSTNAME = {
@@ -135,3 +135,18 @@ def test_default_profile_follows_the_capabilities() -> None:
     allowed = _allowed(default_profile({"CAP_SYS_ADMIN", "CAP_SYS_PTRACE"}))
     assert {"mount", "unshare", "setns", "sethostname", "clone", "clone3", "ptrace"} <= allowed
     assert "init_module" not in allowed
+
+
+def test_default_profile_blocks_io_uring_even_with_every_capability() -> None:
+    io_uring = {"io_uring_setup", "io_uring_enter", "io_uring_register"}
+    assert not io_uring & _allowed(default_profile(set()))
+    every = set(BY_CAPABILITY)
+    assert not io_uring & _allowed(default_profile(every))
+    rules = seccomp_filter(default_profile(every)).rules
+    assert not [r for r in rules if r.syscall in io_uring]  # no conditional rule either
+
+
+def test_default_profile_allows_pidfd_getfd_only_with_sys_ptrace() -> None:
+    assert "pidfd_getfd" not in _allowed(default_profile({"CAP_KILL", "CAP_SYS_ADMIN"}))
+    assert "pidfd_getfd" in _allowed(default_profile({"CAP_SYS_PTRACE"}))
+    assert "pidfd_open" in _allowed(default_profile(set()))  # signalling by pidfd stays
