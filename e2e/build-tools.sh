@@ -17,9 +17,12 @@
 #   BUILD_KUBECTL       1         0 skips kubectl (cheap once kubelet is built: ~40s)
 #   BUILD_CRI_TOOLS     1         0 skips crictl and critest
 #   KUBE_TOOLS          kubelet   k8s.io/kubernetes/cmd/* binaries to build (kubectl is added
-#                                 by BUILD_KUBECTL); `make tools-cluster` asks for
+#                                 by BUILD_KUBECTL; set but empty: none, as `make tools-cri`);
+#                                 `make tools-cluster` asks for
 #                                 kube-apiserver kube-controller-manager kube-scheduler
 #   ETCD_VERSION        (unset)   a go.etcd.io/etcd/server/v3 tag (e.g. v3.6.16): also build etcd
+#   BUILD_NODE_E2E      0         1 also builds e2e_node.test (k8s.io/kubernetes/test/e2e_node)
+#                                 and the ginkgo CLI of the same module graph (`make tools-node-e2e`)
 #   BUILD_JOBS          nproc     go build -p
 #   BUILD_NICE          10        nice level of the go builds (tools-cluster uses 19)
 #   GO                  go        the Go toolchain to use (GOTOOLCHAIN=local: never downloaded)
@@ -32,8 +35,9 @@ KUBERNETES_VERSION=${KUBERNETES_VERSION:-v1.37.2}
 GO_CACHE_DIR=${GO_CACHE_DIR:-/var/cache/cri-py/go}
 BUILD_KUBECTL=${BUILD_KUBECTL:-1}
 BUILD_CRI_TOOLS=${BUILD_CRI_TOOLS:-1}
-KUBE_TOOLS=${KUBE_TOOLS:-kubelet}
+KUBE_TOOLS=${KUBE_TOOLS-kubelet}
 ETCD_VERSION=${ETCD_VERSION:-}
+BUILD_NODE_E2E=${BUILD_NODE_E2E:-0}
 BUILD_JOBS=${BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}
 GO=${GO:-go}
 
@@ -148,20 +152,13 @@ build_cri_tools() {
 # a wrapper module that requires k8s.io/kubernetes and replaces each of those staging modules
 # (the list is read from kubernetes' own go.mod) with its published tag v0.X.Y for v1.X.Y.
 # ---------------------------------------------------------------------------------------------
-build_kubernetes() {
-  local want="k8s.io/kubernetes@$KUBERNETES_VERSION"
-  local tools need=()
-  read -r -a tools <<<"$KUBE_TOOLS"
-  [[ $BUILD_KUBECTL == 1 ]] && tools+=(kubectl)
-  for tool in "${tools[@]}"; do
-    up_to_date "$tool" "$want" && log "$tool: up to date ($want)" || need+=("$tool")
-  done
-  ((${#need[@]})) || return 0
-
-  log "kubernetes: fetching $want go.mod from the module proxy"
+# kube_wrapper DIR: write DIR/go.mod, a module that requires k8s.io/kubernetes@$KUBERNETES_VERSION
+# with every staging module pinned to its published tag (used by kubelet and e2e_node.test).
+kube_wrapper() {
+  log "kubernetes: fetching k8s.io/kubernetes@$KUBERNETES_VERSION go.mod from the module proxy"
   local kmod
-  kmod=$(mod_download "$want" GoMod)
-  [[ -n $kmod && -f $kmod ]] || die "no go.mod for $want"
+  kmod=$(mod_download "k8s.io/kubernetes@$KUBERNETES_VERSION" GoMod)
+  [[ -n $kmod && -f $kmod ]] || die "no go.mod for k8s.io/kubernetes@$KUBERNETES_VERSION"
 
   local staging_version="v0.${KUBERNETES_VERSION#v1.}"
   local staging
@@ -169,7 +166,7 @@ build_kubernetes() {
   [[ -n $staging ]] || die "found no ./staging replace directives in $kmod"
   log "kubernetes: replacing $(wc -l <<<"$staging") staging modules with $staging_version"
 
-  local wrap=$WORK/kubernetes-wrapper
+  local wrap=$1
   mkdir -p "$wrap"
   local gover
   gover=$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$kmod")
@@ -188,6 +185,40 @@ build_kubernetes() {
     while read -r m; do echo "	$m => $m $staging_version"; done <<<"$staging"
     echo ")"
   } >"$wrap/go.mod"
+}
+
+# kube_ldflags: the -ldflags of a kubernetes build at $KUBERNETES_VERSION.
+kube_ldflags() {
+  # Version stamping as kubernetes' hack/lib/version.sh does it (no git commit: the proxy
+  # zip has none); buildDate is the tag's time from the proxy, so builds are reproducible.
+  local major minor date
+  major=${KUBERNETES_VERSION#v}; major=${major%%.*}
+  minor=${KUBERNETES_VERSION#v*.}; minor=${minor%%.*}
+  date=$(mod_download "k8s.io/kubernetes@$KUBERNETES_VERSION" Info)
+  date=$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "$date")
+  local ldflags="-s -w" pkg key val kv
+  for kv in "gitVersion=$KUBERNETES_VERSION" "gitMajor=$major" "gitMinor=$minor" \
+            "gitTreeState=clean" "buildDate=${date:-1970-01-01T00:00:00Z}"; do
+    key=${kv%%=*}; val=${kv#*=}
+    for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+      ldflags+=" -X $pkg.$key=$val"
+    done
+  done
+  printf '%s' "$ldflags"
+}
+
+build_kubernetes() {
+  local want="k8s.io/kubernetes@$KUBERNETES_VERSION"
+  local tools need=()
+  read -r -a tools <<<"$KUBE_TOOLS"
+  [[ $BUILD_KUBECTL == 1 ]] && tools+=(kubectl)
+  for tool in "${tools[@]}"; do
+    up_to_date "$tool" "$want" && log "$tool: up to date ($want)" || need+=("$tool")
+  done
+  ((${#need[@]})) || return 0
+
+  local wrap=$WORK/kubernetes-wrapper
+  kube_wrapper "$wrap"
 
   local pkgs=()
   for tool in "${need[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$tool"); done
@@ -200,21 +231,8 @@ build_kubernetes() {
   got=$(cd "$wrap" && "$GO" list -m -f '{{.Version}}' k8s.io/kubernetes)
   [[ $got == "$KUBERNETES_VERSION" ]] || die "wrapper resolved k8s.io/kubernetes $got, want $KUBERNETES_VERSION"
 
-  # Version stamping as kubernetes' hack/lib/version.sh does it (no git commit: the proxy
-  # zip has none); buildDate is the tag's time from the proxy, so builds are reproducible.
-  local major minor date
-  major=${KUBERNETES_VERSION#v}; major=${major%%.*}
-  minor=${KUBERNETES_VERSION#v*.}; minor=${minor%%.*}
-  date=$(mod_download "$want" Info)
-  date=$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "$date")
-  local ldflags="-s -w" pkg key val
-  for kv in "gitVersion=$KUBERNETES_VERSION" "gitMajor=$major" "gitMinor=$minor" \
-            "gitTreeState=clean" "buildDate=${date:-1970-01-01T00:00:00Z}"; do
-    key=${kv%%=*}; val=${kv#*=}
-    for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
-      ldflags+=" -X $pkg.$key=$val"
-    done
-  done
+  local ldflags
+  ldflags=$(kube_ldflags)
 
   local t0
   for tool in "${need[@]}"; do
@@ -273,9 +291,63 @@ build_etcd() {
   log "etcd: built in $(elapsed "$t0")"
 }
 
+# ---------------------------------------------------------------------------------------------
+# The node e2e suite (`make e2e-node`): e2e_node.test is the Go test binary of
+# k8s.io/kubernetes/test/e2e_node (`go test -c`, as kubernetes' `make WHAT=test/e2e_node/e2e_node.test`
+# builds it), and ginkgo is the CLI that runs it in parallel, at the github.com/onsi/ginkgo/v2
+# version the same build list selects (the CLI and the library in the binary must agree).
+# Both come from the kubelet's wrapper module. The suite runs kubelet from the directory of
+# e2e_node.test, so both live in $BIN_DIR next to the kubelet built above.
+# ---------------------------------------------------------------------------------------------
+build_node_e2e() {
+  [[ $BUILD_NODE_E2E == 1 ]] || return 0
+  local want="k8s.io/kubernetes@$KUBERNETES_VERSION"
+  local need=()
+  up_to_date e2e_node.test "$want" && log "e2e_node.test: up to date ($want)" || need+=(e2e_node.test)
+  up_to_date ginkgo "$want" && log "ginkgo: up to date ($want)" || need+=(ginkgo)
+  ((${#need[@]})) || return 0
+
+  local wrap=$WORK/node-e2e-wrapper
+  kube_wrapper "$wrap"
+  log "node e2e: resolving dependencies of k8s.io/kubernetes/test/e2e_node (with its tests)"
+  # -t: the package is all _test.go files; without it `go get` records none of their imports.
+  (cd "$wrap" && GOFLAGS=-buildvcs=false "$GO" get -t "k8s.io/kubernetes/test/e2e_node@$KUBERNETES_VERSION") ||
+    die "go get failed for k8s.io/kubernetes/test/e2e_node"
+  local got ginkgo_version
+  got=$(cd "$wrap" && "$GO" list -m -f '{{.Version}}' k8s.io/kubernetes)
+  [[ $got == "$KUBERNETES_VERSION" ]] || die "wrapper resolved k8s.io/kubernetes $got, want $KUBERNETES_VERSION"
+  ginkgo_version=$(cd "$wrap" && "$GO" list -m -f '{{.Version}}' github.com/onsi/ginkgo/v2)
+  [[ -n $ginkgo_version ]] || die "github.com/onsi/ginkgo/v2 is not in the e2e_node build list"
+  # The CLI's own imports (not the library's) join go.sum at the version already selected.
+  (cd "$wrap" && GOFLAGS=-buildvcs=false "$GO" get "github.com/onsi/ginkgo/v2/ginkgo@$ginkgo_version") ||
+    die "go get failed for the ginkgo CLI $ginkgo_version"
+  got=$(cd "$wrap" && "$GO" list -m -f '{{.Version}}' k8s.io/kubernetes)
+  [[ $got == "$KUBERNETES_VERSION" ]] || die "the ginkgo CLI moved k8s.io/kubernetes to $got"
+
+  local ldflags t0
+  ldflags=$(kube_ldflags)
+  for tool in "${need[@]}"; do
+    t0=$(date +%s)
+    log "$tool: building from $want (ginkgo $ginkgo_version; e2e_node.test takes a while the first time)"
+    case $tool in
+      e2e_node.test)
+        (cd "$wrap" && CGO_ENABLED=0 gorun test -c -p "$BUILD_JOBS" -trimpath \
+          -tags selinux,notest,grpcnotrace -ldflags "$ldflags" \
+          -o "$WORK/e2e_node.test" k8s.io/kubernetes/test/e2e_node) ;;
+      ginkgo)
+        (cd "$wrap" && CGO_ENABLED=0 gorun build -p "$BUILD_JOBS" -trimpath -ldflags "-s -w" \
+          -o "$WORK/ginkgo" github.com/onsi/ginkgo/v2/ginkgo) ;;
+    esac
+    [[ -x $WORK/$tool ]] || die "$tool: the build produced no binary"
+    install_tool "$tool" "$WORK/$tool" "$want"
+    log "$tool: built in $(elapsed "$t0")"
+  done
+}
+
 if [[ $BUILD_CRI_TOOLS == 1 ]]; then build_cri_tools; fi
 build_kubernetes
 build_etcd
+build_node_e2e
 
 log "versions:"
 # (both warn on stderr about a missing /etc/crictl.yaml)
@@ -286,4 +358,5 @@ fi
 for tool in $KUBE_TOOLS; do "$BIN_DIR/$tool" --version; done
 if [[ $BUILD_KUBECTL == 1 && -x $BIN_DIR/kubectl ]]; then "$BIN_DIR/kubectl" version --client 2>/dev/null | sed -n 1p; fi
 if [[ -n $ETCD_VERSION ]]; then "$BIN_DIR/etcd" --version | sed -n 1p; fi
+if [[ $BUILD_NODE_E2E == 1 ]]; then "$BIN_DIR/ginkgo" version; fi
 log "done: binaries in $BIN_DIR"

@@ -19,6 +19,7 @@ from cri_py.errors import InvalidArgument
 from cri_py.linux.cgroupfs import Cgroupfs, CgroupMode
 from cri_py.oci.cgroups import Resources
 from cri_py.runtime.cgroups import CgroupManager, container_cgroup
+from tests.host_kind import skip_host_kind
 
 from .conftest import needs_root
 
@@ -29,7 +30,7 @@ pytestmark = needs_root
 def parent() -> Iterator[tuple[CgroupManager, str]]:
     fs = Cgroupfs.from_host()
     if fs.mode == CgroupMode.V2:
-        pytest.skip("this test proves cgroup v1; v2 is covered by golden tests on a fake tree")
+        skip_host_kind("cgroup-v2", "this test proves cgroup v1; v2 is covered by golden tests")
     parent = f"/cri-py-tests/{secrets.token_hex(4)}"
     manager = CgroupManager(fs)
     try:
@@ -71,7 +72,7 @@ def test_kubelet_hugepage_limits_without_hugetlb_controller_are_dropped(
     # controller mounted (as on our machines); the container must still be created.
     manager, base = parent
     if "hugetlb" in manager.fs.controllers():
-        pytest.skip("hugetlb is mounted here: the limits are applied, nothing to drop")
+        skip_host_kind("hugetlb-mounted", "the limits are applied, nothing to drop")
     cgroup = container_cgroup(base, "huge")
     manager.create(
         cgroup,

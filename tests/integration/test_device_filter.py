@@ -19,6 +19,7 @@ from cri_py.linux import syscalls
 from cri_py.linux.device_filter import LICENSE, attach_device_filter
 from cri_py.oci.device_filter import device_program, encode
 from cri_py.spec.devices import DEFAULT_RULES
+from tests.host_kind import skip_host_kind
 
 from .conftest import needs_root
 
@@ -40,7 +41,7 @@ def cgroup2_mount() -> Path | None:
 def cgroup_dir() -> Iterator[Path]:
     mount = cgroup2_mount()
     if mount is None:
-        pytest.skip("no cgroup2 mount on this host")
+        skip_host_kind("no-cgroup2", "no cgroup2 mount on this host")
     directory = mount / "cri-py-tests" / f"device-filter-{secrets.token_hex(4)}"
     directory.mkdir(parents=True)
     try:

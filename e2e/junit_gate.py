@@ -1,0 +1,162 @@
+"""Judges a suite's JUnit report by name: critest, the node e2e suite, the conformance run.
+
+Prints the failed tests and `<label>: N passed, N failed, N skipped`, then exits 1 when a test
+failed that the expected-failures file does not list, or when a listed test passed (its line
+must go: the list only shrinks), or when nothing passed. A listed test that did not run
+(skipped, or absent from the report) is reported and does not fail the gate.
+Exit 2: the report or the list cannot be read.
+
+The expected-failures file has one test per line, `<exact JUnit name> | <reason>` (the name is
+everything before the last " | "); lines starting with '#' and blank lines are ignored.
+Usage: junit_gate.py JUNIT_XML --expected FILE [--label NAME]
+       junit_gate.py JUNIT_XML --report-only      (summary only, exit 0)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Ginkgo writes its suite-level nodes as test cases: not tests, but their failure is a failure.
+SUITE_NODES = (
+    "[BeforeSuite]",
+    "[SynchronizedBeforeSuite]",
+    "[AfterSuite]",
+    "[SynchronizedAfterSuite]",
+    "[DeferCleanup (Suite)]",
+    "[ReportBeforeSuite]",
+    "[ReportAfterSuite]",
+)
+SEPARATOR = " | "
+
+
+class GateInputError(Exception):
+    """The report or the expected-failures list is unreadable or malformed."""
+
+
+@dataclass
+class Outcome:
+    passed: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
+    skipped: set[str] = field(default_factory=set)
+
+
+def read_junit(text: str) -> Outcome:
+    """Passed, failed and skipped test names. A name reported twice (a retry, a suite run
+    twice) counts as failed if any run failed, else passed if any run passed."""
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as e:
+        raise GateInputError(f"not a JUnit XML report: {e}") from e
+    if root.tag not in ("testsuites", "testsuite"):
+        raise GateInputError(f"not a JUnit XML report: root element <{root.tag}>")
+    outcome = Outcome()
+    for case in root.iter("testcase"):
+        name = case.get("name")
+        if not name:
+            raise GateInputError("a <testcase> has no name")
+        if case.find("failure") is not None or case.find("error") is not None:
+            outcome.failed.add(name)
+        elif name.startswith(SUITE_NODES):
+            continue
+        elif case.find("skipped") is not None:
+            outcome.skipped.add(name)
+        else:
+            outcome.passed.add(name)
+    outcome.passed -= outcome.failed
+    outcome.skipped -= outcome.failed | outcome.passed
+    return outcome
+
+
+def read_expected(text: str) -> dict[str, str]:
+    """Name -> reason, from the expected-failures file."""
+    expected: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, reason = line.rpartition(SEPARATOR)
+        name, reason = name.strip(), reason.strip()
+        if not sep or not name or not reason:
+            raise GateInputError(
+                f"line {number}: want '<exact test name>{SEPARATOR}<reason>', got {line!r}"
+            )
+        if name in expected:
+            raise GateInputError(f"line {number}: {name!r} is listed twice")
+        expected[name] = reason
+    return expected
+
+
+@dataclass
+class Verdict:
+    problems: list[str]  # each one fails the gate
+    notes: list[str]  # reported, not failing
+
+
+def judge(outcome: Outcome, expected: dict[str, str], list_name: str) -> Verdict:
+    problems = [f"unexpected failure: {name}" for name in sorted(outcome.failed - expected.keys())]
+    problems += [
+        f"listed in {list_name} but passed (remove its line): {name}"
+        for name in sorted(expected.keys() & outcome.passed)
+    ]
+    if not outcome.passed:
+        problems.append("no test passed")
+    notes = [
+        f"expected failure: {name} ({expected[name]})"
+        for name in sorted(expected.keys() & outcome.failed)
+    ]
+    notes += [
+        f"listed in {list_name} but skipped: {name}"
+        for name in sorted(expected.keys() & outcome.skipped)
+    ]
+    seen = outcome.passed | outcome.failed | outcome.skipped
+    notes += [
+        f"listed in {list_name} but not in the report: {name}"
+        for name in sorted(expected.keys() - seen)
+    ]
+    return Verdict(problems, notes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("junit", type=Path)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--expected", type=Path, help="the expected-failures file")
+    mode.add_argument("--report-only", action="store_true", help="print the summary, exit 0")
+    parser.add_argument("--label", default="", help="the suite's name in the summary line")
+    args = parser.parse_args(argv)
+    label = args.label or args.junit.stem
+    try:
+        outcome = read_junit(read_text(args.junit))
+        expected = {} if args.report_only else read_expected(read_text(args.expected))
+    except GateInputError as e:
+        print(f"{label} gate: {e}", file=sys.stderr)
+        return 2
+    for name in sorted(outcome.failed):
+        print(f"FAILED: {name}")
+    print(
+        f"{label}: {len(outcome.passed)} passed, {len(outcome.failed)} failed, "
+        f"{len(outcome.skipped)} skipped"
+    )
+    if args.report_only:
+        return 0
+    verdict = judge(outcome, expected, args.expected.name)
+    for note in verdict.notes:
+        print(f"{label} gate: {note}")
+    for problem in verdict.problems:
+        print(f"{label} gate: FAIL: {problem}", file=sys.stderr)
+    return 1 if verdict.problems else 0
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise GateInputError(f"cannot read {path}: {e}") from e
+
+
+if __name__ == "__main__":
+    sys.exit(main())
