@@ -28,6 +28,13 @@ def recursive_read_only_mounts() -> bool:
     return True
 
 
+@functools.cache
+def selinux_enabled() -> bool:
+    """SELinux is on when selinuxfs is mounted with `enforce` in it (what libselinux's
+    is_selinux_enabled looks at)."""
+    return os.path.exists("/sys/fs/selinux/enforce")
+
+
 # --- user namespaces ------------------------------------------------------------------------
 
 # Any range will do for the probe; this one is what critest's own idmap check uses.

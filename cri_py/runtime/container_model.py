@@ -132,7 +132,7 @@ class ContainerConfig:
     seccomp_profile_path: str = ""
     apparmor: SecurityProfile | None = None
     apparmor_profile: str = ""
-    # SELinux is absent on our hosts: a requested level or type is refused at create.
+    # Ignored on a host without SELinux, refused on one with it (spec/security.check_mac).
     selinux_options: tuple[str, ...] = ()
     # Empty: the runtime's defaults.
     masked_paths: tuple[str, ...] = ()

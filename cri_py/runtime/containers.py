@@ -35,6 +35,7 @@ from cri_py.errors import (
     NotFound,
 )
 from cri_py.images.service import ImageRootfs, ImageService
+from cri_py.linux import features
 from cri_py.linux.cgroupfs import CgroupMode
 from cri_py.linux.device_filter import attach_device_filter
 from cri_py.linux.terminal import open_pty
@@ -578,6 +579,7 @@ class ContainerService:
             empty_dir=str(directory / "empty"),
             devices=resolve_devices(config),
             device_rules_problem=device_rules_problem(self._cgroups),
+            selinux_enabled=features.selinux_enabled(),
         )
         spec = build_spec(inputs)
         nodev = devices_unconfined(config.privileged, inputs.device_rules_problem)

@@ -50,9 +50,11 @@ class LogLines:
                 return bytes(out)
 
     def close(self, ns: int) -> bytes:
-        """At EOF: an unterminated last line is written as a full line."""
+        """At EOF: an unterminated last line is written as a partial (`P`) line, as containerd
+        does: kubelet then reads it without a newline (`echo -n DONE` as a termination message
+        from the log is "DONE", not "DONE\n")."""
         if not self._pending:
             return b""
         text = bytes(self._pending)
         self._pending.clear()
-        return self._line(ns, b"F", text)
+        return self._line(ns, b"P", text)

@@ -77,6 +77,10 @@ class SpecInputs:
     # Why the node cannot enforce device rules ("" when it can): no devices controller, no
     # cgroups. An unprivileged container then loses CAP_MKNOD or is refused (spec/devices.py).
     device_rules_problem: str = ""
+    # Whether the host enforces SELinux (linux/features.selinux_enabled): without it a pod's
+    # SELinux options are ignored, as containerd and CRI-O do; with it they are refused (cri-py
+    # cannot apply labels).
+    selinux_enabled: bool = False
 
 
 def spec_annotations(inputs: SpecInputs) -> dict[str, str]:
@@ -101,7 +105,7 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
     config, image = inputs.config, inputs.image
     privileged = config.privileged
     check_privileged(config, inputs.sandbox.privileged, config.metadata.name)
-    check_mac(config)
+    check_mac(config, inputs.selinux_enabled)
     validate_container_user_namespace(
         config.user_namespace, inputs.sandbox.namespaces.user, config.mounts
     )

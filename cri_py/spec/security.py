@@ -1,6 +1,7 @@
 """The spec's security sections that are not capabilities: which seccomp profile (RuntimeDefault,
-Localhost, Unconfined; the deprecated `seccomp_profile_path`), AppArmor and SELinux (absent on
-our hosts: only "no profile" is accepted), and the privileged-container rule.
+Localhost, Unconfined; the deprecated `seccomp_profile_path`), AppArmor and SELinux (not
+applied: a named AppArmor profile is refused, SELinux options are ignored where the host has no
+SELinux), and the privileged-container rule.
 
 Reading a Localhost profile file is the container service's; this module says which file.
 """
@@ -68,9 +69,12 @@ def container_seccomp(
     return dict(localhost)
 
 
-def check_mac(config: ContainerConfig) -> None:
-    """AppArmor and SELinux: our hosts have neither, so "nothing" and Unconfined are accepted
-    and any real profile is refused rather than silently not applied."""
+def check_mac(config: ContainerConfig, selinux_enabled: bool = False) -> None:
+    """AppArmor and SELinux, neither of which cri-py applies. AppArmor: "nothing",
+    RuntimeDefault and Unconfined are accepted, a named profile is refused rather than silently
+    not applied (kubelet checks a node's AppArmor support before it asks). SELinux options are
+    ignored on a host without SELinux, as containerd and CRI-O do (kubelet sets them, e.g.
+    container_logreader_t, whatever the host), and refused on one that enforces it."""
     apparmor = config.apparmor
     # RuntimeDefault means "the runtime's default", which here is none.
     if apparmor is not None and apparmor.type == ProfileType.LOCALHOST:
@@ -83,10 +87,10 @@ def check_mac(config: ContainerConfig) -> None:
             f"AppArmor profile {config.apparmor_profile!r} requested, but AppArmor is not "
             "supported by this runtime"
         )
-    if config.selinux_options:
+    if config.selinux_options and selinux_enabled:
         raise InvalidArgument(
-            f"SELinux options {list(config.selinux_options)} requested, but SELinux is not "
-            "supported by this runtime"
+            f"SELinux options {list(config.selinux_options)} requested on a host that enforces "
+            "SELinux, but this runtime cannot apply SELinux labels"
         )
 
 

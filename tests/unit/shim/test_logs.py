@@ -20,10 +20,11 @@ def test_full_lines_are_tagged_f_and_the_rest_waits() -> None:
     assert lines.feed(b"", T) == b""
 
 
-def test_unterminated_last_line_is_written_full_at_eof() -> None:
+def test_unterminated_last_line_is_written_partial_at_eof() -> None:
+    # kubelet joins P lines without a newline: `echo -n oops` must read back as "oops".
     lines = LogLines("stderr")
     assert lines.feed(b"oops", T) == b""
-    assert lines.close(T).endswith(b" stderr F oops\n")
+    assert lines.close(T).endswith(b" stderr P oops\n")
     assert lines.close(T) == b""
 
 
