@@ -50,7 +50,7 @@ BUSYBOX = "registry.k8s.io/e2e-test-images/busybox:1.29-2"
 BRIDGE = "cri-pyf1"
 SUBNET = "10.89.0.0/24"
 CGROUP_PARENT = "/cri-py-tests/faults1"
-CRICTL = Path("/var/cache/cri-py/tools/bin/crictl")
+CRICTL = Path(os.environ.get("TOOLS_DIR", "/var/cache/cri-py/tools")) / "bin" / "crictl"
 
 
 def lab_config(extra: str = "") -> str:
