@@ -135,6 +135,40 @@ def pivot_root(new_root: str | os.PathLike[str], put_old: str | os.PathLike[str]
     )
 
 
+# rt_sigaction(2), raw: glibc's sigaction refuses the two signals it keeps for itself (32 and
+# 33: thread cancellation and setxid) with EINVAL, yet a process can inherit them ignored
+# (glibc's posix_spawn leaves them SIG_IGN in its children: `make` starts its recipes so), and
+# an ignored signal survives execve.
+_SYS_RT_SIGACTION_BY_MACHINE = {"x86_64": 13, "aarch64": 134}
+
+
+class _KernelSigaction(ctypes.Structure):
+    # The kernel's struct sigaction (handler, flags, restorer, mask), all zero for SIG_DFL.
+    _fields_ = [
+        ("handler", ctypes.c_ulong),
+        ("flags", ctypes.c_ulong),
+        ("restorer", ctypes.c_ulong),
+        ("mask", ctypes.c_ulong),
+    ]
+
+
+def set_signal_action(signum: int, ignored: bool = False) -> None:
+    """`signum` to SIG_DFL (or SIG_IGN) with rt_sigaction itself, glibc's reserved signals
+    too."""
+    number = _SYS_RT_SIGACTION_BY_MACHINE.get(os.uname().machine, 13)
+    action = _KernelSigaction(handler=1 if ignored else 0)
+    _check(
+        _libc.syscall(
+            ctypes.c_long(number),
+            ctypes.c_int(signum),
+            ctypes.byref(action),
+            None,
+            ctypes.c_size_t(8),  # the kernel's sigset_t: 64 signals
+        ),
+        f"rt_sigaction({signum}, {'SIG_IGN' if ignored else 'SIG_DFL'})",
+    )
+
+
 # <linux/mount.h>, <fcntl.h>: mount_setattr(2) (Linux 5.12), the same number on every arch.
 _SYS_MOUNT_SETATTR = 442
 AT_FDCWD = -100

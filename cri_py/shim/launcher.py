@@ -132,9 +132,12 @@ def reset_signals() -> None:
     for signum in range(1, signal.NSIG):
         if signum in (signal.SIGKILL, signal.SIGSTOP):
             continue
-        # glibc keeps 32 and 33 for itself (EINVAL): they are never ignored.
-        with contextlib.suppress(OSError):
+        try:
             signal.signal(signum, signal.SIG_DFL)
+        except OSError:
+            # glibc's own 32 and 33 (EINVAL from signal()): inherited ignored when cri-py was
+            # started by a posix_spawn-ing parent such as make, so reset at the kernel.
+            syscalls.set_signal_action(signum)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 

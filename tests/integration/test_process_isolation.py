@@ -189,11 +189,10 @@ def test_a_sigquit_stop_signal_stops_a_container_at_once(lab: Lab) -> None:
     pod = run_pod(lab, "quit", pid_mode=0)
     cid = create(lab, pod, "quitter", ["sleep", "1000"], pid_mode=0, stop_signal="SIGQUIT")
     lab.start(cid)
-    started = time.monotonic()
     lab.daemon.runtime().StopContainer(
         pb.StopContainerRequest(container_id=cid, timeout=20), timeout=60
     )
-    assert time.monotonic() - started < 5  # not the 20 s to SIGKILL
+    # 131: ended by SIGQUIT itself; an ignored SIGQUIT would end in the SIGKILL after 20 s (137).
     status = lab.status(cid)
     assert (status.state, status.exit_code) == (pb.CONTAINER_EXITED, 128 + 3)
     lab.remove_pod(pod)
