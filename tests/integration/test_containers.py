@@ -67,17 +67,31 @@ class Lab:
     pods: list[str] = field(default_factory=list)
     configs: dict[str, pb.PodSandboxConfig] = field(default_factory=dict)
 
-    def run_pod(self, name: str, pid_mode: int = 1) -> str:
+    def run_pod(
+        self,
+        name: str,
+        pid_mode: int = 1,
+        *,
+        privileged: bool = False,
+        dns: pb.DNSConfig | None = None,
+        namespace: str = "test",
+    ) -> str:
         config = pb.PodSandboxConfig(
-            metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="test"),
+            metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace=namespace),
             hostname=f"{name}-host",
             log_directory=str(self.logs / name),
+            dns_config=dns,
             linux=pb.LinuxPodSandboxConfig(
                 security_context=pb.LinuxSandboxSecurityContext(
-                    namespace_options=pb.NamespaceOption(pid=pid_mode)  # type: ignore[arg-type]
+                    namespace_options=pb.NamespaceOption(pid=pid_mode),  # type: ignore[arg-type]
+                    privileged=privileged,
                 )
             ),
         )
+        return self.run_config(config)
+
+    def run_config(self, config: pb.PodSandboxConfig) -> str:
+        """RunPodSandbox with `config`; the pod is recorded for removal and for its config."""
         sandbox_id = (
             self.daemon.runtime()
             .RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=30)

@@ -181,32 +181,14 @@ def attempt(lab: Lab, sandbox_id: str, config: pb.ContainerConfig, start: bool =
     return outcome
 
 
-def run_privileged_pod(lab: Lab, name: str) -> str:
-    config = pb.PodSandboxConfig(
-        metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="test"),
-        hostname=f"{name}-host",
-        log_directory=str(lab.logs / name),
-        linux=pb.LinuxPodSandboxConfig(
-            security_context=pb.LinuxSandboxSecurityContext(privileged=True)
-        ),
-    )
-    sandbox_id = (
-        lab.daemon.runtime()
-        .RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=30)
-        .pod_sandbox_id
-    )
-    lab.pods.append(sandbox_id)
-    lab.configs[sandbox_id] = config
-    return sandbox_id
-
-
 @contextlib.contextmanager
 def pod(
     lab: Lab, name: str, pid_mode: int = CONTAINER_PID, privileged: bool = False
 ) -> Iterator[str]:
     """A pod removed on the way out, pass or fail."""
     unique = f"{name}-{secrets.token_hex(2)}"
-    sandbox_id = run_privileged_pod(lab, unique) if privileged else lab.run_pod(unique, pid_mode)
+    # A privileged pod as the original helper made it: every namespace of the pod's (mode 0).
+    sandbox_id = lab.run_pod(unique, 0 if privileged else pid_mode, privileged=privileged)
     try:
         yield sandbox_id
     finally:

@@ -73,25 +73,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 def run_pod(lab: Lab, name: str, pid_mode: int = 1, dns: pb.DNSConfig | None = None) -> str:
-    config = pb.PodSandboxConfig(
-        metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="isolation"),
-        hostname=f"{name}-host",
-        log_directory=str(lab.logs / name),
-        dns_config=dns,
-        linux=pb.LinuxPodSandboxConfig(
-            security_context=pb.LinuxSandboxSecurityContext(
-                namespace_options=pb.NamespaceOption(pid=pid_mode)  # type: ignore[arg-type]
-            )
-        ),
-    )
-    sandbox_id = (
-        lab.daemon.runtime()
-        .RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=30)
-        .pod_sandbox_id
-    )
-    lab.pods.append(sandbox_id)
-    lab.configs[sandbox_id] = config
-    return sandbox_id
+    return lab.run_pod(name, pid_mode, dns=dns, namespace="isolation")
 
 
 def create(

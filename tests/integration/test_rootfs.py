@@ -155,25 +155,6 @@ def shared_dir(path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-R", "-l", str(path)], check=False)
 
 
-def privileged_pod(lab: Lab, name: str) -> str:
-    config = pb.PodSandboxConfig(
-        metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="test"),
-        hostname=f"{name}-host",
-        log_directory=str(lab.logs / name),
-        linux=pb.LinuxPodSandboxConfig(
-            security_context=pb.LinuxSandboxSecurityContext(privileged=True)
-        ),
-    )
-    sandbox_id = (
-        lab.daemon.runtime()
-        .RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=30)
-        .pod_sandbox_id
-    )
-    lab.pods.append(sandbox_id)
-    lab.configs[sandbox_id] = config
-    return sandbox_id
-
-
 def test_volume_propagation_survives_binding_by_descriptor(lab: Lab, tmp_path: Path) -> None:
     """Volumes are attached as detached clones (open_tree + move_mount onto the mount point's
     descriptor): HOST_TO_CONTAINER still sees what the host mounts later, BIDIRECTIONAL still
@@ -183,7 +164,7 @@ def test_volume_propagation_survives_binding_by_descriptor(lab: Lab, tmp_path: P
         shared_dir(tmp_path / "bidi") as bidi,
         shared_dir(tmp_path / "private") as private,
     ):
-        sandbox_id = privileged_pod(lab, f"prop-{secrets.token_hex(2)}")
+        sandbox_id = lab.run_pod(f"prop-{secrets.token_hex(2)}", 0, privileged=True)
         try:
             config = pb.ContainerConfig(
                 metadata=pb.ContainerMetadata(name="prop"),

@@ -75,15 +75,7 @@ def pod_config(
 def run_pod(
     lab: Lab, name: str, users: pb.UserNamespace, sysctls: dict[str, str] | None = None
 ) -> str:
-    config = pod_config(lab, name, users, sysctls)
-    sandbox_id = (
-        lab.daemon.runtime()
-        .RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=30)
-        .pod_sandbox_id
-    )
-    lab.pods.append(sandbox_id)
-    lab.configs[sandbox_id] = config
-    return sandbox_id
+    return lab.run_config(pod_config(lab, name, users, sysctls))
 
 
 def create(

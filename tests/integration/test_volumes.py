@@ -151,13 +151,7 @@ def test_a_privileged_container_gets_the_hosts_devices(lab: Lab) -> None:
             security_context=pb.LinuxSandboxSecurityContext(privileged=True)
         ),
     )
-    pod = (
-        lab.daemon.runtime()
-        .RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=30)
-        .pod_sandbox_id
-    )
-    lab.pods.append(pod)
-    lab.configs[pod] = config
+    pod = lab.run_config(config)
     context = pb.LinuxContainerSecurityContext(privileged=True)
     cid = create(lab, pod, "privileged", linux=pb.LinuxContainerConfig(security_context=context))
     lab.start(cid)
