@@ -5,7 +5,7 @@ relay ends every connection it holds."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -13,22 +13,6 @@ from cri_py.network.hostports import Relay
 from cri_py.runtime.model import PortMapping
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-@pytest.fixture
-async def pod_port() -> AsyncIterator[int]:
-    """An echo server standing in for the pod."""
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(1024):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    yield server.sockets[0].getsockname()[1]
-    server.close()
-    await server.wait_closed()
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
@@ -52,9 +36,9 @@ async def eof(connection: Connection) -> bool:
 
 
 async def test_connections_past_the_limit_are_closed_and_the_rest_keep_relaying(
-    pod_port: int,
+    echo_port: int,
 ) -> None:
-    relay = Relay("127.0.0.1", PortMapping(0, pod_port, 0, "127.0.0.1"), max_connections=2)
+    relay = Relay("127.0.0.1", PortMapping(0, echo_port, 0, "127.0.0.1"), max_connections=2)
     await relay.listen()
     assert relay.server is not None
     port = relay.server.sockets[0].getsockname()[1]

@@ -8,8 +8,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import pytest
-
 from cri_py.streaming import spdy
 from cri_py.streaming.portforward import serve_portforward
 from cri_py.streaming.requests import PortForwardRequest
@@ -122,20 +120,6 @@ async def test_a_stream_id_that_does_not_increase_is_a_protocol_error() -> None:
         pipe.open(3)
         reused = await pipe.answer_to(3)
         assert isinstance(reused, spdy.RstStream) and reused.status == spdy.PROTOCOL_ERROR
-
-
-@pytest.fixture
-async def echo_port() -> AsyncIterator[int]:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(1024):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    yield server.sockets[0].getsockname()[1]
-    server.close()
-    await server.wait_closed()
 
 
 async def test_port_forward_halves_past_the_limit_are_reset_and_pairs_still_work(
