@@ -28,17 +28,25 @@ sys.path.insert(0, str(ROOT))
 from cri_py.api import api_pb2 as pb  # noqa: E402
 from cri_py.api import api_pb2_grpc as pb_grpc  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Shared with e2e/node_e2e.sh (containerd as the node e2e baseline).
+from baseline import (  # noqa: E402
+    CNI_BIN_DIR,
+    MIRRORED_HOSTS,
+    PAUSE_IMAGE,  # noqa: F401  (compare.py and profile.py take it from here)
+    REGISTRY,
+    cni_conflist,
+    containerd_config,
+    install_apt_packages,
+    installed,
+)
+
 STATE = Path("/var/lib/cri-py-bench")
 RUN = Path("/run/cri-py-bench")
 CGROUP_ROOT = "/cri-py-bench"
 CNI_DIR = STATE / "cni"
-CNI_BIN_DIR = "/usr/lib/cni"
 BRIDGE = "ctrb0"
 SUBNET = "10.84.0.0/24"
-REGISTRY = "http://127.0.0.1:5000"
-# Hosts the lab registry mirrors (see e2e/lab-config.yaml): pushed as 127.0.0.1:5000/<host>/<repo>.
-MIRRORED_HOSTS = ("registry.k8s.io", "gcr.io", "k8s.gcr.io", "docker.io", "quay.io")
-PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 CGROUP_FS = Path("/sys/fs/cgroup")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -46,24 +54,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def write_cni_conflist() -> None:
     """One conflist for both runtimes: the bridge plugin, host-local IPAM, no iptables."""
     CNI_DIR.mkdir(parents=True, exist_ok=True)
-    conflist = {
-        "cniVersion": "1.0.0",
-        "name": "cri-py-bench",
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": BRIDGE,
-                "isGateway": True,
-                "ipMasq": False,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": SUBNET}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": str(RUN / "cni-ipam"),
-                },
-            }
-        ],
-    }
+    conflist = cni_conflist("cri-py-bench", BRIDGE, SUBNET, str(RUN / "cni-ipam"))
     (CNI_DIR / "10-cri-py-bench.conflist").write_text(json.dumps(conflist, indent=2) + "\n")
 
 
@@ -353,20 +344,6 @@ class CriPy(Runtime):
         ]
 
 
-def install_apt_packages() -> None:
-    """Debian's containerd and runc, from bench/apt-packages.txt (no service is started: the
-    bench runs its own containerd with its own config)."""
-    listing = Path(__file__).resolve().parent / "apt-packages.txt"
-    names = [
-        line.strip()
-        for line in listing.read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *names], check=True, env=env)
-
-
 class Containerd(Runtime):
     SHIM_CGROUP = f"{CGROUP_ROOT}/shim"
 
@@ -380,50 +357,16 @@ class Containerd(Runtime):
         self.base = STATE / "containerd"
 
     def config_toml(self) -> str:
-        cri = 'plugins."io.containerd.grpc.v1.cri"'
-        mirrors = "".join(
-            f'[{cri}.registry.mirrors."{host}"]\n  endpoint = ["{REGISTRY}/v2/{host}"]\n'
-            for host in MIRRORED_HOSTS
+        return containerd_config(
+            root=str(self.base / "root"),
+            state=str(RUN / "containerd"),
+            socket=str(self.socket),
+            cni_conf_dir=str(CNI_DIR),
+            shim_cgroup=self.SHIM_CGROUP,
         )
-        return f"""version = 2
-root = "{self.base / "root"}"
-state = "{RUN / "containerd"}"
-oom_score = 0
-
-[grpc]
-  address = "{self.socket}"
-[ttrpc]
-  address = "{self.socket}.ttrpc"
-[debug]
-  level = "warn"
-[metrics]
-  address = ""
-
-[{cri}]
-  sandbox_image = "{PAUSE_IMAGE}"
-  # The machine lacks CAP_SYS_RESOURCE: without this, sandboxes fail to start.
-  restrict_oom_score_adj = true
-  enable_selinux = false
-  disable_apparmor = true
-[{cri}.containerd]
-  snapshotter = "overlayfs"
-  default_runtime_name = "runc"
-[{cri}.containerd.runtimes.runc]
-  runtime_type = "io.containerd.runc.v2"
-[{cri}.containerd.runtimes.runc.options]
-  SystemdCgroup = false
-  BinaryName = "/usr/sbin/runc"
-  # Shims in a cgroup of their own: otherwise runc resolves container cgroups relative to
-  # the caller's cgroup.
-  ShimCgroup = "{self.SHIM_CGROUP}"
-[{cri}.cni]
-  bin_dir = "{CNI_BIN_DIR}"
-  conf_dir = "{CNI_DIR}"
-  max_conf_num = 1
-{mirrors}"""
 
     def start(self) -> None:
-        if shutil.which("containerd") is None or shutil.which("runc") is None:
+        if not installed():
             install_apt_packages()
         self.base.mkdir(parents=True, exist_ok=True)
         config = self.base / "config.toml"

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Build the test images critest needs from Debian packages and push them to the lab registry.
+"""Build the test images critest and the node e2e suite need and push them to the lab registry.
 
 Owns the lab's commands: build every image in e2e/images/catalog.toml and push, under its
 original name, what the registry at 127.0.0.1:5000 does not already hold (`make images`);
 check the registry's content against the catalog; pull images back and run them in chroots.
 The work is done by the modules in e2e/images/imagelab/ (packages, ELF, layers, OCI layout,
 registry, smoke tests); the registry process belongs to e2e/registry.sh. Standard library only.
+Files come from Debian packages; agnhost and nnp are built from their Go source in the
+k8s.io/kubernetes module (Go toolchain and module proxy), busybox with `nmeter` from Debian's
+source package (gcc); both builds are cached.
 
     python3 e2e/build_images.py             build everything, push what the registry lacks
     python3 e2e/build_images.py --check     `skopeo inspect` every reference, compare configs
@@ -17,6 +20,7 @@ registry, smoke tests); the registry process belongs to e2e/registry.sh. Standar
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
 import tempfile
@@ -48,7 +52,14 @@ def build_and_push(catalog: Catalog, *, force: bool, only: str | None) -> int:
     if not images:
         raise BuildError(f"no image reference contains {only!r}; see --list")
     registry_digest(images[0].refs[0])  # fail early, before any work, when there is no registry
-    with tempfile.TemporaryDirectory(prefix="cri-py-lab-oci-") as scratch:
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with (
+        open(CACHE_DIR / ".lock", "w") as lock,
+        tempfile.TemporaryDirectory(prefix="cri-py-lab-oci-") as scratch,
+    ):
+        # One build at a time per cache: the Go wrapper module and the busybox build
+        # directory are rewritten in place.
+        fcntl.flock(lock, fcntl.LOCK_EX)
         layout = OciLayout(Path(scratch))
         builder = ImageBuilder(catalog, DebianPackages(CACHE_DIR), layout, debian_architecture())
         built = []
@@ -137,7 +148,7 @@ def list_references(catalog: Catalog) -> int:
         for ref in recipe.refs:
             print(f"{ref}  ->  {ref.lab()}")
     for item in catalog.unbuildable:
-        print(f"{item.ref}  ->  (not built: pinned by digest)")
+        print(f"{item.ref}  ->  (not built: {item.reason.split(':')[0]})")
     return 0
 
 
@@ -146,9 +157,14 @@ def markdown(catalog: Catalog) -> int:
     print("| image reference | built from (Debian packages) | what critest checks with it |")
     print("| --- | --- | --- |")
     for recipe in catalog.images:
-        packages = sorted(
-            {package for name in recipe.layers for package in catalog.layers[name].packages}
-        )
+        layers = [catalog.layers[name] for name in recipe.layers]
+        packages = sorted({package for layer in layers for package in layer.packages})
+        sources = [build.package for layer in layers for build in layer.go_builds]
+        if catalog.go is not None and sources:
+            packages.append(f"Go: {', '.join(sources)} @{catalog.go.version}")
+        if catalog.busybox_source is not None and any(layer.busybox_source for layer in layers):
+            source = catalog.busybox_source
+            packages.append(f"busybox source ({source.flavour}, +{', '.join(source.enable)})")
         refs = "<br>".join(f"`{ref}`" for ref in recipe.refs)
         built = ", ".join(packages) + f"<br>in place of {recipe.upstream}"
         print(f"| {refs} | {built} | {recipe.critest} |")

@@ -8,8 +8,14 @@ Exit 2: the report or the list cannot be read.
 
 The expected-failures file has one test per line, `<exact JUnit name> | <reason>` (the name is
 everything before the last " | "); lines starting with '#' and blank lines are ignored.
+With --compare BASELINE_XML (the same suite on another runtime: containerd for the node e2e
+suite), it judges the report against that baseline instead: both summaries, then each failure
+of the report classified as failing on the baseline too, passing there (the runtime's own
+defect), or not run there; exit 1 when a test passes on the baseline and fails in the report.
+
 Usage: junit_gate.py JUNIT_XML --expected FILE [--label NAME]
        junit_gate.py JUNIT_XML --report-only      (summary only, exit 0)
+       junit_gate.py JUNIT_XML --compare BASELINE_XML [--label NAME] [--baseline-label NAME]
 """
 
 from __future__ import annotations
@@ -120,27 +126,80 @@ def judge(outcome: Outcome, expected: dict[str, str], list_name: str) -> Verdict
     return Verdict(problems, notes)
 
 
+@dataclass
+class Comparison:
+    regressions: list[str]  # pass on the baseline, fail in the report: the runtime's defects
+    both: list[str]  # fail on both
+    not_on_baseline: list[str]  # fail in the report, skipped or absent on the baseline
+    baseline_only: list[str]  # fail on the baseline, pass in the report
+
+
+def compare(report: Outcome, baseline: Outcome) -> Comparison:
+    seen = baseline.passed | baseline.failed
+    return Comparison(
+        regressions=sorted(report.failed & baseline.passed),
+        both=sorted(report.failed & baseline.failed),
+        not_on_baseline=sorted(report.failed - seen),
+        baseline_only=sorted(baseline.failed & report.passed),
+    )
+
+
+def summary(label: str, outcome: Outcome) -> str:
+    return (
+        f"{label}: {len(outcome.passed)} passed, {len(outcome.failed)} failed, "
+        f"{len(outcome.skipped)} skipped"
+    )
+
+
+def main_compare(report: Outcome, baseline: Outcome, label: str, base: str) -> int:
+    result = compare(report, baseline)
+    print(summary(label, report))
+    print(summary(base, baseline))
+    for name in result.regressions:
+        print(f"passes on {base}, fails on {label}: {name}")
+    for name in result.both:
+        print(f"fails on both: {name}")
+    for name in result.not_on_baseline:
+        print(f"fails on {label}, not run on {base}: {name}")
+    for name in result.baseline_only:
+        print(f"fails on {base}, passes on {label}: {name}")
+    print(
+        f"{label} vs {base}: {len(result.regressions)} pass on {base} and fail on {label}, "
+        f"{len(result.both)} fail on both, {len(result.not_on_baseline)} fail on {label} "
+        f"and did not run on {base}, {len(result.baseline_only)} fail on {base} only"
+    )
+    if result.regressions:
+        print(
+            f"{label} gate: FAIL: {len(result.regressions)} passing on {base} fail on {label}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("junit", type=Path)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--expected", type=Path, help="the expected-failures file")
     mode.add_argument("--report-only", action="store_true", help="print the summary, exit 0")
+    mode.add_argument("--compare", type=Path, help="the same suite's report on a baseline")
     parser.add_argument("--label", default="", help="the suite's name in the summary line")
+    parser.add_argument("--baseline-label", default="baseline", help="the baseline's name")
     args = parser.parse_args(argv)
     label = args.label or args.junit.stem
     try:
         outcome = read_junit(read_text(args.junit))
+        if args.compare:
+            baseline = read_junit(read_text(args.compare))
+            return main_compare(outcome, baseline, label, args.baseline_label)
         expected = {} if args.report_only else read_expected(read_text(args.expected))
     except GateInputError as e:
         print(f"{label} gate: {e}", file=sys.stderr)
         return 2
     for name in sorted(outcome.failed):
         print(f"FAILED: {name}")
-    print(
-        f"{label}: {len(outcome.passed)} passed, {len(outcome.failed)} failed, "
-        f"{len(outcome.skipped)} skipped"
-    )
+    print(summary(label, outcome))
     if args.report_only:
         return 0
     verdict = judge(outcome, expected, args.expected.name)

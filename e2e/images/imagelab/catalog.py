@@ -4,6 +4,7 @@ the names they get in the lab registry."""
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import tomllib
 from collections.abc import Mapping
@@ -47,6 +48,54 @@ class AppendSpec:
 
 
 @dataclass(frozen=True)
+class GoBuildSpec:
+    """A main package of the catalog's Go module, built and put at `to`."""
+
+    package: str
+    to: str
+    mode: int | None
+
+
+@dataclass(frozen=True)
+class ModuleFileSpec:
+    """A file of the Go module's source tree (path relative to its root), put at `to`."""
+
+    path: str
+    to: str
+    mode: int | None
+
+
+@dataclass(frozen=True)
+class GoModule:
+    """The one Go module whose programs the images carry, at a fixed version."""
+
+    path: str
+    version: str
+    packages: tuple[str, ...]
+
+    def ref(self) -> str:
+        return f"{self.path}@{self.version}"
+
+
+@dataclass(frozen=True)
+class BusyboxSource:
+    """busybox built from a Debian source package (.dsc pinned by sha256) with Debian's config
+    of one flavour plus options it leaves off; require_applets are checked in `--list`."""
+
+    comment: str
+    dsc: str
+    dsc_sha256: str
+    flavour: str
+    enable: tuple[str, ...]
+    require_applets: tuple[str, ...]
+
+    def key(self) -> str:
+        """A short name for this configuration (build dirs and stamps)."""
+        text = " ".join([self.dsc_sha256, self.flavour, *self.enable])
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
 class LayerRecipe:
     name: str
     comment: str
@@ -56,6 +105,9 @@ class LayerRecipe:
     busybox_applets: str | None
     paths: tuple[PathSpec, ...]
     appends: tuple[AppendSpec, ...]
+    go_builds: tuple[GoBuildSpec, ...] = ()
+    module_files: tuple[ModuleFileSpec, ...] = ()
+    busybox_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +165,8 @@ class Catalog:
     layers: Mapping[str, LayerRecipe]
     images: tuple[ImageRecipe, ...]
     unbuildable: tuple[Unbuildable, ...]
+    go: GoModule | None = None
+    busybox_source: BusyboxSource | None = None
 
 
 def _table(value: Any, where: str, allowed: set[str], required: set[str]) -> dict[str, Any]:
@@ -146,8 +200,25 @@ def _absolute(path: str, where: str) -> str:
 
 def load_catalog(path: Path = CATALOG_PATH, files_dir: Path = FILES_DIR) -> Catalog:
     raw = tomllib.loads(path.read_text())
-    _table(raw, "top level", {"layers", "images", "unbuildable"}, {"layers", "images"})
+    _table(
+        raw,
+        "top level",
+        {"layers", "images", "unbuildable", "go", "busybox_source"},
+        {"layers", "images"},
+    )
+    go = _load_go(raw["go"]) if "go" in raw else None
+    busybox = _load_busybox_source(raw["busybox_source"]) if "busybox_source" in raw else None
     layers = {name: _load_layer(name, value, files_dir) for name, value in raw["layers"].items()}
+    for layer in layers.values():
+        if (layer.go_builds or layer.module_files) and go is None:
+            raise BuildError(f"catalog: layers.{layer.name} uses the Go module; add a [go] table")
+        if layer.busybox_source and busybox is None:
+            raise BuildError(f"catalog: layers.{layer.name} needs a [busybox_source] table")
+        for build in layer.go_builds:
+            if go is not None and build.package not in go.packages:
+                raise BuildError(
+                    f"catalog: layers.{layer.name}: {build.package} is not in go.packages"
+                )
     images = tuple(
         _load_image(f"images[{number}]", value, layers)
         for number, value in enumerate(raw["images"])
@@ -161,7 +232,41 @@ def load_catalog(path: Path = CATALOG_PATH, files_dir: Path = FILES_DIR) -> Cata
         Unbuildable(**_table(item, "unbuildable", {"ref", "reason"}, {"ref", "reason"}))
         for item in raw.get("unbuildable", [])
     )
-    return Catalog(layers=layers, images=images, unbuildable=unbuildable)
+    return Catalog(
+        layers=layers, images=images, unbuildable=unbuildable, go=go, busybox_source=busybox
+    )
+
+
+def _load_busybox_source(value: Any) -> BusyboxSource:
+    keys = {"comment", "dsc", "dsc_sha256", "flavour", "enable", "require_applets"}
+    table = _table(value, "busybox_source", keys, keys)
+    if not table["dsc"].endswith(".dsc") or not table["dsc"].startswith(("http://", "https://")):
+        raise BuildError(f"catalog: busybox_source.dsc must be the URL of a .dsc: {table['dsc']}")
+    if len(table["dsc_sha256"]) != 64 or set(table["dsc_sha256"]) - set("0123456789abcdef"):
+        raise BuildError("catalog: busybox_source.dsc_sha256 must be 64 lowercase hex digits")
+    bad = [option for option in table["enable"] if not option.startswith("CONFIG_")]
+    if bad:
+        raise BuildError(f"catalog: busybox_source.enable: {bad} are not CONFIG_ options")
+    return BusyboxSource(
+        comment=table["comment"],
+        dsc=table["dsc"],
+        dsc_sha256=table["dsc_sha256"],
+        flavour=table["flavour"],
+        enable=tuple(table["enable"]),
+        require_applets=tuple(table["require_applets"]),
+    )
+
+
+def _load_go(value: Any) -> GoModule:
+    keys = {"module", "version", "packages"}
+    table = _table(value, "go", keys, keys)
+    module, version = table["module"], table["version"]
+    if not version.startswith("v"):
+        raise BuildError(f"catalog: go.version must be a tag like v1.37.2, not {version!r}")
+    outside = [package for package in table["packages"] if not package.startswith(module + "/")]
+    if outside:
+        raise BuildError(f"catalog: go.packages {outside} are not in the module {module}")
+    return GoModule(path=module, version=version, packages=tuple(table["packages"]))
 
 
 def _load_layer(name: str, value: Any, files_dir: Path) -> LayerRecipe:
@@ -169,7 +274,18 @@ def _load_layer(name: str, value: Any, files_dir: Path) -> LayerRecipe:
     table = _table(
         value,
         where,
-        {"comment", "packages", "copy", "files", "busybox_applets", "paths", "append"},
+        {
+            "comment",
+            "packages",
+            "copy",
+            "files",
+            "busybox_applets",
+            "paths",
+            "append",
+            "go_build",
+            "module_files",
+            "busybox_source",
+        },
         {"comment"},
     )
     packages = tuple(table.get("packages", []))
@@ -215,6 +331,28 @@ def _load_layer(name: str, value: Any, files_dir: Path) -> LayerRecipe:
     for item in table.get("append", []):
         spec = _table(item, f"{where}.append", {"path", "text"}, {"path", "text"})
         appends.append(AppendSpec(path=_absolute(spec["path"], where), text=spec["text"]))
+    go_builds = tuple(
+        GoBuildSpec(
+            package=spec["package"],
+            to=_absolute(spec["to"], where),
+            mode=_mode(spec.get("mode"), where),
+        )
+        for spec in (
+            _table(item, f"{where}.go_build", {"package", "to", "mode"}, {"package", "to"})
+            for item in table.get("go_build", [])
+        )
+    )
+    module_files = tuple(
+        ModuleFileSpec(
+            path=_absolute("/" + spec["path"], where).lstrip("/"),
+            to=_absolute(spec["to"], where),
+            mode=_mode(spec.get("mode"), where),
+        )
+        for spec in (
+            _table(item, f"{where}.module_files", {"path", "to", "mode"}, {"path", "to"})
+            for item in table.get("module_files", [])
+        )
+    )
     files = table.get("files")
     if files is not None and not (files_dir / files).is_dir():
         raise BuildError(f"catalog: {where}: no directory {files_dir / files}")
@@ -228,6 +366,11 @@ def _load_layer(name: str, value: Any, files_dir: Path) -> LayerRecipe:
         busybox_applets=_absolute(applets, where) if applets else None,
         paths=tuple(paths),
         appends=tuple(appends),
+        go_builds=go_builds,
+        module_files=module_files,
+        busybox_source=_absolute(table["busybox_source"], where)
+        if "busybox_source" in table
+        else None,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent
@@ -34,11 +35,23 @@ class BuildError(Exception):
     """Something the person running the lab has to fix; the message says what."""
 
 
-def run(argv: list[str], *, cwd: Path | None = None, timeout: float = 600) -> str:
+def run(
+    argv: list[str],
+    *,
+    cwd: Path | None = None,
+    timeout: float = 600,
+    env: Mapping[str, str] | None = None,
+) -> str:
     """Run a tool and return its stdout; a failure becomes a BuildError naming the command."""
     try:
         done = subprocess.run(
-            argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            argv,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
     except FileNotFoundError:
         raise BuildError(

@@ -10,7 +10,7 @@ import os
 import posixpath
 import subprocess
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from imagelab.catalog import LayerRecipe, PathSpec
 from imagelab.debian import Package
 from imagelab.elf import read_elf_dependencies
 from imagelab.environment import EPOCH, FILES_DIR, BuildError, run
+from imagelab.gobuild import GoBuilder
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Entry:
 class LayerTree:
     entries: dict[str, Entry] = field(default_factory=dict)
     packages_used: set[str] = field(default_factory=set)
+    source_builds: set[str] = field(default_factory=set)
 
     def put(self, path: str, entry: Entry) -> None:
         """Add or replace an entry; missing parent directories are added as 0755 root dirs."""
@@ -199,11 +201,27 @@ def build_layer(
     packages: Mapping[str, Package],
     triplet: str,
     files_dir: Path = FILES_DIR,
+    go: GoBuilder | None = None,
+    busybox: Callable[[], Path] | None = None,
 ) -> LayerTree:
     """The entries of one layer, in the order the catalog documents: copies (with their
-    shared libraries), the files directory, busybox applet links, inline paths, appends."""
+    shared libraries), the busybox source build, Go programs and module files, the files
+    directory, busybox applet links, inline paths, appends."""
     tree = LayerTree()
     _add_copies(tree, recipe, lower, packages, triplet)
+    if recipe.busybox_source:
+        if busybox is None:
+            raise BuildError(f"{recipe.name}: needs busybox built from source, none was given")
+        built = busybox()
+        tree.put(recipe.busybox_source, Entry("file", 0o755, source=built))
+        tree.source_builds.add(f"busybox from {built.parent.name}")
+        add_shared_libraries(
+            tree, lower, [("busybox (source build)", built)], LibraryFinder(packages, triplet)
+        )
+    if recipe.go_builds or recipe.module_files:
+        if go is None:
+            raise BuildError(f"{recipe.name}: builds Go programs, but no Go module was given")
+        _add_go(tree, recipe, go)
     if recipe.files:
         _add_directory(tree, files_dir / recipe.files)
     if recipe.busybox_applets:
@@ -235,6 +253,21 @@ def _add_copies(
         tree.packages_used.add(package.name)
         elf_roots.append((f"{copy.package}:{copy.path}", source))
     add_shared_libraries(tree, lower, elf_roots, LibraryFinder(packages, triplet))
+
+
+def _add_go(tree: LayerTree, recipe: LayerRecipe, go: GoBuilder) -> None:
+    for build in recipe.go_builds:
+        binary = go.binary(build.package)
+        if read_elf_dependencies(binary.path.read_bytes()) is None:
+            raise BuildError(f"{build.package}: {binary.path} is not an ELF file")
+        mode = build.mode if build.mode is not None else 0o755
+        tree.put(build.to, Entry("file", mode, source=binary.path))
+        tree.source_builds.add(f"{go.module.ref()} ({go.go_version()})")
+    for item in recipe.module_files:
+        source = go.module_file(item.path)
+        mode = item.mode if item.mode is not None else 0o644
+        tree.put(item.to, Entry("file", mode, data=source.read_bytes()))
+        tree.source_builds.add(f"{go.module.ref()} ({go.go_version()})")
 
 
 def _add_directory(tree: LayerTree, root: Path) -> None:

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagelab.busybox_source import BusyboxBuilder
 from imagelab.catalog import Catalog, ImageRecipe
 from imagelab.debian import DebianPackages, Package
-from imagelab.environment import ARCHITECTURES, CREATED
+from imagelab.environment import ARCHITECTURES, CACHE_DIR, CREATED
+from imagelab.gobuild import GoBuilder
 from imagelab.layers import Entry, build_layer, gzip_deterministic, layer_tar
 
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -63,6 +65,7 @@ class BuiltLayer:
     diff_id: str
     blob: dict[str, Any]
     packages: tuple[str, ...]
+    source_builds: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,10 @@ def runtime_config(recipe: ImageRecipe) -> dict[str, Any]:
 
 
 def image_config(
-    recipe: ImageRecipe, layers: list[BuiltLayer], packages: Mapping[str, Package], arch: str
+    recipe: ImageRecipe,
+    layers: list[BuiltLayer],
+    packages: Mapping[str, Package],
+    arch: str,
 ) -> dict[str, Any]:
     config = runtime_config(recipe)
     used = sorted({name for layer in layers for name in layer.packages})
@@ -94,6 +100,10 @@ def image_config(
         ),
         "io.cri-py.lab.stands-in-for": recipe.upstream,
     }
+    built = sorted({source for layer in layers for source in layer.source_builds})
+    if built:
+        # What the programs not taken from binary packages were built from (and with).
+        config["Labels"]["io.cri-py.lab.source-builds"] = "; ".join(built)
     _, oci_arch, variant = ARCHITECTURES[arch]
     document: dict[str, Any] = {
         "architecture": oci_arch,
@@ -132,6 +142,16 @@ class ImageBuilder:
         self.views: dict[tuple[str, ...], dict[str, Entry]] = {(): {}}
         self.packages: dict[str, Package] = {}
         used = {name for image in catalog.images for name in image.layers}
+        self.go: GoBuilder | None = None
+        if catalog.go is not None and any(
+            catalog.layers[name].go_builds or catalog.layers[name].module_files for name in used
+        ):
+            self.go = GoBuilder(catalog.go, CACHE_DIR)
+        self.busybox: BusyboxBuilder | None = None
+        if catalog.busybox_source is not None and any(
+            catalog.layers[name].busybox_source for name in used
+        ):
+            self.busybox = BusyboxBuilder(catalog.busybox_source, CACHE_DIR)
         packages.resolve(sorted({pkg for name in used for pkg in catalog.layers[name].packages}))
 
     def layer(self, stack: tuple[str, ...]) -> BuiltLayer:
@@ -141,11 +161,23 @@ class ImageBuilder:
         recipe = self.catalog.layers[stack[-1]]
         packages = self.debian.with_library_depends(recipe.packages)
         self.packages.update(packages)
-        tree = build_layer(recipe, below, packages, self.triplet)
+        tree = build_layer(
+            recipe,
+            below,
+            packages,
+            self.triplet,
+            go=self.go,
+            busybox=self.busybox.binary if self.busybox is not None else None,
+        )
         tar = layer_tar(tree)
         blob = self.layout.add_blob(gzip_deterministic(tar), MEDIA_LAYER)
         built = BuiltLayer(
-            recipe.name, recipe.comment, sha256(tar), blob, tuple(sorted(tree.packages_used))
+            recipe.name,
+            recipe.comment,
+            sha256(tar),
+            blob,
+            tuple(sorted(tree.packages_used)),
+            tuple(sorted(tree.source_builds)),
         )
         self.layers[stack] = built
         self.views[stack] = {**below, **tree.entries}

@@ -1,7 +1,8 @@
 """Smoke tests: pull an image back from the lab registry (skopeo), unpack it (umoci) and run
 it in a chroot with fresh mount, network and PID namespaces, checking what critest relies on:
 exact busybox messages, masked /bin/ls, nginx's PID file and master process title, httpd's
-log, the setuid euid probe, the predefined group, pause's SIGTERM. Needs root."""
+log, the setuid euid probe, the predefined group, pause's SIGTERM; for the node e2e images,
+nmeter, agnhost's extras (/agnhost-2, bash, TLS netexec fetched with curl). Needs root."""
 
 from __future__ import annotations
 
@@ -228,6 +229,82 @@ def smoke_pause(rootfs: Path, path: str) -> list[str]:
     return problems
 
 
+def smoke_node_e2e_busybox(rootfs: Path, path: str) -> list[str]:
+    """busybox built from source: critest's checks still hold, and `nmeter` gives the
+    millisecond clock the Containers Lifecycle specs build their timestamps from."""
+    problems = smoke_busybox(rootfs, path)
+    out = in_sandbox(rootfs, ["sh", "-c", "date -u +%FT$(nmeter -d0 '%3t' | head -n1)Z"], path)
+    stamp = out.stdout.strip()
+    expect(
+        problems,
+        out.returncode == 0 and len(stamp) == 24 and stamp[19] == "." and stamp[20:23].isdigit(),
+        "date -u +%FT$(nmeter -d0 '%3t' | head -n1)Z gives 2006-01-02T15:04:05.000Z",
+        out,
+    )
+    return problems
+
+
+_AGNHOST_HTTPS = """
+ip link set lo up
+/agnhost netexec --http-port 8443 --tls-cert-file /localhost.crt \
+    --tls-private-key-file /localhost.key 2>/tmp/netexec.log &
+i=0
+while [ $i -lt 100 ]; do
+    curl -sk 'https://127.0.0.1:8443/echo?msg=poststart' && break
+    i=$((i + 1)); sleep 0.1
+done
+"""
+
+
+def smoke_agnhost(rootfs: Path, path: str) -> list[str]:
+    """What the node e2e specs run in agnhost besides its subcommands."""
+    problems: list[str] = []
+    out = in_sandbox(rootfs, ["/agnhost-2", "entrypoint-tester", "override", "arguments"], path)
+    expect(
+        problems,
+        out.stdout == "[/agnhost-2 entrypoint-tester override arguments]\n",
+        "/agnhost-2 entrypoint-tester",
+        out,
+    )
+    out = in_sandbox(rootfs, ["/bin/bash", "-c", "echo ${BASH_VERSION%%.*}"], path)
+    expect(problems, out.returncode == 0 and out.stdout.strip().isdigit(), "/bin/bash -c", out)
+    # Lifecycle-hook and HTTPS probe specs: netexec serves TLS with the image's pair; curl.
+    out = in_sandbox(rootfs, ["/bin/sh", "-c", _AGNHOST_HTTPS], path)
+    expect(problems, out.stdout == "poststart", "netexec over TLS, fetched with curl", out)
+    out = in_sandbox(rootfs, ["sh", "-c", "nc -h 2>&1 | head -n1; dig -v 2>&1; nslookup -h"], path)
+    expect(problems, "OpenBSD netcat" in out.stdout and "DiG" in out.stdout, "nc, dig", out)
+    out = in_sandbox(rootfs, ["id", "user-defined-in-image"], path)
+    wanted = (
+        "uid=1000(user-defined-in-image) gid=1000(user-defined-in-image)"
+        " groups=1000(user-defined-in-image),50000(group-defined-in-image)\n"
+    )
+    expect(problems, out.stdout == wanted, "id user-defined-in-image", out)
+    return problems
+
+
+_HOSTNAME_FQDN = """
+echo "10.1.2.3 $(hostname).sub.ns.svc.cluster.local $(hostname)" >/etc/hosts
+echo $(hostname)';'$(hostname -f)';'
+"""
+
+
+def smoke_glibc_dns_testing(rootfs: Path, path: str) -> list[str]:
+    """The hostname FQDN specs: `hostname -f` resolves the name through /etc/hosts (which
+    kubelet writes with the pod's FQDN first)."""
+    problems: list[str] = []
+    out = in_sandbox(rootfs, ["sh", "-c", _HOSTNAME_FQDN], path)
+    short, _, rest = out.stdout.partition(";")
+    expect(
+        problems,
+        rest == f"{short}.sub.ns.svc.cluster.local;\n",
+        "hostname -f from /etc/hosts",
+        out,
+    )
+    out = in_sandbox(rootfs, ["dig", "-v"], path)
+    expect(problems, "DiG" in out.stderr, "dig -v", out)
+    return problems
+
+
 def smoke_test_image(rootfs: Path, path: str) -> list[str]:
     problems: list[str] = []
     out = in_sandbox(rootfs, ["ls", "/test-image-1"], path)
@@ -243,6 +320,10 @@ SMOKE_TESTS: dict[str, SmokeTest] = {
     ),
     "registry.k8s.io/e2e-test-images/httpd:2.4.39-4": smoke_httpd,
     "registry.k8s.io/e2e-test-images/nonewprivs:1.3": smoke_nonewprivs,
+    "registry.k8s.io/e2e-test-images/busybox:1.37.0-2": smoke_node_e2e_busybox,
+    "registry.k8s.io/e2e-test-images/agnhost:2.66.1": smoke_agnhost,
+    "registry.k8s.io/e2e-test-images/nonewprivs:1.4": smoke_nonewprivs,
+    "registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1": smoke_glibc_dns_testing,
     "gcr.io/k8s-staging-cri-tools/test-image-predefined-group:latest": smoke_predefined_group,
     "registry.k8s.io/pause:3.10.2": smoke_pause,
     "gcr.io/k8s-staging-cri-tools/test-image-1:latest": smoke_test_image,
