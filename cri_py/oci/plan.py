@@ -4,7 +4,7 @@ which flags in which order, what to mask, who to become and what to run. Pure an
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -467,6 +467,21 @@ def resolve_user(user: User, passwd: str, group: str) -> User:
         additional_gids=tuple(dict.fromkeys(groups)),
         merge_image_groups=user.merge_image_groups,
     )
+
+
+def with_home(env: Sequence[str], uid: int, passwd: str) -> tuple[str, ...]:
+    """`env` with HOME set when it has none, as runc does: the home directory of `uid` in the
+    image's /etc/passwd, or "/" when it is not there (kubelet and images leave HOME unset for
+    most containers; shells, ssh and many programs expect it)."""
+    if any(entry.startswith("HOME=") for entry in env):
+        return tuple(env)
+    home = "/"
+    for line in passwd.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 6 and fields[2].isdigit() and int(fields[2]) == uid:
+            home = fields[5] or "/"
+            break
+    return (*env, f"HOME={home}")
 
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

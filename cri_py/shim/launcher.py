@@ -49,6 +49,7 @@ from cri_py.oci.plan import (
     User,
     executable_candidates,
     resolve_user,
+    with_home,
 )
 from cri_py.oci.seccomp import SeccompFilter
 from cri_py.shim.mounts import finish_mounts, prepare_rootfs
@@ -258,12 +259,13 @@ def read_image_file(path: str, limit: int = IMAGE_FILE_LIMIT) -> tuple[str, str]
         os.close(fd)
 
 
-def image_user(wanted: User) -> User:
-    """The plan's user in numbers, from the image's /etc/passwd and /etc/group."""
+def image_user(wanted: User) -> tuple[User, str]:
+    """The plan's user in numbers, from the image's /etc/passwd and /etc/group; and the
+    passwd text (for HOME)."""
     passwd, passwd_problem = read_image_file("/etc/passwd")
     group, group_problem = read_image_file("/etc/group")
     try:
-        return resolve_user(wanted, passwd, group)
+        return resolve_user(wanted, passwd, group), passwd
     except PlanError as e:
         problems = "; ".join(p for p in (passwd_problem, group_problem) if p)
         raise LaunchError(f"{e} ({problems}: ignored)" if problems else str(e)) from e
@@ -607,7 +609,8 @@ def run_init(
         attach_terminal()
         prepare_rootfs(plan, rootfs_mounts, userns_fd)
         finish_mounts(plan)
-        user = image_user(plan.user)
+        user, passwd = image_user(plan.user)
+        env = with_home(plan.env, user.uid, passwd)
         set_rlimits(plan.rlimits)
         if userns_fd >= 0:
             # Last: every mount above needed the host's root (idmapped mounts, /proc of a PID
@@ -643,7 +646,7 @@ def run_init(
         fail(sync, f"container setup: {e}", EXIT_SETUP_FAILED)
     if isinstance(program, str):
         fail(sync, program, EXIT_EXEC_FAILED)
-    fail(sync, exec_program(program, plan.env), EXIT_EXEC_FAILED)
+    fail(sync, exec_program(program, env), EXIT_EXEC_FAILED)
 
 
 def run_exec(
@@ -680,6 +683,7 @@ def run_exec(
         # setns into the mount namespace moved the root and working directory to its root;
         # said again, so that nothing below can start from a host directory.
         os.chdir("/")
+        env = with_home(env, user.uid, read_image_file("/etc/passwd")[0])
     except Exception as e:
         fail(sync, f"exec setup: {e}", EXIT_SETUP_FAILED)
     pid = os.fork()

@@ -418,6 +418,20 @@ def test_a_non_root_container_reads_its_pod_files_and_resolves_names(lab: Lab) -
     lab.remove_pod(pod)
 
 
+def test_home_is_set_from_the_images_passwd_in_the_init_and_in_an_exec(lab: Lab) -> None:
+    # runc's rule; the node e2e suite found HOME unset (busybox's passwd says /root for root).
+    pod = run_pod(lab, "home")
+    cid = create(lab, pod, "homeless", ["sleep", "1000"])
+    lab.start(cid)
+    init_env = exec_ok(lab, cid, "cat", "/proc/1/environ").split("\0")
+    assert "HOME=/root" in init_env
+    assert exec_ok(lab, cid, "sh", "-c", "echo $HOME") == "/root\n"
+    stranger = create(lab, pod, "stranger", ["sleep", "1000"], run_as_user=4242)
+    lab.start(stranger)
+    assert exec_ok(lab, stranger, "sh", "-c", "echo $HOME") == "/\n"
+    lab.remove_pod(pod)
+
+
 def test_nothing_is_left_behind(lab: Lab) -> None:
     # Runs last in this module: every test above removed its pods.
     assert lab.leftovers() == []

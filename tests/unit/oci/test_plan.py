@@ -260,3 +260,14 @@ def test_idmapped_overlay_stacks_staged_layers_and_keeps_the_upper_dir() -> None
     # An image volume's overlay has no upper dir: nothing to hand to the container's root.
     volume = mount_step({"destination": "/v", "type": "overlay", "options": ["ro", "lowerdir=/a"]})
     assert p.idmapped_overlay(volume, "/s")[2] == ""
+
+
+def test_home_comes_from_passwd_when_the_env_has_none() -> None:
+    # runc's rule (found by the node e2e suite: images that set no HOME had none at all).
+    passwd = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\nnohome:x:7:7:::\n"
+    assert p.with_home(("PATH=/bin",), 0, passwd) == ("PATH=/bin", "HOME=/root")
+    assert p.with_home((), 1000, passwd) == ("HOME=/home/app",)
+    assert p.with_home((), 7, passwd) == ("HOME=/",)  # an empty home field
+    assert p.with_home((), 4242, passwd) == ("HOME=/",)  # a uid the image does not list
+    assert p.with_home(("HOME=/data",), 0, passwd) == ("HOME=/data",)  # the client's wins
+    assert p.with_home(("HOME=",), 0, passwd) == ("HOME=",)

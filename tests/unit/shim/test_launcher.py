@@ -257,7 +257,7 @@ def test_a_named_user_in_an_unreadable_passwd_fails_with_the_reason(tmp_path: Pa
     def body() -> int:
         os.chroot(tmp_path)
         os.chdir("/")
-        return launcher.image_user(User(username="app")).uid
+        return launcher.image_user(User(username="app"))[0].uid
 
     (tmp_path / "etc").mkdir()
     os.mkfifo(tmp_path / "etc" / "passwd")
