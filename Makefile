@@ -27,9 +27,10 @@ venv: $(VENV)/.installed
 run: venv
 	$(VENV)/bin/cri-py serve
 
-# Lint, types, then every test. Tests that need root or the lab (registry, images, crictl)
-# skip with a reason when it is missing; the skips are listed (-rs) and counted by reason at
-# the end. With CRI_PY_REQUIRE_LAB=1 (CI) such a skip fails instead (tests/conftest.py).
+# Lint, types, layer contracts (lint-imports: [tool.importlinter] in pyproject.toml), then
+# every test. Tests that need root or the lab (registry, images, crictl) skip with a reason
+# when it is missing; the skips are listed (-rs) and counted by reason at the end. With
+# CRI_PY_REQUIRE_LAB=1 (CI) such a skip fails instead (tests/conftest.py).
 # pytest's exit code 5 means "no tests collected": said plainly, not turned into make's 2.
 # The fuzz suite sends FUZZ_EXAMPLES random requests to every RPC (200 here, a few minutes;
 # CI runs 300); `make test-fuzz` runs it at 2000 per RPC (~23 min on 2 cores).
@@ -37,6 +38,7 @@ FUZZ_EXAMPLES ?= 200
 test: venv
 	$(PY) -m ruff check cri_py tests e2e
 	$(PY) -m mypy --strict cri_py
+	$(VENV)/bin/lint-imports
 	rc=0; CRI_PY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -rs tests || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
@@ -45,6 +47,7 @@ test-fuzz: venv
 
 lint: venv
 	$(PY) -m ruff check cri_py tests e2e
+	$(VENV)/bin/lint-imports
 
 typecheck: venv
 	$(PY) -m mypy --strict cri_py
@@ -159,4 +162,4 @@ bench: venv $(VENV)/.bench-installed
 	$(PY) bench/compare.py --rounds $(ROUNDS) $(if $(COMPARE),--compare $(COMPARE))
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

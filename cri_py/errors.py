@@ -1,55 +1,72 @@
 """The one error hierarchy of cri-py.
 
-Every error a client can cause or observe is a `CriError` subclass that knows its gRPC status
-code. The server edge (`cri_py.server.guard`) is the only place that turns them into statuses;
-anything else that escapes a handler is a bug and is answered as INTERNAL.
+Every error a client can cause or observe is a `CriError` subclass that names its status `Code`
+(our own enum, named as gRPC names them). This module imports no grpc, so the pure core, the
+shim and the CLI can raise these errors without pulling grpc in. The server edge
+(`cri_py.server.guard`) is the only place that maps a `Code` to a gRPC status; anything else
+that escapes a handler is a bug and is answered as INTERNAL.
 """
 
 from __future__ import annotations
 
-import grpc
+import enum
+
+
+class Code(enum.Enum):
+    """The status a `CriError` asks for; each name is the gRPC status code of the same name."""
+
+    UNKNOWN = enum.auto()
+    INVALID_ARGUMENT = enum.auto()
+    NOT_FOUND = enum.auto()
+    ALREADY_EXISTS = enum.auto()
+    FAILED_PRECONDITION = enum.auto()
+    DEADLINE_EXCEEDED = enum.auto()
+    UNAVAILABLE = enum.auto()
+    UNIMPLEMENTED = enum.auto()
+    RESOURCE_EXHAUSTED = enum.auto()
+    INTERNAL = enum.auto()
 
 
 class CriError(Exception):
-    """Base class: a failure with a message for the client and a gRPC status code."""
+    """Base class: a failure with a message for the client and the status code it gets."""
 
-    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    code: Code = Code.UNKNOWN
 
 
 class InvalidArgument(CriError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = Code.INVALID_ARGUMENT
 
 
 class NotFound(CriError):
-    code = grpc.StatusCode.NOT_FOUND
+    code = Code.NOT_FOUND
 
 
 class AlreadyExists(CriError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    code = Code.ALREADY_EXISTS
 
 
 class FailedPrecondition(CriError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = Code.FAILED_PRECONDITION
 
 
 class DeadlineExceeded(CriError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = Code.DEADLINE_EXCEEDED
 
 
 class Unavailable(CriError):
-    code = grpc.StatusCode.UNAVAILABLE
+    code = Code.UNAVAILABLE
 
 
 class Unimplemented(CriError):
-    code = grpc.StatusCode.UNIMPLEMENTED
+    code = Code.UNIMPLEMENTED
 
 
 class ResourceExhausted(CriError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = Code.RESOURCE_EXHAUSTED
 
 
 class Internal(CriError):
-    code = grpc.StatusCode.INTERNAL
+    code = Code.INTERNAL
 
 
 class ConfigError(Exception):

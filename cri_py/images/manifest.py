@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cri_py.errors import FailedPrecondition, InvalidArgument
 from cri_py.images.reference import validate_digest
+from cri_py.model.image import RuntimeConfig
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -86,21 +87,6 @@ class Index:
 
     media_type: str
     manifests: tuple[Descriptor, ...]
-
-
-@dataclass(frozen=True)
-class RuntimeConfig:
-    """What a container inherits from its image (the `config` object of the image config)."""
-
-    user: str = ""
-    env: tuple[str, ...] = ()
-    entrypoint: tuple[str, ...] = ()
-    cmd: tuple[str, ...] = ()
-    working_dir: str = ""
-    stop_signal: str = ""
-    exposed_ports: tuple[str, ...] = ()
-    volumes: tuple[str, ...] = ()
-    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,6 @@ from cri_py.images.manifest import (
     Index,
     Manifest,
     Platform,
-    RuntimeConfig,
     chain_ids,
     check_layers_match,
     parse_image_config,
@@ -52,6 +51,7 @@ from cri_py.images.registry import Credentials, Endpoint, RegistryClient
 from cri_py.images.store import ContentStore, ImageRecord, LayerRecord, StoreState, measure_tree
 from cri_py.images.unpack import LayerLimits, unpack_layer
 from cri_py.log import get_logger
+from cri_py.model.image import RuntimeConfig
 
 log = get_logger("cri_py.images")
 

@@ -72,10 +72,6 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def is_mount_point(path: Path) -> bool:
-    return str(path) in mount_points(Path("/proc/self/mountinfo").read_text())
-
-
 def namespace_id(path: str | Path) -> str:
     """`net:[4026532...]`-style identity of the namespace a /proc ns file or pin refers to."""
     info = os.stat(path)

@@ -3,7 +3,8 @@ holding the subnet's first address), a veth pair per pod with `eth0` in the pod'
 namespace, loopback up, and a default route via the bridge. Netlink through pyroute2, in process.
 
 IPv4 forwarding is left as the node has it: the host reaches pods on the bridge without it. Pod
-traffic leaving the node (forwarding + masquerade) and hostPort are not built yet.
+traffic leaving the node (forwarding + masquerade) is not set up; hostPort is served by the
+daemon itself (`cri_py.network.hostports`).
 
 pyroute2's sync API runs its own event loop, so every call here must run on a worker thread,
 never on the daemon's event loop thread; netns work runs on a throw-away thread (run_in_netns).
@@ -23,8 +24,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from cri_py.config import NetworkConfig
 from cri_py.linux.namespaces import run_in_netns
 from cri_py.log import get_logger
+from cri_py.model.network import NetworkState
 from cri_py.network.ipam import Allocations, gateway_of
-from cri_py.runtime.node import NetworkState
 
 log = get_logger("cri_py.network")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cri_py.errors import Unavailable
-from cri_py.runtime.model import PortMapping
+from cri_py.model.sandbox import PortMapping
 
 # What libcni's ConfFiles picks up; `.json` is a single-plugin config like `.conf`.
 CONFIG_EXTENSIONS = (".conflist", ".conf", ".json")
@@ -253,7 +253,7 @@ class CniPluginError(Unavailable):
         super().__init__(f"CNI plugin {plugin} {command} failed: {message}")
         self.plugin = plugin
         self.command = command
-        self.cni_code = code  # not `code`: that is the gRPC status of every CriError
+        self.cni_code = code  # not `code`: that is the status `Code` of every CriError
 
 
 def plugin_error(plugin: str, command: str, stdout: bytes, stderr: bytes, status: int) -> str:

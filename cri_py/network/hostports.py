@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from cri_py.errors import AlreadyExists, InvalidArgument
 from cri_py.log import get_logger
-from cri_py.runtime.model import PortMapping
+from cri_py.model.sandbox import PortMapping
 
 log = get_logger("cri_py.hostports")
 

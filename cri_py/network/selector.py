@@ -18,6 +18,8 @@ from cri_py.config import NetworkConfig
 from cri_py.errors import InvalidArgument, Unavailable
 from cri_py.linux.namespaces import run_in_netns
 from cri_py.log import get_logger
+from cri_py.model.network import NetworkState
+from cri_py.model.sandbox import SandboxConfig
 from cri_py.network.bridge import BuiltinNetwork
 from cri_py.network.cni import (
     ConfigChoice,
@@ -35,8 +37,6 @@ from cri_py.network.cni_exec import (
     read_config_dir,
 )
 from cri_py.network.ipam import Allocations
-from cri_py.runtime.model import SandboxConfig
-from cri_py.runtime.node import NetworkState
 
 log = get_logger("cri_py.network")
 

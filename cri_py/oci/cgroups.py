@@ -8,11 +8,11 @@ files to write, in order. Nothing here touches the filesystem: `cri_py/linux/cgr
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cri_py.errors import InvalidArgument
+from cri_py.model.resources import Resources
 
 # kubelet sends quota 0 (or -1) with period 100000 when a container has no CPU limit.
 DEFAULT_CPU_PERIOD = 100_000
@@ -23,22 +23,6 @@ MIN_CPU_QUOTA = 1_000
 MIN_SHARES, MAX_SHARES = 2, 262_144
 _PAGE_SIZE = re.compile(r"^[0-9]+(KB|MB|GB|TB|PB)$")
 _CPU_LIST = re.compile(r"^\s*$|^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$")
-
-
-@dataclass(frozen=True)
-class Resources:
-    """The cgroup-relevant part of a CRI LinuxContainerResources. 0 means "not set"."""
-
-    cpu_shares: int = 0
-    cpu_quota: int = 0
-    cpu_period: int = 0
-    memory_limit_in_bytes: int = 0
-    memory_swap_limit_in_bytes: int = 0
-    cpuset_cpus: str = ""
-    cpuset_mems: str = ""
-    hugepage_limits: Mapping[str, int] = field(default_factory=dict)  # page size -> bytes
-    unified: Mapping[str, str] = field(default_factory=dict)
-    pids_limit: int = 0  # from config: the CRI has no field for it
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ import time
 from cri_py.errors import FailedPrecondition, InvalidArgument
 from cri_py.linux.cgroupfs import Cgroupfs, CgroupMode, clean_cgroup_path
 from cri_py.log import get_logger
-from cri_py.oci.cgroups import Resources, Write, v1_writes, v2_controllers, v2_writes
+from cri_py.model.resources import Resources
+from cri_py.oci.cgroups import Write, v1_writes, v2_controllers, v2_writes
 
 log = get_logger("cri_py.cgroups")
 

@@ -40,11 +40,7 @@ from cri_py.linux.cgroupfs import CgroupMode
 from cri_py.linux.device_filter import attach_device_filter
 from cri_py.linux.terminal import open_pty
 from cri_py.log import get_logger
-from cri_py.oci.cgroups import Resources, to_oci
-from cri_py.oci.devices import v1_device_writes
-from cri_py.runtime import oom
-from cri_py.runtime.cgroups import CgroupManager, container_cgroup, device_rules_problem
-from cri_py.runtime.container_model import (
+from cri_py.model.container import (
     ContainerConfig,
     ContainerFilter,
     ContainerRecord,
@@ -53,8 +49,13 @@ from cri_py.runtime.container_model import (
     ExitRecord,
     ProfileType,
 )
+from cri_py.model.resources import Resources
+from cri_py.model.sandbox import NamespaceMode, SandboxFilter, SandboxState, SandboxView
+from cri_py.oci.cgroups import to_oci
+from cri_py.oci.devices import v1_device_writes
+from cri_py.runtime import oom
+from cri_py.runtime.cgroups import CgroupManager, container_cgroup, device_rules_problem
 from cri_py.runtime.events import ContainerEvent, EventHub, EventType
-from cri_py.runtime.model import NamespaceMode, SandboxFilter, SandboxState, SandboxView
 from cri_py.runtime.sandboxes import SandboxService
 from cri_py.runtime.stats import (
     CgroupUsage,

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cri_py.log import get_logger
-from cri_py.runtime.container_model import ContainerRecord
-from cri_py.runtime.model import SandboxView
+from cri_py.model.container import ContainerRecord
+from cri_py.model.sandbox import SandboxView
 
 log = get_logger("cri_py.events")
 

@@ -23,10 +23,10 @@ from cri_py.config import Config
 from cri_py.errors import CriError
 from cri_py.linux.cgroupfs import Cgroupfs
 from cri_py.linux.namespaces import mount_points
+from cri_py.model.container import ContainerRecord
+from cri_py.model.sandbox import Phase, SandboxRecord
 from cri_py.network.bridge import LINK_PREFIX
 from cri_py.runtime.cgroups import LEAF_PREFIX
-from cri_py.runtime.container_model import ContainerRecord
-from cri_py.runtime.model import Phase, SandboxRecord
 from cri_py.store.atomic import read_json
 from cri_py.store.codec import from_data
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cri_py.errors import InvalidArgument
+from cri_py.model.network import NetworkState
 from cri_py.store.atomic import read_json, write_json_atomic
 
 RUNTIME_READY = "RuntimeReady"
@@ -23,20 +24,6 @@ class Condition:
     status: bool
     reason: str = ""
     message: str = ""
-
-
-@dataclass(frozen=True)
-class NetworkState:
-    ready: bool
-    reason: str = ""
-    message: str = ""
-
-
-NETWORK_NOT_BUILT = NetworkState(
-    ready=False,
-    reason="NetworkPluginNotReady",
-    message="cri-py has no pod networking yet: neither CNI nor the built-in bridge is built",
-)
 
 
 def conditions(runtime_ready: bool, network: NetworkState) -> list[Condition]:

@@ -6,7 +6,7 @@ bind-mounted.
 
 from __future__ import annotations
 
-from cri_py.runtime.model import DNSConfig
+from cri_py.model.sandbox import DNSConfig
 
 # Docker's and containerd's defaults for a pod's /etc/hosts.
 _HOSTS_HEADER = (

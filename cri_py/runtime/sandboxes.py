@@ -33,14 +33,9 @@ from cri_py.errors import (
 from cri_py.linux import features, syscalls
 from cri_py.linux.namespaces import pin_namespace, unpin_namespace
 from cri_py.log import get_logger
-from cri_py.network.hostports import HostPorts
-from cri_py.network.selector import BUILTIN, NetworkSelector
-from cri_py.oci.cgroups import Resources, pod_resources
-from cri_py.oci.cgroups import validate as validate_resources
-from cri_py.runtime import pod_files
-from cri_py.runtime.cgroups import CgroupManager, pod_cgroup
-from cri_py.runtime.events import EventType
-from cri_py.runtime.model import (
+from cri_py.model.network import NetworkState
+from cri_py.model.resources import Resources
+from cri_py.model.sandbox import (
     NamespaceMode,
     Phase,
     SandboxConfig,
@@ -50,7 +45,13 @@ from cri_py.runtime.model import (
     SandboxView,
     ShimInfo,
 )
-from cri_py.runtime.node import NetworkState
+from cri_py.network.hostports import HostPorts
+from cri_py.network.selector import BUILTIN, NetworkSelector
+from cri_py.oci.cgroups import pod_resources
+from cri_py.oci.cgroups import validate as validate_resources
+from cri_py.runtime import pod_files
+from cri_py.runtime.cgroups import CgroupManager, pod_cgroup
+from cri_py.runtime.events import EventType
 from cri_py.runtime.sysctls import validate_sysctls
 from cri_py.shim.client import (
     ShimClient,

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 
 from cri_py.errors import InvalidArgument
-from cri_py.runtime.model import NamespaceMode, NamespaceOptions
+from cri_py.model.sandbox import NamespaceMode, NamespaceOptions
 
 _IPC_NAMES = frozenset(
     {

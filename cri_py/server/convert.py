@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 from cri_py.api import api_pb2 as pb
 from cri_py.errors import InvalidArgument
-from cri_py.oci.cgroups import Resources
-from cri_py.runtime.model import (
+from cri_py.model.resources import Resources
+from cri_py.model.sandbox import (
     DNSConfig,
     IDMapping,
     NamespaceMode,

@@ -8,8 +8,7 @@ from typing import Any
 
 from cri_py.api import api_pb2 as pb
 from cri_py.errors import InvalidArgument
-from cri_py.oci.cgroups import Resources
-from cri_py.runtime.container_model import (
+from cri_py.model.container import (
     ContainerConfig,
     ContainerFilter,
     ContainerMetadata,
@@ -22,8 +21,9 @@ from cri_py.runtime.container_model import (
     SecurityProfile,
     SupplementalGroupsPolicy,
 )
+from cri_py.model.resources import Resources
+from cri_py.model.sandbox import NamespaceMode
 from cri_py.runtime.events import ContainerEvent
-from cri_py.runtime.model import NamespaceMode
 from cri_py.server.convert import (
     id_mappings,
     parse_enum,

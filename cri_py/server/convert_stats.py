@@ -4,9 +4,9 @@ ContainerStats and PodSandboxStats messages, and the stats filters as our own ty
 from __future__ import annotations
 
 from cri_py.api import api_pb2 as pb
-from cri_py.runtime.container_model import ContainerFilter
+from cri_py.model.container import ContainerFilter
+from cri_py.model.sandbox import SandboxFilter
 from cri_py.runtime.containers import ContainerUsage, SandboxUsage
-from cri_py.runtime.model import SandboxFilter
 from cri_py.runtime.stats import CpuUsage, MemoryUsage, NetworkUsage
 
 

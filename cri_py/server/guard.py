@@ -1,7 +1,8 @@
 """The server edge's one wrapper around every RPC: errors become statuses, calls become log lines.
 
-A `CriError` becomes its own gRPC status; any other exception is a bug, logged with its
-traceback and answered as INTERNAL with a short message (never a traceback to the client).
+A `CriError` becomes the gRPC status its `Code` names (the only such mapping in cri-py); any
+other exception is a bug, logged with its traceback and answered as INTERNAL with a short
+message (never a traceback to the client).
 RPCs a servicer lacks answer UNIMPLEMENTED; malformed requests answer INVALID_ARGUMENT.
 Wrapping happens once, at startup, so a call pays one extra frame and no lookups.
 """
@@ -18,7 +19,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from cri_py.errors import CriError, InvalidArgument, Unimplemented
+from cri_py.errors import Code, CriError, InvalidArgument, Unimplemented
 from cri_py.log import get_logger
 
 log = get_logger("cri_py.server")
@@ -33,6 +34,11 @@ Handler = Callable[[Any, Context], Any]
 Observer = Callable[[str, float, grpc.StatusCode], None]
 
 
+# The one mapping of our error codes (`cri_py.errors.Code`) to gRPC statuses: by name, checked
+# when this module loads, so a code gRPC lacks fails at startup rather than on the first error.
+STATUS_CODES: dict[Code, grpc.StatusCode] = {code: grpc.StatusCode[code.name] for code in Code}
+
+
 def is_hot(rpc: str) -> bool:
     return rpc.startswith(_HOT_PREFIXES) or rpc.endswith(_HOT_SUFFIXES)
 
@@ -42,8 +48,8 @@ def _outcome(rpc: str, error: BaseException | None) -> tuple[int, grpc.StatusCod
     level = logging.DEBUG if is_hot(rpc) else logging.INFO
     if error is None:
         return level, grpc.StatusCode.OK, ""
-    if isinstance(error, CriError) and isinstance(error.code, grpc.StatusCode):
-        code = error.code
+    if isinstance(error, CriError):
+        code = STATUS_CODES[error.code]
         # Expected misses (NotFound) stay at the call's level; other errors are warnings.
         if code != grpc.StatusCode.NOT_FOUND:
             level = max(level, logging.WARNING)

@@ -63,8 +63,8 @@ def node_counts(
     sandboxes: SandboxService, containers: ContainerService | None, images: ImageService
 ) -> NodeCounts:
     """Counts from the services' in-memory state (thread-safe reads; no disk, no shim calls)."""
-    from cri_py.runtime.container_model import ContainerFilter
-    from cri_py.runtime.model import SandboxFilter
+    from cri_py.model.container import ContainerFilter
+    from cri_py.model.sandbox import SandboxFilter
 
     pods = Tally(view.state.name.lower() for view in sandboxes.list(SandboxFilter()))
     records = containers.list(ContainerFilter()) if containers is not None else []

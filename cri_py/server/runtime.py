@@ -14,9 +14,9 @@ from cri_py.api import api_pb2 as pb
 from cri_py.config import Config, to_data
 from cri_py.errors import FailedPrecondition, InvalidArgument, Unimplemented
 from cri_py.linux import features
-from cri_py.runtime.container_model import ContainerFilter, ContainerRecord
+from cri_py.model.container import ContainerFilter, ContainerRecord
+from cri_py.model.sandbox import SandboxFilter, SandboxState, SandboxView
 from cri_py.runtime.containers import ContainerService
-from cri_py.runtime.model import SandboxFilter, SandboxState, SandboxView
 from cri_py.runtime.node import NodeState, conditions
 from cri_py.runtime.sandboxes import SandboxService
 from cri_py.runtime.stats import filesystem_capacity

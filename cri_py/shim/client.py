@@ -68,10 +68,6 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-def is_alive(shim: ShimProcess) -> bool:
-    return shim.pid > 0 and process_start_time(shim.pid) == shim.start_time
-
-
 def _package_parent() -> str:
     return str(Path(cri_py.__file__).resolve().parent.parent)
 

@@ -3,7 +3,7 @@
 A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON (an object).
 Three messages ride in frames: a request (`id`, `method`, `params`), the response to it (same
 `id`, then `result` or `error`) and an event the shim sends unasked (`event`, `data`). Sockets,
-timeouts and retries belong to the callers (`cri_py.shim.client`, `cri_py.shim.server`).
+timeouts and retries belong to the callers (`cri_py.shim.client`, `cri_py.shim.main`).
 Streaming sessions pass file descriptors (SCM_RIGHTS) alongside a frame instead of relaying
 bytes: `exec-stream` hands the shim the command's stdin/stdout/stderr (pipes or a terminal the
 daemon made), `attach` hands it pipes for the container's output and gets a dup of its stdin

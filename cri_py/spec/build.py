@@ -7,15 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cri_py.images.manifest import RuntimeConfig
-from cri_py.oci.cgroups import to_oci
-from cri_py.oci.plan import SUPPLEMENTAL_GROUPS_POLICY_ANNOTATION
-from cri_py.runtime.container_model import (
+from cri_py.model.container import (
     ContainerConfig,
     Propagation,
     SupplementalGroupsPolicy,
 )
-from cri_py.runtime.model import SandboxConfig
+from cri_py.model.image import RuntimeConfig
+from cri_py.model.sandbox import SandboxConfig
+from cri_py.oci.cgroups import to_oci
+from cri_py.oci.plan import SUPPLEMENTAL_GROUPS_POLICY_ANNOTATION
 from cri_py.spec.capabilities import capability_name, container_capabilities, is_all
 from cri_py.spec.devices import (
     DeviceNode,

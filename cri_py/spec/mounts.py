@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cri_py.errors import InvalidArgument
-from cri_py.runtime.container_model import Mount, Propagation
+from cri_py.model.container import Mount, Propagation
 from cri_py.spec.rootfs import MAX_OPTIONS_BYTES
 from cri_py.spec.userns import oci_mappings
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from cri_py.errors import InvalidArgument
-from cri_py.runtime.model import NamespaceMode
+from cri_py.model.sandbox import NamespaceMode
 
 # OCI namespace type <- the sandbox service's pin names.
 _POD_NAMESPACES = (("network", "net"), ("ipc", "ipc"), ("uts", "uts"))

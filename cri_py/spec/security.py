@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from cri_py.errors import FailedPrecondition, InvalidArgument
-from cri_py.runtime.container_model import ContainerConfig, ProfileType, SecurityProfile
+from cri_py.model.container import ContainerConfig, ProfileType, SecurityProfile
 from cri_py.spec.seccomp_default import default_profile
 
 # The deprecated string forms (kubelet's seccomp annotations' values).

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from cri_py.errors import InvalidArgument
-from cri_py.runtime.container_model import Mount
-from cri_py.runtime.model import IDMapping, NamespaceMode, NamespaceOptions, UserNamespace
+from cri_py.model.container import Mount
+from cri_py.model.sandbox import IDMapping, NamespaceMode, NamespaceOptions, UserNamespace
 
 # IDs are 32-bit and (uid_t)-1 is "no ID": a mapping must end below it.
 _ID_LIMIT = 2**32 - 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cri_py.log import get_logger
-from cri_py.runtime.container_model import ContainerRecord, ExitRecord
+from cri_py.model.container import ContainerRecord, ExitRecord
 from cri_py.store.atomic import read_json
 from cri_py.store.codec import from_data
 from cri_py.store.records import RecordStore

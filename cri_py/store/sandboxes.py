@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cri_py.runtime.model import SandboxRecord
+from cri_py.model.sandbox import SandboxRecord
 from cri_py.store.records import RecordStore
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from cri_py.errors import InvalidArgument
 from cri_py.linux.cgroupfs import Cgroupfs, CgroupMode
-from cri_py.oci.cgroups import Resources
+from cri_py.model.resources import Resources
 from cri_py.runtime.cgroups import CgroupManager, container_cgroup
 from tests.host_kind import skip_host_kind
 

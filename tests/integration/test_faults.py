@@ -34,9 +34,9 @@ from cri_py.api import api_pb2 as pb
 from cri_py.config import Config, parse_layers
 from cri_py.linux import syscalls
 from cri_py.linux.cgroupfs import Cgroupfs
-from cri_py.runtime.container_model import ContainerMetadata, ContainerState
+from cri_py.model.container import ContainerMetadata, ContainerState
+from cri_py.model.sandbox import Phase
 from cri_py.runtime.leaks import find_leaks
-from cri_py.runtime.model import Phase
 from cri_py.store.containers import ContainerStore
 from cri_py.store.sandboxes import SandboxStore
 

@@ -9,6 +9,7 @@ import pytest
 
 from cri_py.errors import FailedPrecondition
 from cri_py.images import manifest as m
+from cri_py.model.image import RuntimeConfig
 
 from .fakes import file, make_image, make_index, make_layer, sha256
 
@@ -131,7 +132,7 @@ def test_image_config_parses_runtime_fields() -> None:
     config = m.parse_image_config(image.config)
     assert config.diff_ids == (layer.diff_id,)
     assert config.platform == AMD64
-    assert config.runtime == m.RuntimeConfig(
+    assert config.runtime == RuntimeConfig(
         user="1002:users",
         env=("PATH=/bin",),
         cmd=("echo", "hi"),

@@ -8,7 +8,8 @@ import pytest
 
 from cri_py.errors import InvalidArgument
 from cri_py.linux.cgroupfs import Cgroupfs, CgroupMode, Hierarchy, parse_mountinfo
-from cri_py.oci.cgroups import Resources, v2_writes
+from cri_py.model.resources import Resources
+from cri_py.oci.cgroups import v2_writes
 from cri_py.runtime.cgroups import CgroupManager, container_cgroup
 
 # What our CI machines show: v1 controllers plus an empty cgroup2 mount (hybrid).

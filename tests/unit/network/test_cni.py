@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from cri_py.model.sandbox import PortMapping
 from cri_py.network.cni import (
     CniConfigError,
     Invocation,
@@ -20,7 +21,6 @@ from cri_py.network.cni import (
     port_mappings,
     result_ips,
 )
-from cri_py.runtime.model import PortMapping
 
 CONFLIST = {
     "cniVersion": "1.0.0",

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
+from cri_py.model.sandbox import PortMapping
 from cri_py.network.hostports import Relay
-from cri_py.runtime.model import PortMapping
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 

@@ -10,11 +10,11 @@ import pytest
 
 from cri_py.config import NetworkConfig
 from cri_py.errors import Unavailable
+from cri_py.model.network import NetworkState
+from cri_py.model.sandbox import PodMetadata, PortMapping, SandboxConfig
 from cri_py.network.bridge import BuiltinNetwork, PodNetwork
 from cri_py.network.cni_exec import CACHE_FILE
 from cri_py.network.selector import BUILTIN, CNI, NetworkSelector
-from cri_py.runtime.model import PodMetadata, PortMapping, SandboxConfig
-from cri_py.runtime.node import NetworkState
 
 from .fake_cni import calls, install_fake_plugins
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from cri_py.errors import InvalidArgument
+from cri_py.model.resources import Resources
 from cri_py.oci.cgroups import (
-    Resources,
     Write,
     shares_to_weight,
     to_oci,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from cri_py.oci.cgroups import Resources, Write, pod_resources, v1_writes, v2_writes
+from cri_py.model.resources import Resources
+from cri_py.oci.cgroups import Write, pod_resources, v1_writes, v2_writes
 
 # kubelet's sandbox `resources` for a pod of two containers at 250m / 32Mi each, and a
 # RuntimeClass overhead of 100m / 16Mi.

@@ -7,8 +7,7 @@ import signal
 import pytest
 
 from cri_py.errors import InvalidArgument
-from cri_py.oci.cgroups import Resources
-from cri_py.runtime.container_model import (
+from cri_py.model.container import (
     ContainerConfig,
     ContainerFilter,
     ContainerMetadata,
@@ -17,6 +16,8 @@ from cri_py.runtime.container_model import (
     Device,
     Mount,
 )
+from cri_py.model.resources import Resources
+from cri_py.model.sandbox import NamespaceMode
 from cri_py.runtime.containers import (
     image_name,
     matches,
@@ -26,7 +27,6 @@ from cri_py.runtime.containers import (
     stop_signal_number,
     validate_config,
 )
-from cri_py.runtime.model import NamespaceMode
 
 
 def record(

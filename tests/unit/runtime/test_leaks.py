@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from cri_py.cli import main
-from cri_py.runtime.container_model import ContainerConfig, ContainerMetadata, ContainerRecord
+from cri_py.model.container import ContainerConfig, ContainerMetadata, ContainerRecord
+from cri_py.model.sandbox import Phase, PodMetadata, SandboxConfig, SandboxRecord, ShimInfo
 from cri_py.runtime.leaks import HostSnapshot, Leak, StoreSnapshot, compare
-from cri_py.runtime.model import Phase, PodMetadata, SandboxConfig, SandboxRecord, ShimInfo
 
 S1 = "a" * 64
 S2 = "b" * 64

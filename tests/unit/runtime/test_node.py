@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 
 from cri_py.errors import InvalidArgument
+from cri_py.model.network import NetworkState
 from cri_py.runtime.node import (
-    NETWORK_NOT_BUILT,
     NETWORK_READY,
     RUNTIME_READY,
-    NetworkState,
     NodeState,
     conditions,
     validate_pod_cidr,
@@ -19,10 +18,11 @@ from cri_py.runtime.node import (
 
 
 def test_network_not_ready_carries_a_reason() -> None:
-    runtime, network = conditions(True, NETWORK_NOT_BUILT)
+    down = NetworkState(False, "NetworkPluginNotReady", "bridge cri-py0 is down")
+    runtime, network = conditions(True, down)
     assert (runtime.type, runtime.status) == (RUNTIME_READY, True)
     assert (network.type, network.status) == (NETWORK_READY, False)
-    assert network.reason and network.message
+    assert (network.reason, network.message) == ("NetworkPluginNotReady", "bridge cri-py0 is down")
 
 
 def test_ready_network_has_no_reason() -> None:

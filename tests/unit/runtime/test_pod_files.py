@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cri_py.runtime.model import DNSConfig
+from cri_py.model.sandbox import DNSConfig
 from cri_py.runtime.pod_files import hostname_file, hosts_file, pod_hostname, resolv_conf
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from cri_py.errors import InvalidArgument
-from cri_py.runtime.model import (
+from cri_py.model.sandbox import (
     NamespaceMode,
     NamespaceOptions,
     Phase,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cri_py.errors import InvalidArgument
-from cri_py.runtime.model import NamespaceMode, NamespaceOptions
+from cri_py.model.sandbox import NamespaceMode, NamespaceOptions
 from cri_py.runtime.sysctls import namespace_of, validate_sysctls
 
 POD = NamespaceOptions()

@@ -8,7 +8,7 @@ import pytest
 
 from cri_py.api import api_pb2 as pb
 from cri_py.errors import InvalidArgument
-from cri_py.runtime.model import NamespaceMode, Phase, SandboxRecord, SandboxState, SandboxView
+from cri_py.model.sandbox import NamespaceMode, Phase, SandboxRecord, SandboxState, SandboxView
 from cri_py.server import convert
 from cri_py.store.codec import from_data, to_data
 

@@ -4,22 +4,22 @@ and values whose labels always match their descriptor's keys."""
 from __future__ import annotations
 
 from cri_py.api import api_pb2 as pb
-from cri_py.oci.cgroups import Resources
-from cri_py.runtime.container_model import (
+from cri_py.model.container import (
     ContainerConfig,
     ContainerMetadata,
     ContainerRecord,
     ContainerState,
 )
-from cri_py.runtime.containers import ContainerUsage, SandboxUsage
-from cri_py.runtime.events import ContainerEvent, EventType
-from cri_py.runtime.model import (
+from cri_py.model.resources import Resources
+from cri_py.model.sandbox import (
     PodMetadata,
     SandboxConfig,
     SandboxRecord,
     SandboxState,
     SandboxView,
 )
+from cri_py.runtime.containers import ContainerUsage, SandboxUsage
+from cri_py.runtime.events import ContainerEvent, EventType
 from cri_py.runtime.stats import (
     CgroupDetail,
     CgroupUsage,

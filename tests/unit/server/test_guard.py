@@ -26,6 +26,10 @@ class FakeRuntime:
     async def StopPodSandbox(self, request: pb.StopPodSandboxRequest, context: object) -> None:
         raise KeyError("secret internals")
 
+    async def RemovePodSandbox(self, request: pb.RemovePodSandboxRequest, context: object) -> None:
+        # The request names the error class to raise: one RPC covers the whole hierarchy.
+        raise getattr(errors, request.pod_sandbox_id)(f"{request.pod_sandbox_id} raised")
+
     async def GetContainerEvents(
         self, request: pb.GetEventsRequest, context: object
     ) -> AsyncIterator[pb.ContainerEventResponse]:
@@ -56,6 +60,31 @@ async def test_domain_error_keeps_its_code_and_message(stub: pb_grpc.RuntimeServ
         await stub.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id="abc"))
     assert excinfo.value.code() == grpc.StatusCode.NOT_FOUND
     assert excinfo.value.details() == "pod sandbox abc not found"
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        ("InvalidArgument", grpc.StatusCode.INVALID_ARGUMENT),
+        ("NotFound", grpc.StatusCode.NOT_FOUND),
+        ("AlreadyExists", grpc.StatusCode.ALREADY_EXISTS),
+        ("FailedPrecondition", grpc.StatusCode.FAILED_PRECONDITION),
+        ("DeadlineExceeded", grpc.StatusCode.DEADLINE_EXCEEDED),
+        ("Unavailable", grpc.StatusCode.UNAVAILABLE),
+        ("Unimplemented", grpc.StatusCode.UNIMPLEMENTED),
+        ("ResourceExhausted", grpc.StatusCode.RESOURCE_EXHAUSTED),
+        ("Internal", grpc.StatusCode.INTERNAL),
+        ("CriError", grpc.StatusCode.UNKNOWN),
+    ],
+)
+async def test_each_error_class_reaches_the_client_as_its_grpc_status(
+    stub: pb_grpc.RuntimeServiceStub, error: str, status: grpc.StatusCode
+) -> None:
+    # errors.py names codes without grpc; the guard is the one place that maps them.
+    with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+        await stub.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=error))
+    assert excinfo.value.code() == status
+    assert excinfo.value.details() == f"{error} raised"
 
 
 async def test_bug_is_internal_without_traceback(

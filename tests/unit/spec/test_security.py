@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from cri_py.errors import FailedPrecondition, InvalidArgument
-from cri_py.runtime.container_model import (
+from cri_py.model.container import (
     ContainerConfig,
     ContainerMetadata,
     ProfileType,

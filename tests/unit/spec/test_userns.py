@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cri_py.errors import InvalidArgument
-from cri_py.runtime.container_model import Mount
-from cri_py.runtime.model import IDMapping, NamespaceMode, NamespaceOptions, UserNamespace
+from cri_py.model.container import Mount
+from cri_py.model.sandbox import IDMapping, NamespaceMode, NamespaceOptions, UserNamespace
 from cri_py.spec.userns import (
     linux_user_section,
     map_file,

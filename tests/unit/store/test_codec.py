@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cri_py.runtime.model import (
+from cri_py.model.sandbox import (
     DNSConfig,
     NamespaceMode,
     NamespaceOptions,

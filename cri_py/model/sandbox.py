@@ -1,5 +1,6 @@
 """The runtime's own types for pod sandboxes: what the server edge converts CRI messages into,
-what the store persists and what services pass around. Frozen; no protobuf here."""
+what the store persists and what services pass around (config, record, view, filter, the
+namespace and user-namespace options containers share). Frozen; no protobuf here."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from cri_py.oci.cgroups import Resources
+from cri_py.model.resources import Resources
 
 
 class NamespaceMode(enum.IntEnum):

@@ -1,5 +1,6 @@
 """The runtime's own types for containers: what the server edge converts CRI messages into, what
-the store persists and what the spec builder reads. Frozen; no protobuf here."""
+the store persists and what the spec builder reads (config, mounts, devices, security profiles,
+record, exit, filter). Frozen; no protobuf here."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from cri_py.oci.cgroups import Resources
-from cri_py.runtime.model import IDMapping, NamespaceMode, UserNamespace
+from cri_py.model.resources import Resources
+from cri_py.model.sandbox import IDMapping, NamespaceMode, UserNamespace
 
 
 class ContainerState(enum.IntEnum):
