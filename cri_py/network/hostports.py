@@ -1,7 +1,7 @@
 """hostPort for pods on the built-in network: the daemon listens on the host and relays to the pod.
 
 CNI pods get hostPort from the `portmap` plugin (iptables); the built-in network has no
-iptables rules of its own, so the runtime serves the mappings itself, as DESIGN.md says: one
+iptables rules of its own, so the runtime serves the mappings itself: one
 listener per TCP mapping in the daemon's event loop, and one relay per connection with
 bounded buffers and a bounded number of connections per listener (`network.
 hostport_max_connections`: anyone who reaches the port could otherwise make the daemon hold

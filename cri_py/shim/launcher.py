@@ -13,12 +13,13 @@ whatever namespace the process lives in ("P" as soon as it is forked: a setup th
 times out is killed there, not only in the intermediate process that forked it). Nothing here
 returns: every path ends in execve or os._exit.
 
-What a setup process promises (DESIGN.md, "Isolation"): it is non-dumpable from fork to
-execve (no ptrace, /proc/<pid>/mem, pidfd_getfd or /proc/<pid>/exe from a container), cuts the
-bounding set before it can be seen in a PID namespace it shares, joins the container's cgroups
-and takes its oom_score_adj before it touches the image, reads image files only if regular and
-bounded, and hands over a process that starts as on a plain host: default signal actions, an
-empty signal mask, umask 022, no descriptor but 0-2 and a working directory inside the root.
+What a setup process promises (docs/ARCHITECTURE.md, "Isolation rules"): it is non-dumpable
+from fork to execve (no ptrace, /proc/<pid>/mem, pidfd_getfd or /proc/<pid>/exe from a
+container), cuts the bounding set before it can be seen in a PID namespace it shares, joins
+the container's cgroups and takes its oom_score_adj before it touches the image, reads image
+files only if regular and bounded, and hands over a process that starts as on a plain host:
+default signal actions, an empty signal mask, umask 022, no descriptor but 0-2 and a working
+directory inside the root.
 """
 
 from __future__ import annotations
