@@ -5,12 +5,13 @@ import json
 from pathlib import Path
 
 import pytest
-from imagelab.catalog import GoBuildSpec, GoModule, LayerRecipe, ModuleFileSpec
+from imagelab.catalog import GoBuildSpec, GoModule, ModuleFileSpec
 from imagelab.environment import BuildError
 from imagelab.gobuild import GoBinary, build_stamp, go_environment, wrapper_go_mod
 from imagelab.layers import build_layer
 
 from tests.unit.e2e.elf_fixture import make_elf64
+from tests.unit.e2e.reports import recipe
 
 KUBERNETES = GoModule("k8s.io/kubernetes", "v1.37.2", ("k8s.io/kubernetes/test/images/agnhost",))
 
@@ -104,23 +105,9 @@ class FakeGo:
         return self.root / "src" / path
 
 
-def go_layer(**fields: object) -> LayerRecipe:
-    defaults: dict[str, object] = {
-        "name": "agnhost",
-        "comment": "",
-        "packages": (),
-        "copies": (),
-        "files": None,
-        "busybox_applets": None,
-        "paths": (),
-        "appends": (),
-    }
-    defaults.update(fields)
-    return LayerRecipe(**defaults)  # type: ignore[arg-type]
-
-
 def test_go_programs_and_module_files_land_in_the_layer(tmp_path: Path) -> None:
-    layer = go_layer(
+    layer = recipe(
+        name="agnhost",
         go_builds=(GoBuildSpec(KUBERNETES.packages[0], "/agnhost", None),),
         module_files=(ModuleFileSpec("test/localhost.crt", "/localhost.crt", None),),
     )
@@ -134,7 +121,10 @@ def test_go_programs_and_module_files_land_in_the_layer(tmp_path: Path) -> None:
 
 
 def test_a_go_program_keeps_a_declared_setuid_mode(tmp_path: Path) -> None:
-    layer = go_layer(go_builds=(GoBuildSpec(KUBERNETES.packages[0], "/usr/local/bin/nnp", 0o4755),))
+    layer = recipe(
+        name="agnhost",
+        go_builds=(GoBuildSpec(KUBERNETES.packages[0], "/usr/local/bin/nnp", 0o4755),),
+    )
 
     tree = build_layer(layer, {}, {}, "x86_64-linux-gnu", go=FakeGo(tmp_path))  # type: ignore[arg-type]
 
@@ -142,7 +132,9 @@ def test_a_go_program_keeps_a_declared_setuid_mode(tmp_path: Path) -> None:
 
 
 def test_a_go_layer_without_a_go_builder_is_a_build_error() -> None:
-    layer = go_layer(go_builds=(GoBuildSpec(KUBERNETES.packages[0], "/agnhost", None),))
+    layer = recipe(
+        name="agnhost", go_builds=(GoBuildSpec(KUBERNETES.packages[0], "/agnhost", None),)
+    )
 
     with pytest.raises(BuildError, match="Go"):
         build_layer(layer, {}, {}, "x86_64-linux-gnu")
@@ -151,7 +143,9 @@ def test_a_go_layer_without_a_go_builder_is_a_build_error() -> None:
 def test_a_go_build_that_is_not_elf_is_refused(tmp_path: Path) -> None:
     go = FakeGo(tmp_path)
     go.binary_path.write_text(json.dumps({"not": "a binary"}))
-    layer = go_layer(go_builds=(GoBuildSpec(KUBERNETES.packages[0], "/agnhost", None),))
+    layer = recipe(
+        name="agnhost", go_builds=(GoBuildSpec(KUBERNETES.packages[0], "/agnhost", None),)
+    )
 
     with pytest.raises(BuildError, match="not an ELF"):
         build_layer(layer, {}, {}, "x86_64-linux-gnu", go=go)  # type: ignore[arg-type]

@@ -10,6 +10,13 @@ from pathlib import Path
 import junit_gate  # e2e/, put on the path by this directory's conftest
 import pytest
 
+from tests.unit.e2e.reports import junit as _junit
+
+
+def junit(*cases: tuple[str, str]) -> str:
+    return _junit(*cases, suite="E2eNode Suite", before="[SynchronizedBeforeSuite]")
+
+
 E2E = Path(__file__).resolve().parents[3] / "e2e"
 ENV = "[It] [sig-node] Downward API should provide pod name, namespace and IP address as env vars"
 TERM = "[It] [sig-node] Container Runtime should report termination message from log output"
@@ -17,22 +24,6 @@ LOGPATH = "[It] [sig-node] ContainerLogPath should print log to correct log path
 NMETER = "[It] [sig-node] Containers Lifecycle should run init containers in order"
 SYSCTL = "[It] [sig-node] Sysctls should support sysctls"
 HOSTS = "[It] [sig-node] Kubelet with hostAliases should write entries to /etc/hosts"
-
-
-def junit(*cases: tuple[str, str]) -> str:
-    body = {
-        "passed": "",
-        "failed": '<failure message="timed out" type="failed">[FAILED] timed out</failure>',
-        "skipped": '<skipped message="skipped"/>',
-    }
-    rows = "".join(
-        f'<testcase name="{name}" classname="E2eNode Suite">{body[status]}</testcase>'
-        for name, status in cases
-    )
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n<testsuites><testsuite name="E2eNode Suite">'
-        f'<testcase name="[SynchronizedBeforeSuite]"></testcase>{rows}</testsuite></testsuites>'
-    )
 
 
 CRI_PY = junit(

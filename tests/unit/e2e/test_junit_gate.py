@@ -9,6 +9,8 @@ from pathlib import Path
 import junit_gate  # e2e/, put on the path by this directory's conftest
 import pytest
 
+from tests.unit.e2e.reports import junit
+
 E2E = Path(__file__).resolve().parents[3] / "e2e"
 DIGEST = (
     "[It] [k8s.io] Image Manager public image with digest should be pulled and removed "
@@ -17,24 +19,6 @@ DIGEST = (
 VERSION = "[It] [k8s.io] Runtime info version"
 CONDITIONS = "[It] [k8s.io] Runtime info conditions"
 EXEC = "[It] [k8s.io] Streaming exec"
-
-
-def junit(*cases: tuple[str, str]) -> str:
-    """A Ginkgo-style report: (name, "passed" | "failed" | "error" | "skipped") per case."""
-    body = {
-        "passed": "",
-        "failed": '<failure message="boom" type="failed">[FAILED] boom</failure>',
-        "error": '<error message="panic"/>',
-        "skipped": '<skipped message="skipped"/>',
-    }
-    rows = "".join(
-        f'<testcase name="{name}" classname="CRI validation">{body[status]}</testcase>'
-        for name, status in cases
-    )
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n<testsuites><testsuite name="CRI validation">'
-        f'<testcase name="[BeforeSuite]"></testcase>{rows}</testsuite></testsuites>'
-    )
 
 
 def run_gate(

@@ -11,6 +11,7 @@ from imagelab.environment import EPOCH, BuildError
 from imagelab.layers import Entry, LayerTree, build_layer, gzip_deterministic, layer_tar
 
 from tests.unit.e2e.elf_fixture import make_elf64
+from tests.unit.e2e.reports import recipe
 
 TRIPLET = "x86_64-linux-gnu"
 
@@ -27,21 +28,6 @@ def fake_package(root: Path, name: str, files: dict[str, bytes | str]) -> Packag
             host.write_bytes(content)
             host.chmod(0o755)
     return Package(name, "1.0", "amd64", tree, ())
-
-
-def recipe(**fields: object) -> LayerRecipe:
-    defaults: dict[str, object] = {
-        "name": "test",
-        "comment": "",
-        "packages": (),
-        "copies": (),
-        "files": None,
-        "busybox_applets": None,
-        "paths": (),
-        "appends": (),
-    }
-    defaults.update(fields)
-    return LayerRecipe(**defaults)  # type: ignore[arg-type]
 
 
 @pytest.fixture
