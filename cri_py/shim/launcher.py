@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import os
 import resource
@@ -328,6 +329,7 @@ def _switch_user(user: User, security: Security | None) -> None:
         syscalls.prctl(syscalls.PR_SET_KEEPCAPS, 0)
 
 
+@functools.cache  # the kernel's: asked once per process (a launch cuts the bounding set twice)
 def last_capability() -> int:
     """The highest capability this kernel knows, asked of the kernel itself (PR_CAPBSET_READ
     fails with EINVAL past it): /proc/sys/kernel/cap_last_cap would be read in the container's
