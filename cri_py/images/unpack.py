@@ -21,6 +21,9 @@ As root, ownership, modes (setuid included), xattrs, device nodes and timestamps
 Without root (unit tests), what needs privilege is skipped and reported in `skipped`: ownership,
 char/block devices, xattrs outside `user.*`; the opaque marker goes to `user.overlay.opaque`
 (overlay's `userxattr` form). Whiteout devices need no privilege on Linux >= 5.8.
+
+This module does the I/O (decompressing, hashing, creating by descriptor); what an entry says
+and whether its name, link target or whiteout is acceptable is decided in `layer_entries`.
 """
 
 from __future__ import annotations
@@ -42,19 +45,26 @@ from typing import IO
 import zstandard
 
 from cri_py.errors import FailedPrecondition
+from cri_py.images.layer_entries import (
+    AUFS_META_PREFIX,
+    OPAQUE_MARKER,
+    WHITEOUT_PREFIX,
+    DirMeta,
+    forbidden_xattr,
+    hardlink_target,
+    mtime_ns,
+    node_type,
+    pax_xattrs,
+    split_entry_name,
+    whited_out_name,
+)
 from cri_py.images.store import fsync_dir, measure_tree, remove_tree, rename_noreplace
 from cri_py.log import get_logger
 
 log = get_logger("cri_py.images.unpack")
 
-WHITEOUT_PREFIX = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
-AUFS_META_PREFIX = ".wh..wh."  # aufs bookkeeping (.wh..wh.plnk, ...): not content
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 OVERLAY_OPAQUE_USER_XATTR = "user.overlay.opaque"
-# Overlay interprets these itself; an image must not be able to set them.
-FORBIDDEN_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
-PAX_XATTR_PREFIX = "SCHILY.xattr."
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 COPY_CHUNK = 1 << 20
@@ -152,47 +162,6 @@ def _decompressed(blob: Path) -> Iterator[IO[bytes]]:
             yield raw
 
 
-def split_entry_name(name: str) -> tuple[str, ...]:
-    """An entry name as path components; raises ValueError (with the reason) when it is absolute
-    or has a `..` component. `.` and empty components are dropped (`./a//b` is `a/b`)."""
-    if "\x00" in name:
-        raise ValueError("name contains a NUL byte")
-    if name.startswith("/"):
-        raise ValueError("absolute path")
-    parts = tuple(p for p in name.split("/") if p not in ("", "."))
-    if ".." in parts:
-        raise ValueError("path escapes the layer directory through '..'")
-    return parts
-
-
-@dataclass
-class _DirMeta:
-    mode: int
-    uid: int
-    gid: int
-    mtime_ns: int | None
-    xattrs: dict[str, bytes]
-    opaque: bool = False
-
-
-MAX_MTIME_NS = (1 << 62) - 1
-
-
-def _mtime_ns(member: tarfile.TarInfo) -> int:
-    """The entry's mtime in ns, clamped to what utimensat accepts (a hostile tar can say
-    anything)."""
-    return min(MAX_MTIME_NS, max(0, int(member.mtime * 1_000_000_000)))
-
-
-def _pax_xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
-    xattrs = {}
-    for key, value in member.pax_headers.items():
-        if key.startswith(PAX_XATTR_PREFIX):
-            # tarfile decodes PAX values with surrogateescape: encode back to the exact bytes.
-            xattrs[key[len(PAX_XATTR_PREFIX) :]] = value.encode("utf-8", "surrogateescape")
-    return xattrs
-
-
 class _Extractor:
     def __init__(
         self, root_fd: int, layer: str, privileged: bool, limits: LayerLimits = LayerLimits()
@@ -202,8 +171,8 @@ class _Extractor:
         self.privileged = privileged
         self.limits = limits
         self.seen: dict[tuple[str, ...], str] = {}  # explicit entries -> kind
-        self.dirs: dict[tuple[str, ...], _DirMeta] = {
-            (): _DirMeta(0o755, 0, 0, None, {}),
+        self.dirs: dict[tuple[str, ...], DirMeta] = {
+            (): DirMeta(0o755, 0, 0, None, {}),
         }
         self.bytes = 0
         self.inodes = 1
@@ -235,7 +204,7 @@ class _Extractor:
                         raise self.reject(entry, f"{'/'.join(here)} does not exist") from None
                     os.mkdir(part, 0o700, dir_fd=fd)
                     self.inodes += 1
-                    self.dirs[here] = _DirMeta(0o755, 0, 0, None, {})
+                    self.dirs[here] = DirMeta(0o755, 0, 0, None, {})
                     child = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except OSError as e:
                     if e.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -264,7 +233,7 @@ class _Extractor:
 
     def set_xattrs(self, fd: int, xattrs: dict[str, bytes], entry: str) -> None:
         for name, value in xattrs.items():
-            if name.startswith(FORBIDDEN_XATTR_PREFIXES):
+            if forbidden_xattr(name):
                 raise self.reject(entry, f"carries overlay's own xattr {name!r}")
             if not self.privileged and not name.startswith("user."):
                 self.skipped.add("privileged xattrs")
@@ -289,7 +258,7 @@ class _Extractor:
             self.skipped.add("ownership")
 
     def stamp_path(self, name: str, parent: int, member: tarfile.TarInfo) -> None:
-        ns = _mtime_ns(member)
+        ns = mtime_ns(member)
         os.utime(name, ns=(ns, ns), dir_fd=parent, follow_symlinks=False)
 
     # -- entries --
@@ -303,10 +272,7 @@ class _Extractor:
         if not parts:
             if not member.isdir():
                 raise self.reject(entry, "names the layer root but is not a directory")
-            self.dirs[()] = _DirMeta(
-                member.mode & 0o7777, member.uid, member.gid, _mtime_ns(member),
-                _pax_xattrs(member), self.dirs[()].opaque,
-            )  # fmt: skip
+            self.dirs[()] = DirMeta.of(member, self.dirs[()].opaque)
             return
         base = parts[-1]
         if base.startswith(WHITEOUT_PREFIX):
@@ -342,10 +308,7 @@ class _Extractor:
             if parts not in self.dirs or not stat.S_ISDIR(info.st_mode):
                 raise self.reject(member.name, "duplicate entry") from None
         previous = self.dirs.get(parts)
-        self.dirs[parts] = _DirMeta(
-            member.mode & 0o7777, member.uid, member.gid, _mtime_ns(member),
-            _pax_xattrs(member), previous.opaque if previous else False,
-        )  # fmt: skip
+        self.dirs[parts] = DirMeta.of(member, previous.opaque if previous else False)
         return "dir"
 
     def add_file(
@@ -373,9 +336,9 @@ class _Extractor:
             self.bytes += member.size
             self.inodes += 1
             self.own_fd(fd, member.uid, member.gid)
-            self.set_xattrs(fd, _pax_xattrs(member), member.name)
+            self.set_xattrs(fd, pax_xattrs(member), member.name)
             os.fchmod(fd, member.mode & 0o7777)
-            ns = _mtime_ns(member)
+            ns = mtime_ns(member)
             os.utime(fd, ns=(ns, ns))
         finally:
             os.close(fd)
@@ -397,17 +360,9 @@ class _Extractor:
 
     def add_hardlink(self, member: tarfile.TarInfo, base: str, parent: int) -> str:
         try:
-            target = split_entry_name(member.linkname)
+            target, kind = hardlink_target(member.linkname, self.seen)
         except ValueError as e:
-            raise self.reject(member.name, f"hard link target {member.linkname!r}: {e}") from None
-        kind = self.seen.get(target)
-        if kind is None or not target:
-            raise self.reject(
-                member.name,
-                f"hard link target {member.linkname!r} is not an earlier entry of this layer",
-            )
-        if kind in ("dir", "whiteout"):
-            raise self.reject(member.name, f"hard link to a {kind} {member.linkname!r}")
+            raise self.reject(member.name, str(e)) from None
         if kind == "skipped":
             return "skipped"
         source = self.walk(target[:-1], create=False, entry=member.name)
@@ -421,12 +376,7 @@ class _Extractor:
         return kind
 
     def add_device(self, member: tarfile.TarInfo, base: str, parent: int) -> str:
-        if member.isfifo():
-            kind_bits = stat.S_IFIFO
-        elif member.ischr():
-            kind_bits = stat.S_IFCHR
-        else:
-            kind_bits = stat.S_IFBLK
+        kind_bits = node_type(member)
         if kind_bits != stat.S_IFIFO and not self.privileged:
             self.skipped.add("device nodes")
             return "skipped"
@@ -456,9 +406,10 @@ class _Extractor:
             return
         if base.startswith(AUFS_META_PREFIX):
             return
-        name = base[len(WHITEOUT_PREFIX) :]
-        if name in ("", ".", ".."):
-            raise self.reject(member.name, f"whiteout of {name!r} escapes its directory")
+        try:
+            name = whited_out_name(base)
+        except ValueError as e:
+            raise self.reject(member.name, str(e)) from None
         target = (*directory, name)
         if target in self.seen:
             raise self.reject(member.name, f"duplicate entry: {'/'.join(target)} seen twice")

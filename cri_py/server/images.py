@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from cri_py.api import api_pb2 as pb
 from cri_py.errors import InvalidArgument
-from cri_py.images.registry import Credentials
+from cri_py.images.endpoints import Credentials
 from cri_py.images.service import ImageService, ImageView
 from cri_py.server.guard import Context
 

@@ -10,16 +10,11 @@ import httpx
 import pytest
 
 from cri_py.config import ImagesConfig, RegistryHost
-from cri_py.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from cri_py.errors import FailedPrecondition, NotFound, Unavailable
+from cri_py.images.endpoints import Credentials
 from cri_py.images.manifest import Descriptor, Manifest, parse_manifest
 from cri_py.images.reference import parse_reference
-from cri_py.images.registry import (
-    Credentials,
-    Endpoint,
-    RegistryClient,
-    endpoints_for,
-    parse_challenge,
-)
+from cri_py.images.registry import RegistryClient
 from cri_py.images.store import ContentStore
 
 from .fakes import Network, Registry, sha256, simple_image
@@ -179,23 +174,6 @@ async def test_basic_auth_without_credentials_fails_clearly(store: ContentStore)
         await fetch_all(client(Network(registry)), store)
 
 
-def test_bad_auth_field_is_invalid_argument() -> None:
-    with pytest.raises(InvalidArgument):
-        Credentials.create(auth="%%%")
-    with pytest.raises(InvalidArgument):
-        Credentials.create(auth=base64.b64encode(b"no-colon").decode())
-    # Found by tests/integration/test_fuzz.py: non-ASCII text was a ValueError (INTERNAL).
-    with pytest.raises(InvalidArgument):
-        Credentials.create(auth="\x80")
-    with pytest.raises(InvalidArgument):
-        Credentials.create(auth=base64.b64encode(b"\xff:x").decode())
-    # A bearer token goes into a header: non-ASCII was a UnicodeEncodeError (INTERNAL).
-    with pytest.raises(InvalidArgument, match="registry_token"):
-        Credentials.create(registry_token="\x80")
-    with pytest.raises(InvalidArgument, match="registry_token"):
-        Credentials.create(registry_token="a\r\nX-Injected: 1")
-
-
 async def test_mirrors_are_tried_in_order_then_the_host(store: ContentStore) -> None:
     empty_mirror = Registry("mirror-b.test")
     host = Registry(HOST)
@@ -233,38 +211,6 @@ async def test_not_found_everywhere_is_not_found_naming_each_endpoint(store: Con
 async def test_unreachable_everywhere_is_unavailable(store: ContentStore) -> None:
     with pytest.raises(Unavailable, match="cannot connect"):
         await fetch_all(client(Network()), store)
-
-
-def test_request_credentials_go_to_the_host_only() -> None:
-    registries = {
-        HOST: RegistryHost(mirrors=("https://mirror.test/p",), username="static", password="s"),
-        "mirror.test": RegistryHost(username="m", password="mp", ca_file="/etc/ca.pem"),
-    }
-    mine = Credentials.create("kubelet", "pw")
-    mirror, host = endpoints_for(REF, registries, mine)
-    assert mirror == Endpoint(
-        "https://mirror.test", "p", True, "/etc/ca.pem", Credentials("m", "mp")
-    )
-    assert host.credentials == mine and host.base_url == "https://registry.test"
-    assert endpoints_for(REF, registries)[1].credentials == Credentials("static", "s")
-
-
-@pytest.mark.parametrize(
-    ("image", "config", "url"),
-    [
-        ("busybox", RegistryHost(), "https://registry-1.docker.io"),
-        ("localhost:5000/a", RegistryHost(), "http://localhost:5000"),
-        ("127.0.0.1:5000/a", RegistryHost(), "http://127.0.0.1:5000"),
-        ("[::1]:5000/a", RegistryHost(), "http://[::1]:5000"),
-        ("registry.test/a", RegistryHost(plain_http=True), "http://registry.test"),
-        ("registry.test/a", RegistryHost(insecure_skip_verify=True), "https://registry.test"),
-    ],
-)
-def test_host_endpoint(image: str, config: RegistryHost, url: str) -> None:
-    ref = parse_reference(image)
-    (endpoint,) = endpoints_for(ref, {ref.domain: config})
-    assert endpoint.base_url == url
-    assert endpoint.verify is (not config.insecure_skip_verify)
 
 
 async def test_blob_with_wrong_digest_is_rejected_and_nothing_stored(store: ContentStore) -> None:
@@ -331,22 +277,6 @@ async def test_a_stalled_transfer_fails_and_a_slow_one_does_not(store: ContentSt
         seen.append,
     )
     assert sum(seen) == len(payload) and store.has_blob(digest)
-
-
-def test_parse_challenge() -> None:
-    challenge = parse_challenge(
-        'Bearer realm="https://auth.example/token",service="reg",scope="repository:a/b:pull,push"'
-    )
-    assert challenge is not None
-    assert challenge.scheme == "bearer"
-    assert dict(challenge.params) == {
-        "realm": "https://auth.example/token",
-        "service": "reg",
-        "scope": "repository:a/b:pull,push",
-    }
-    basic = parse_challenge('Basic realm="x"')
-    assert basic is not None and basic.scheme == "basic"
-    assert parse_challenge("") is None
 
 
 async def test_blob_storage_redirect_is_followed(store: ContentStore) -> None:

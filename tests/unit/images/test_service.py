@@ -14,8 +14,8 @@ import pytest
 
 from cri_py.config import Config, ImagesConfig, RegistryHost
 from cri_py.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from cri_py.images.endpoints import Credentials
 from cri_py.images.manifest import Platform
-from cri_py.images.registry import Credentials
 from cri_py.images.service import ImageService
 
 from .fakes import (

@@ -15,7 +15,7 @@ import pytest
 
 from cri_py.errors import FailedPrecondition
 from cri_py.images.store import remove_tree
-from cri_py.images.unpack import LayerLimits, sniff_compression, split_entry_name, unpack_layer
+from cri_py.images.unpack import LayerLimits, sniff_compression, unpack_layer
 
 from .fakes import (
     MTIME,
@@ -197,14 +197,6 @@ def test_second_unpack_of_the_same_layer_keeps_the_first(layers_dir: Path) -> No
     assert (second.unpacked_bytes, second.inodes) == (first.unpacked_bytes, first.inodes)
     assert (layers_dir / "l/a").stat().st_ino == inode
     assert sorted(p.name for p in layers_dir.iterdir()) == ["l"]
-
-
-@pytest.mark.parametrize(
-    ("name", "parts"),
-    [("./a//b/", ("a", "b")), (".", ()), ("./", ()), ("a/./b", ("a", "b"))],
-)
-def test_entry_names_are_normalised(name: str, parts: tuple[str, ...]) -> None:
-    assert split_entry_name(name) == parts
 
 
 # --- the hostile corpus -------------------------------------------------------------------------
