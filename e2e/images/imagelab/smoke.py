@@ -229,10 +229,9 @@ def smoke_pause(rootfs: Path, path: str) -> list[str]:
     return problems
 
 
-def smoke_node_e2e_busybox(rootfs: Path, path: str) -> list[str]:
-    """busybox built from source: critest's checks still hold, and `nmeter` gives the
-    millisecond clock the Containers Lifecycle specs build their timestamps from."""
-    problems = smoke_busybox(rootfs, path)
+def expect_millisecond_clock(problems: list[str], rootfs: Path, path: str) -> None:
+    """The Containers Lifecycle specs' timestamps, in busybox and in agnhost (whose alpine
+    busybox has nmeter: the specs that swap a container's image run the same command)."""
     out = in_sandbox(rootfs, ["sh", "-c", "date -u +%FT$(nmeter -d0 '%3t' | head -n1)Z"], path)
     stamp = out.stdout.strip()
     expect(
@@ -241,6 +240,18 @@ def smoke_node_e2e_busybox(rootfs: Path, path: str) -> list[str]:
         "date -u +%FT$(nmeter -d0 '%3t' | head -n1)Z gives 2006-01-02T15:04:05.000Z",
         out,
     )
+
+
+def smoke_node_e2e_busybox(rootfs: Path, path: str) -> list[str]:
+    """busybox built from source: critest's checks still hold, `nmeter` gives the
+    millisecond clock the Containers Lifecycle specs build their timestamps from, and the
+    shell passes on environment entries that are not shell names."""
+    problems = smoke_busybox(rootfs, path)
+    expect_millisecond_clock(problems, rootfs, path)
+    # kubelet passes a ConfigMap's keys as they are; upstream's ash hands on the ones that
+    # are not shell names too.
+    out = in_sandbox(rootfs, ["env", "data-1=value-1", "sh", "-c", "env"], path)
+    expect(problems, "data-1=value-1" in out.stdout.splitlines(), "sh passes data-1= on", out)
     return problems
 
 
@@ -268,6 +279,7 @@ def smoke_agnhost(rootfs: Path, path: str) -> list[str]:
     )
     out = in_sandbox(rootfs, ["/bin/bash", "-c", "echo ${BASH_VERSION%%.*}"], path)
     expect(problems, out.returncode == 0 and out.stdout.strip().isdigit(), "/bin/bash -c", out)
+    expect_millisecond_clock(problems, rootfs, path)
     # Lifecycle-hook and HTTPS probe specs: netexec serves TLS with the image's pair; curl.
     out = in_sandbox(rootfs, ["/bin/sh", "-c", _AGNHOST_HTTPS], path)
     expect(problems, out.stdout == "poststart", "netexec over TLS, fetched with curl", out)
