@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cri_py.errors import InvalidArgument
+from cri_py.linux.mountinfo import unescape
 from cri_py.oci.cgroups import Write
 
 MOUNTINFO = Path("/proc/self/mountinfo")
@@ -38,16 +39,6 @@ class Hierarchy:
     root: str  # the hierarchy path this mount shows at its mountpoint (usually "/")
     controllers: frozenset[str]  # v1: cpu, memory, name=systemd...; v2: empty here
     version: int
-
-
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as octal.
-    return (
-        field.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-    )
 
 
 def parse_mountinfo(text: str) -> list[Hierarchy]:
@@ -70,7 +61,7 @@ def parse_mountinfo(text: str) -> list[Hierarchy]:
             )
         key = (version, controllers)
         found.setdefault(
-            key, Hierarchy(_unescape(fields[4]), _unescape(fields[3]), controllers, version)
+            key, Hierarchy(unescape(fields[4]), unescape(fields[3]), controllers, version)
         )
     return list(found.values())
 

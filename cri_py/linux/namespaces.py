@@ -47,31 +47,6 @@ def unpin_namespace(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def mount_points(mountinfo: str) -> set[str]:
-    """The mount points listed in a /proc/<pid>/mountinfo text (octal escapes decoded)."""
-    points = set()
-    for line in mountinfo.splitlines():
-        fields = line.split(" ")
-        if len(fields) > 4:
-            points.add(_unescape(fields[4]))
-    return points
-
-
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo.
-    if "\\" not in field:
-        return field
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def namespace_id(path: str | Path) -> str:
     """`net:[4026532...]`-style identity of the namespace a /proc ns file or pin refers to."""
     info = os.stat(path)

@@ -22,7 +22,7 @@ from typing import TypeVar
 from cri_py.config import Config
 from cri_py.errors import CriError
 from cri_py.linux.cgroupfs import Cgroupfs
-from cri_py.linux.namespaces import mount_points
+from cri_py.linux.mountinfo import mount_points
 from cri_py.model.container import ContainerRecord
 from cri_py.model.sandbox import Phase, SandboxRecord
 from cri_py.network.bridge import LINK_PREFIX

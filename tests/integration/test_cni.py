@@ -24,7 +24,8 @@ import grpc
 import pytest
 
 from cri_py.api import api_pb2 as pb
-from cri_py.linux.namespaces import mount_points, run_in_netns
+from cri_py.linux.mountinfo import mount_points
+from cri_py.linux.namespaces import run_in_netns
 
 from ..unit.network.fake_cni import calls, install_fake_plugins
 from .conftest import needs_root, start_daemon

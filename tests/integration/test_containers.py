@@ -24,7 +24,7 @@ import pytest
 
 from cri_py.api import api_pb2 as pb
 from cri_py.linux.cgroupfs import Cgroupfs
-from cri_py.linux.namespaces import mount_points
+from cri_py.linux.mountinfo import mount_points
 
 from .conftest import Daemon, needs_root, start_daemon
 

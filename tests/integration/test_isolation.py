@@ -30,7 +30,7 @@ import pytest
 
 from cri_py.api import api_pb2 as pb
 from cri_py.linux.cgroupfs import Cgroupfs
-from cri_py.linux.namespaces import mount_points
+from cri_py.linux.mountinfo import mount_points
 
 from . import hostile_images as hostile
 from .conftest import needs_root

@@ -23,7 +23,8 @@ import grpc
 import pytest
 
 from cri_py.api import api_pb2 as pb
-from cri_py.linux.namespaces import mount_points, run_in_netns, unpin_namespace
+from cri_py.linux.mountinfo import mount_points
+from cri_py.linux.namespaces import run_in_netns, unpin_namespace
 from cri_py.network.bridge import veth_name
 from cri_py.shim.client import process_start_time
 
