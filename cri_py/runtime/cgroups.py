@@ -1,4 +1,5 @@
-"""Container cgroups: where they live, applying resources at create and update, removal.
+"""Container cgroups: where they live, applying a spec's `linux.resources` at create and at
+update (config.json rewritten first, `update_container_resources`), removal.
 
 The cgroup of a container is `<sandbox cgroup_parent>/cri-py-<container id>` (kubelet's
 cgroupfs driver sends parents such as `/kubepods/burstable/pod<uid>`), or lives under cri-py's
@@ -14,18 +15,31 @@ cgroup the daemon was started in.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
+import functools
+import json
 import os
 import posixpath
 import signal
 import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
-from cri_py.errors import FailedPrecondition, InvalidArgument
+from cri_py.errors import FailedPrecondition, Internal, InvalidArgument
 from cri_py.linux.cgroupfs import Cgroupfs, CgroupMode, clean_cgroup_path
+from cri_py.linux.device_filter import attach_device_filter
 from cri_py.log import get_logger
-from cri_py.model.resources import Resources
-from cri_py.oci.cgroups import Write, v1_writes, v2_controllers, v2_writes
+from cri_py.model.resources import CgroupSupport, Resources
+from cri_py.oci.cgroups import Write, read_limits, v1_writes, v2_controllers, v2_writes
+from cri_py.oci.devices import v1_device_writes
+from cri_py.spec.resources import (
+    linux_resources,
+    merge_resources,
+    unapplied_hugepage_limits,
+    updated_linux_resources,
+)
+from cri_py.store.atomic import write_json_atomic
 
 log = get_logger("cri_py.cgroups")
 
@@ -66,6 +80,9 @@ def device_rules_problem(manager: CgroupManager | None) -> str:
 
 
 class CgroupManager:
+    """Applies a spec's `linux.resources` to a cgroup: exactly the writes `cri_py.oci.cgroups`
+    plans from it, and at create its device rules."""
+
     def __init__(self, fs: Cgroupfs, pids_limit: int = 0) -> None:
         self.fs = fs
         self.pids_limit = pids_limit
@@ -74,29 +91,52 @@ class CgroupManager:
     def mode(self) -> CgroupMode:
         return self.fs.mode
 
-    def plan(self, resources: Resources, current_memsw: int | None = None) -> list[Write]:
-        if self.pids_limit and not resources.pids_limit:
-            resources = dataclasses.replace(resources, pids_limit=self.pids_limit)
+    def controllers(self) -> set[str]:
+        """The controllers a container's cgroup can use: v1 the mounted hierarchies', v2 the
+        ones the hierarchy's root offers (`cgroup.controllers`)."""
+        if self.fs.mode != CgroupMode.V2:
+            return self.fs.controllers()
+        try:
+            root = Path(self.fs.hierarchies[0].mountpoint)
+            return set((root / "cgroup.controllers").read_text().split())
+        except OSError:
+            return set()
+
+    @functools.cached_property
+    def support(self) -> CgroupSupport:
+        """What specs built for this node add (the configured pids limit) and leave out."""
+        return CgroupSupport(pids_limit=self.pids_limit, hugetlb="hugetlb" in self.controllers())
+
+    def warn_unapplied(self, resources: Resources, subject: str) -> None:
+        """Logs the huge page limits specs on this node leave out (no hugetlb controller)."""
+        dropped = unapplied_hugepage_limits(resources, self.support)
+        if dropped:
+            log.warning(
+                "no hugetlb controller: huge page limits not applied",
+                subject=subject,
+                limits=",".join(f"{size}={limit}" for size, limit in dropped.items()),
+            )
+
+    def linux_resources(self, resources: Resources, subject: str) -> dict[str, Any]:
+        """`linux_resources` for this node (a pod cgroup's limits have no spec of their own)."""
+        self.warn_unapplied(resources, subject)
+        return linux_resources(resources, self.support)
+
+    def plan(self, resources: Mapping[str, Any], current_memsw: int | None = None) -> list[Write]:
+        """The limit writes of a spec's `linux.resources` on this node (devices aside)."""
         if self.fs.mode == CgroupMode.V2:
             return v2_writes(resources)
         writes = v1_writes(resources, current_memsw)
-        mounted = self.fs.controllers()
-        if "hugetlb" not in mounted:
-            # kubelet sends a limit (0 unless requested) for every huge page size the kernel
-            # has, hugetlb controller or not; like containerd and CRI-O, they are dropped then.
-            hugetlb = [w for w in writes if w.controller == "hugetlb"]
-            if any(w.value != "0" for w in hugetlb):
-                log.warning("hugetlb controller not mounted: huge page limits not applied")
-            writes = [w for w in writes if w.controller != "hugetlb"]
-        missing = sorted({w.controller for w in writes} - mounted)
+        missing = sorted({w.controller for w in writes} - self.fs.controllers())
         if missing:
             raise FailedPrecondition(
                 f"cgroup controllers {', '.join(missing)} are not mounted on this node"
             )
         return writes
 
-    def create(self, cgroup: str, resources: Resources) -> None:
-        """Creates the container's cgroup with its limits; nothing is left if it fails."""
+    def create(self, cgroup: str, resources: Mapping[str, Any]) -> None:
+        """Creates the cgroup with the limits and device rules of a spec's `linux.resources`
+        (a pod's has no `devices`: its containers carry them); nothing is left if it fails."""
         if not is_ours(cgroup):
             raise InvalidArgument(f"cgroup {cgroup} is not a cri-py container cgroup")
         writes = self.plan(resources)
@@ -104,15 +144,40 @@ class CgroupManager:
         try:
             self.fs.enable_v2_controllers(cgroup, v2_controllers(writes))
             self.fs.write(cgroup, writes)
+            if "devices" in resources:
+                self._allow_devices(cgroup, resources["devices"])
         except BaseException:
             self.fs.remove(cgroup)
             raise
 
-    def update(self, cgroup: str, resources: Resources) -> None:
-        """Applies new limits to a live cgroup, all or nothing: on a failed write the files
-        already written get their previous values back."""
+    def _allow_devices(self, cgroup: str, rules: Sequence[Mapping[str, Any]]) -> None:
+        """The device rules in the v1 devices cgroup, or on v2 as a BPF device program
+        attached to the cgroup (`cri_py.oci.device_filter`)."""
+        if self.fs.mode == CgroupMode.V2:
+            try:
+                directories = self.fs.dirs(cgroup)
+                if not directories:  # never silently unfiltered
+                    raise ValueError("no cgroup v2 directory for it")
+                for directory in directories:
+                    attach_device_filter(directory, rules)
+            except (OSError, ValueError) as e:
+                raise Internal(f"cgroup {cgroup}: attaching the device filter: {e}") from None
+            return
+        if "devices" not in self.fs.controllers():
+            # Not silent: the spec was built knowing (device_rules_problem), so the container
+            # has no CAP_MKNOD and a nodev rootfs, or was refused.
+            return
+        try:
+            self.fs.write(cgroup, v1_device_writes(rules))
+        except (OSError, ValueError) as e:
+            raise Internal(f"cgroup {cgroup}: setting the device rules: {e}") from None
+
+    def update(self, cgroup: str, resources: Mapping[str, Any]) -> None:
+        """Applies a spec's new `linux.resources` to a live cgroup, all or nothing: on a
+        failed write the files already written get their previous values back. The device
+        rules are left as created (no update can change them)."""
         current_memsw = None
-        if self.fs.mode != CgroupMode.V2 and resources.memory_swap_limit_in_bytes:
+        if self.fs.mode != CgroupMode.V2 and read_limits(resources).swap:
             current_memsw = _as_limit(self.fs.read(cgroup, "memory", "memory.memsw.limit_in_bytes"))
         writes = self.plan(resources, current_memsw)
         previous = [
@@ -190,3 +255,37 @@ def _as_limit(value: str) -> int | None:
     """A v1 limit file's value; the kernel shows "unlimited" as a huge page-aligned number."""
     number = int(value)
     return None if number >= 2**62 else number
+
+
+def update_container_resources(
+    manager: CgroupManager, cgroup: str, bundle: Path, current: Resources, update: Resources
+) -> Resources:
+    """UpdateContainerResources on a container's bundle and cgroup, through the translations
+    its create used: `update` merged into `current` (`merge_resources`), the bundle's
+    config.json rewritten atomically with the resulting `linux.resources`, then that same
+    object applied to the cgroup. If the cgroup refuses it, config.json gets its previous
+    `linux.resources` back. Returns the merged values (the record's new resources)."""
+    merged = merge_resources(current, update)
+    path = bundle / "config.json"
+    try:
+        spec: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise FailedPrecondition(
+            f"cgroup {cgroup}: the container's spec is unreadable ({e})"
+        ) from None
+    linux = spec.setdefault("linux", {})
+    previous = linux.get("resources")
+    resources = updated_linux_resources(previous or {}, merged, manager.support)
+    manager.warn_unapplied(merged, cgroup)
+    linux["resources"] = resources
+    write_json_atomic(path, spec)
+    try:
+        manager.update(cgroup, resources)
+    except BaseException:
+        if previous is None:
+            del linux["resources"]
+        else:
+            linux["resources"] = previous
+        write_json_atomic(path, spec)
+        raise
+    return merged

@@ -11,19 +11,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import ipaddress
 import os
 import secrets
 import shutil
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from cri_py.config import Config
 from cri_py.errors import (
-    AlreadyExists,
     CriError,
     FailedPrecondition,
     Internal,
@@ -47,23 +44,29 @@ from cri_py.model.sandbox import (
 )
 from cri_py.network.hostports import HostPorts
 from cri_py.network.selector import BUILTIN, NetworkSelector
-from cri_py.oci.cgroups import pod_resources
-from cri_py.oci.cgroups import validate as validate_resources
 from cri_py.runtime import pod_files
 from cri_py.runtime.cgroups import CgroupManager, pod_cgroup
 from cri_py.runtime.events import EventType
-from cri_py.runtime.sysctls import validate_sysctls
-from cri_py.shim.client import (
-    ShimClient,
-    ShimError,
-    ShimProcess,
-    ShimTemplate,
-    start_shim,
-    stop_shim,
+from cri_py.runtime.registry import Registry
+from cri_py.runtime.sandbox_host import (
+    kill_unrecorded_shim,
+    read_host_resolv_conf,
+    shim_process,
+    unmount,
+    write_pod_file,
 )
+from cri_py.runtime.sandbox_rules import (
+    NameKey,
+    matches,
+    name_conflict,
+    name_key,
+    validate_config,
+)
+from cri_py.shim.client import ShimClient, ShimError, ShimTemplate, start_shim, stop_shim
 from cri_py.shim.spec import ShimSpec
 from cri_py.shim.watcher import ShimWatcher
-from cri_py.spec.userns import map_file, validate_pod_user_namespace
+from cri_py.spec.resources import pod_resources, validate_resources
+from cri_py.spec.userns import map_file
 from cri_py.store.sandboxes import SandboxStore
 
 log = get_logger("cri_py.sandboxes")
@@ -71,60 +74,6 @@ log = get_logger("cri_py.sandboxes")
 HOST_SHM = "/dev/shm"
 # Docker's and containerd's default size of a pod's /dev/shm.
 SHM_OPTIONS = "mode=1777,size=65536k"
-HOST_RESOLV_CONF = Path("/etc/resolv.conf")
-
-NameKey = tuple[str, str, str, int]
-
-
-def name_key(config: SandboxConfig) -> NameKey:
-    m = config.metadata
-    return (m.name, m.namespace, m.uid, m.attempt)
-
-
-def matches(view: SandboxView, selector: SandboxFilter) -> bool:
-    """ListPodSandbox's filter: every given field must match (ID by prefix, as crictl uses)."""
-    record = view.record
-    if selector.id and not record.id.startswith(selector.id):
-        return False
-    if selector.state is not None and view.state != selector.state:
-        return False
-    labels = record.config.labels
-    return all(labels.get(k) == v for k, v in selector.labels.items())
-
-
-def validate_config(config: SandboxConfig) -> None:
-    m = config.metadata
-    if not m.name or not m.namespace:
-        raise InvalidArgument("pod sandbox metadata needs a name and a namespace")
-    if m.attempt < 0:
-        raise InvalidArgument(f"pod sandbox attempt must not be negative, got {m.attempt}")
-    # Container logs are created under it: a clean absolute path (kubelet's /var/log/pods/...).
-    log_dir = config.log_directory
-    if log_dir and (not log_dir.startswith("/") or ".." in log_dir.split("/") or "\x00" in log_dir):
-        raise InvalidArgument(f"pod log directory {log_dir!r} must be absolute, without '..'")
-    # sethostname(2) takes at most 64 bytes, no NUL; the name is a line of /etc/hosts too.
-    hostname = pod_files.pod_hostname(config.hostname, m.name, False, "")
-    if len(hostname.encode()) > pod_files.MAX_HOSTNAME or "\x00" in hostname or "\n" in hostname:
-        raise InvalidArgument(f"pod hostname {hostname!r} is not a valid host name")
-    ns = config.namespaces
-    for kind, mode in (("network", ns.network), ("ipc", ns.ipc)):
-        if mode not in (NamespaceMode.POD, NamespaceMode.NODE):
-            raise InvalidArgument(f"pod {kind} namespace mode must be POD or NODE, got {mode.name}")
-    if ns.pid == NamespaceMode.TARGET:
-        raise InvalidArgument("pod PID namespace mode TARGET is only valid for containers")
-    validate_sysctls(config.sysctls, ns)
-    for port in config.port_mappings:
-        try:
-            # Given to the hostPort relay or CNI's portmap: an address, never a name to resolve.
-            if port.host_ip:
-                ipaddress.ip_address(port.host_ip)
-        except ValueError:
-            raise InvalidArgument(
-                f"port mapping host_ip {port.host_ip!r} is not an IP address"
-            ) from None
-    validate_pod_user_namespace(ns)
-    validate_resources(config.resources)
-    validate_resources(config.overhead)
 
 
 class SandboxService:
@@ -148,11 +97,12 @@ class SandboxService:
         self._run_root = Path(config.run_dir) / "sandboxes"
         self._run_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._network = network
-        self._lock = threading.Lock()
-        self._records: dict[str, SandboxRecord] = {}
+        self._registry: Registry[SandboxRecord, NameKey] = Registry(
+            "pod sandbox", lambda r: name_key(r.config), name_conflict
+        )
+        # Pods whose shim is alive (READY when also CREATED); guarded by its own lock.
+        self._alive_lock = threading.Lock()
         self._alive: set[str] = set()
-        self._names: dict[NameKey, str] = {}
-        self._op_locks: dict[str, threading.Lock] = {}
         self._watcher = ShimWatcher(self._on_shim_exit)
         # The container service's: stop a pod's containers before its shim goes, remove them
         # before the pod's record goes (called with the sandbox's full ID, on worker threads).
@@ -177,29 +127,15 @@ class SandboxService:
         ready = record.phase == Phase.CREATED and record.id in self._alive
         return SandboxView(record, SandboxState.READY if ready else SandboxState.NOTREADY)
 
-    def _resolve(self, sandbox_id: str) -> str | None:
-        """The full ID for an ID or a unique prefix of one (crictl accepts short IDs)."""
-        if not sandbox_id:
-            raise InvalidArgument("pod sandbox ID must not be empty")
-        with self._lock:
-            if sandbox_id in self._records:
-                return sandbox_id
-            found = [i for i in self._records if i.startswith(sandbox_id)]
-        if len(found) > 1:
-            raise InvalidArgument(f"pod sandbox ID prefix {sandbox_id!r} is ambiguous")
-        return found[0] if found else None
-
     def status(self, sandbox_id: str) -> SandboxView:
-        full = self._resolve(sandbox_id)
-        with self._lock:
-            record = self._records.get(full or "")
-            if record is None:
-                raise NotFound(f"pod sandbox {sandbox_id} not found")
+        record = self._registry.find(sandbox_id)
+        with self._alive_lock:
             return self._view(record)
 
     def list(self, selector: SandboxFilter) -> list[SandboxView]:
-        with self._lock:
-            views = [self._view(r) for r in self._records.values()]
+        records = self._registry.records()
+        with self._alive_lock:
+            views = [self._view(r) for r in records]
         return [v for v in views if matches(v, selector)]
 
     def network_state(self) -> NetworkState:
@@ -211,19 +147,10 @@ class SandboxService:
 
     def shim_count(self) -> int:
         """Shim processes alive (one per pod that is not stopped)."""
-        with self._lock:
+        with self._alive_lock:
             return len(self._alive)
 
     # --- commands -------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _operation(self, sandbox_id: str) -> Iterator[SandboxRecord | None]:
-        with self._lock:
-            lock = self._op_locks.setdefault(sandbox_id, threading.Lock())
-        with lock:
-            with self._lock:
-                record = self._records.get(sandbox_id)
-            yield record
 
     def run(self, config: SandboxConfig, runtime_handler: str) -> str:
         if runtime_handler:
@@ -235,35 +162,26 @@ class SandboxService:
             problem = features.user_namespaces_problem(self._root_dir)
             if problem:
                 raise FailedPrecondition(f"user namespaces do not work on this host: {problem}")
-        key = name_key(config)
         sandbox_id = secrets.token_hex(32)
-        with self._lock:
-            existing = self._names.get(key)
-            if existing is not None:
-                raise AlreadyExists(
-                    f"pod sandbox name {'_'.join(map(str, key))} is already used by sandbox "
-                    f"{existing}; remove it first (or use another attempt)"
-                )
-            self._names[key] = sandbox_id
-            lock = self._op_locks.setdefault(sandbox_id, threading.Lock())
         started = time.perf_counter()
         try:
-            with lock:
+            # The name is released (and the ID's lock dropped) if anything below fails.
+            with (
+                self._registry.reserving(name_key(config), sandbox_id),
+                self._registry.operation(sandbox_id),
+            ):
                 record = self._create(sandbox_id, config, runtime_handler)
                 assert record.shim is not None
                 # Alive before visible: a lister must never see the new pod NOTREADY. A shim
                 # that dies from here on is taken out again by the watcher's callback.
-                with self._lock:
+                with self._alive_lock:
                     self._alive.add(sandbox_id)
-                if not self._watcher.watch(sandbox_id, _shim_process(record.shim)):
-                    with self._lock:
+                if not self._watcher.watch(sandbox_id, shim_process(record.shim)):
+                    with self._alive_lock:
                         self._alive.discard(sandbox_id)
-                with self._lock:
-                    self._records[sandbox_id] = record
+                self._registry.put(record)
         except BaseException as e:
-            with self._lock:
-                self._names.pop(key, None)
-                self._op_locks.pop(sandbox_id, None)
+            with self._alive_lock:
                 self._alive.discard(sandbox_id)
             if isinstance(e, CriError) or not isinstance(e, Exception):
                 raise
@@ -279,7 +197,7 @@ class SandboxService:
             pid=record.shim.pid,
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
         )
-        with self._lock:
+        with self._alive_lock:
             view = self._view(record)
         for kind in (EventType.CREATED, EventType.STARTED):
             self.on_event(kind, view)
@@ -333,15 +251,15 @@ class SandboxService:
             files = self._store.dir_of(sandbox_id)
             undo.callback(shutil.rmtree, bundle, ignore_errors=True)
             (bundle / "ns").mkdir(mode=0o700, parents=True)
-            _write_pod_file(files / "hostname", pod_files.hostname_file(hostname))
-            _write_pod_file(files / "hosts", pod_files.hosts_file(hostname, ()))
-            _write_pod_file(
-                files / "resolv.conf", pod_files.resolv_conf(config.dns, _read_host_resolv_conf())
+            write_pod_file(files / "hostname", pod_files.hostname_file(hostname))
+            write_pod_file(files / "hosts", pod_files.hosts_file(hostname, ()))
+            write_pod_file(
+                files / "resolv.conf", pod_files.resolv_conf(config.dns, read_host_resolv_conf())
             )
             if not host_ipc:
                 shm = bundle / "shm"
                 shm.mkdir(mode=0o755)
-                undo.callback(_unmount, shm)
+                undo.callback(unmount, shm)
                 syscalls.mount(
                     "shm",
                     shm,
@@ -387,7 +305,7 @@ class SandboxService:
                 record = dataclasses.replace(
                     record, ip=ips[0] if ips else "", additional_ips=ips[1:]
                 )
-                _write_pod_file(files / "hosts", pod_files.hosts_file(hostname, ips))
+                write_pod_file(files / "hosts", pod_files.hosts_file(hostname, ips))
                 if network_kind == BUILTIN and self._hostports and ips:
                     undo.callback(self._hostports.close, sandbox_id)
                     self._hostports.open(sandbox_id, ips[0], config.port_mappings)
@@ -401,29 +319,29 @@ class SandboxService:
         sandbox_id = record.id
         bundle = self._bundle(sandbox_id)
         self._watcher.unwatch(sandbox_id)
-        with self._lock:
+        with self._alive_lock:
             self._alive.discard(sandbox_id)
         if self._hostports:
             self._hostports.close(sandbox_id)
         if record.config.namespaces.network != NamespaceMode.NODE:
             self._network.teardown(record.network, sandbox_id, self._store.dir_of(sandbox_id))
         if record.shim is not None:
-            stop_shim(bundle, _shim_process(record.shim))
+            stop_shim(bundle, shim_process(record.shim))
         else:
             # Crashed between starting the shim and recording it, maybe before it served its
             # socket: its processes are the ones started for this bundle.
-            _kill_unrecorded_shim(bundle)
+            kill_unrecorded_shim(bundle)
         for path in record.namespaces.values():
             unpin_namespace(Path(path))
         if record.shm_path and record.shm_path != HOST_SHM:
-            _unmount(Path(record.shm_path))
+            unmount(Path(record.shm_path))
 
     def stop(self, sandbox_id: str) -> None:
         """Stops the pod: network torn down, shim gone, namespaces released. Idempotent."""
-        full = self._resolve(sandbox_id)
+        full = self._registry.resolve(sandbox_id)
         if full is None:
             return
-        with self._operation(full) as record:
+        with self._registry.operation(full) as record:
             if record is None:
                 return
             self.before_stop(full)
@@ -432,17 +350,16 @@ class SandboxService:
             if record.phase != Phase.STOPPED:
                 record = dataclasses.replace(record, phase=Phase.STOPPED)
                 self._store.save(record)
-                with self._lock:
-                    self._records[full] = record
+                self._registry.put(record)
                 log.info("sandbox stopped", sandbox=full)
                 self.on_event(EventType.STOPPED, SandboxView(record, SandboxState.NOTREADY))
 
     def remove(self, sandbox_id: str) -> None:
         """Removes every trace of the pod (stopping it first if needed). Idempotent."""
-        full = self._resolve(sandbox_id)
+        full = self._registry.resolve(sandbox_id)
         if full is None:
             return
-        with self._operation(full) as record:
+        with self._registry.operation(full) as record:
             if record is None:
                 return
             self.before_stop(full)
@@ -452,17 +369,14 @@ class SandboxService:
             self._remove_pod_cgroup(record)
             shutil.rmtree(self._bundle(full), ignore_errors=True)
             self._store.delete(full)
-            with self._lock:
-                self._records.pop(full, None)
-                self._names.pop(name_key(record.config), None)
-                self._op_locks.pop(full, None)
+            self._registry.forget(full)
             log.info("sandbox removed", sandbox=full)
             self.on_event(EventType.DELETED, SandboxView(record, SandboxState.NOTREADY))
 
     def _on_shim_exit(self, sandbox_id: str) -> None:
-        with self._lock:
+        with self._alive_lock:
             self._alive.discard(sandbox_id)
-            record = self._records.get(sandbox_id)
+        record = self._registry.get(sandbox_id)
         if record is not None and record.phase == Phase.CREATED:
             log.warning("shim exited; sandbox is NOTREADY", sandbox=sandbox_id)
             self.on_event(EventType.STOPPED, SandboxView(record, SandboxState.NOTREADY))
@@ -473,22 +387,24 @@ class SandboxService:
         is kubelet's to size, so for those pods only the record changes."""
         validate_resources(resources)
         validate_resources(overhead)
-        full = self._resolve(sandbox_id)
+        full = self._registry.resolve(sandbox_id)
         if full is None:
             raise NotFound(f"pod sandbox {sandbox_id} not found")
-        with self._operation(full) as record:
+        with self._registry.operation(full) as record:
             if record is None:
                 raise NotFound(f"pod sandbox {sandbox_id} not found")
             if record.cgroup and record.phase != Phase.STOPPED and self._cgroups is not None:
                 try:
-                    self._cgroups.update(record.cgroup, pod_resources(resources, overhead))
+                    limits = pod_resources(resources, overhead)
+                    self._cgroups.update(
+                        record.cgroup, self._cgroups.linux_resources(limits, record.id)
+                    )
                 except OSError as e:
                     raise Internal(f"pod cgroup {record.cgroup}: {e}") from None
             config = dataclasses.replace(record.config, resources=resources, overhead=overhead)
             record = dataclasses.replace(record, config=config)
             self._store.save(record)
-            with self._lock:
-                self._records[record.id] = record
+            self._registry.put(record)
         log.info("pod resources updated", sandbox=record.id, cgroup=record.cgroup or "(kubelet's)")
 
     # --- cgroups --------------------------------------------------------------------------
@@ -502,7 +418,9 @@ class SandboxService:
         assert self._cgroups is not None
         limits = pod_resources(record.config.resources, record.config.overhead)
         try:
-            self._cgroups.create(record.cgroup, limits)
+            # A pod has no spec of its own: its cgroup gets its limits as a container's
+            # linux.resources would hold them on this node (the same translation).
+            self._cgroups.create(record.cgroup, self._cgroups.linux_resources(limits, record.id))
         except OSError as e:
             if e.errno in (errno.EINVAL, errno.ERANGE, errno.EBUSY):
                 raise InvalidArgument(f"pod cgroup {record.cgroup}: {e.strerror}") from None
@@ -541,26 +459,25 @@ class SandboxService:
                 shutil.rmtree(self._bundle(record.id), ignore_errors=True)
                 self._store.delete(record.id)
                 continue
-            self._records[record.id] = record
-            self._names[name_key(record.config)] = record.id
+            self._registry.restore(record)
             if record.phase != Phase.CREATED or record.shim is None:
                 continue
-            if self._watcher.watch(record.id, _shim_process(record.shim)):
+            if self._watcher.watch(record.id, shim_process(record.shim)):
                 self._alive.add(record.id)
                 self._reopen_hostports(record)
                 try:
-                    ShimClient(self._bundle(record.id)).call("ping", timeout=2.0)
+                    ShimClient(self._bundle(record.id)).ping(timeout=2.0)
                 except ShimError as e:
                     log.warning("live shim does not answer", sandbox=record.id, error=str(e))
             else:
                 log.warning("shim died while the daemon was down", sandbox=record.id)
         # Addresses whose sandbox is gone or stopped (crash during remove or stop).
         for owner in set(self._network.allocations.owned().values()):
-            owner_record = self._records.get(owner)
+            owner_record = self._registry.get(owner)
             if owner_record is None or owner_record.phase == Phase.STOPPED:
                 log.info("releasing an address left allocated", sandbox=owner)
                 self._network.teardown(BUILTIN, owner, self._store.dir_of(owner))
-        log.info("sandboxes recovered", count=len(self._records), ready=len(self._alive))
+        log.info("sandboxes recovered", count=len(self._registry), ready=len(self._alive))
 
     def _reopen_hostports(self, record: SandboxRecord) -> None:
         if self._hostports and record.network == BUILTIN and record.ip:
@@ -583,63 +500,3 @@ class SandboxService:
     def close(self) -> None:
         self._watcher.close()
         self._template.close()
-
-
-def _shim_process(info: ShimInfo) -> ShimProcess:
-    return ShimProcess(pid=info.pid, start_time=info.start_time, init_pid=info.init_pid)
-
-
-def _shim_processes(bundle: Path) -> list[int]:
-    """PIDs started as `python -m cri_py.shim <bundle>`: the shim, its pod-init, a child not
-    exec'd yet (a shim forked by the template takes that command line too)."""
-    target = os.fsencode(str(bundle))
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                args = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"cri_py.shim" in args and target in args:
-                found.append(int(name))
-    return found
-
-
-def _kill_unrecorded_shim(bundle: Path, timeout: float = 10.0) -> None:
-    """SIGKILLs a shim the daemon started but never recorded, until none is left for a
-    while: one still starting may fork after a first look. Its exit.json must not land in
-    a bundle dir already removed, so this returns once they are gone."""
-    deadline = time.monotonic() + timeout
-    quiet_since = time.monotonic()
-    while time.monotonic() < deadline:
-        pids = _shim_processes(bundle)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if pids:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since > 0.5:
-            return
-        time.sleep(0.05)
-    log.error("a shim of a half-built sandbox would not die", bundle=str(bundle))
-
-
-def _unmount(path: Path) -> None:
-    try:
-        syscalls.umount2(path, syscalls.MNT_DETACH)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOENT):
-            raise
-
-
-def _write_pod_file(path: Path, text: str) -> None:
-    """In place (a container's bind mount holds the inode), with the mode containerd gives it."""
-    path.write_text(text)
-    path.chmod(pod_files.FILE_MODE)
-
-
-def _read_host_resolv_conf() -> str:
-    try:
-        return HOST_RESOLV_CONF.read_text()
-    except FileNotFoundError:
-        return ""

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cri_py.api import api_pb2 as pb
-from cri_py.runtime.containers import ContainerUsage, SandboxUsage
+from cri_py.runtime.container_stats import ContainerUsage, SandboxUsage
 from cri_py.runtime.stats import CgroupDetail, FilesystemCapacity, NetworkUsage
 
 NS = 1_000_000_000

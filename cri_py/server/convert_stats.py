@@ -6,7 +6,7 @@ from __future__ import annotations
 from cri_py.api import api_pb2 as pb
 from cri_py.model.container import ContainerFilter
 from cri_py.model.sandbox import SandboxFilter
-from cri_py.runtime.containers import ContainerUsage, SandboxUsage
+from cri_py.runtime.container_stats import ContainerUsage, SandboxUsage
 from cri_py.runtime.stats import CpuUsage, MemoryUsage, NetworkUsage
 
 

@@ -19,7 +19,7 @@ from cri_py.model.sandbox import SandboxFilter, SandboxState, SandboxView
 from cri_py.runtime.containers import ContainerService
 from cri_py.runtime.node import NodeState, conditions
 from cri_py.runtime.sandboxes import SandboxService
-from cri_py.runtime.stats import filesystem_capacity
+from cri_py.runtime.stats_reader import filesystem_capacity
 from cri_py.server import convert, convert_containers, convert_metrics, convert_stats
 from cri_py.server.guard import Context
 from cri_py.server.images import STREAM_CHUNK

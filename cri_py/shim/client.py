@@ -1,5 +1,7 @@
 """The daemon's side of a shim: start one (fork+exec, own session), find out whether it is still
-the process we started, and call it over its socket. Blocking; callers run it off the event loop.
+the process we started, and call it over its socket with the typed requests of
+`cri_py.shim.messages` (`ShimClient`). Blocking, except the fd-passing calls (`exec_stream`,
+`attach`), which are coroutines; callers run the rest off the event loop.
 """
 
 from __future__ import annotations
@@ -15,17 +17,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Self, TypeVar
 
 import cri_py
-from cri_py.shim import protocol
+from cri_py.shim import messages, protocol
 from cri_py.shim.spec import (
     LOG_FILE,
+    SHIM_SPEC_FILE,
     SOCKET_FILE,
-    SPEC_FILE,
     TEMPLATE_MODULE,
     TEMPLATE_TITLE_SPACE,
     ShimSpec,
@@ -33,6 +35,17 @@ from cri_py.shim.spec import (
 
 START_TIMEOUT_SECONDS = 10.0
 CALL_TIMEOUT_SECONDS = 5.0
+CREATE_TIMEOUT_SECONDS = 30.0
+# An ExecSync reply's frame: above the bound the shim keeps to (`execs.EXEC_FRAME_BYTES`).
+EXEC_FRAME_BYTES = 64 * 1024 * 1024
+
+
+class _WireReply(Protocol):
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Self: ...
+
+
+_Reply = TypeVar("_Reply", bound=_WireReply)
 
 
 class ShimError(Exception):
@@ -201,7 +214,7 @@ def start_shim(
 ) -> ShimProcess:
     """Writes the spec into `bundle`, starts the shim (forked by `template` when given, else
     exec'd), returns once it serves its socket."""
-    (bundle / SPEC_FILE).write_text(spec.to_json())
+    (bundle / SHIM_SPEC_FILE).write_text(spec.to_json())
     if template is not None:
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
@@ -281,20 +294,102 @@ def connect_unix(conn: socket.socket, path: Path) -> None:
 
 
 class ShimClient:
-    """Request/response calls to one shim, a fresh connection per call (calls are rare)."""
+    """Calls to one shim, a fresh connection per call (calls are rare). Each method sends one
+    request of `messages` and returns the typed reply; a shim's error answer, a reply that
+    does not decode and a socket failure raise ShimError (`kind` set for the first)."""
 
     def __init__(self, bundle: Path) -> None:
         self.socket_path = bundle / SOCKET_FILE
         self._next_id = 1
 
-    def call(
+    def ping(self, timeout: float = CALL_TIMEOUT_SECONDS) -> messages.ShimStatus:
+        return self._call(messages.Ping(), messages.ShimStatus, timeout)
+
+    def version(self, timeout: float = CALL_TIMEOUT_SECONDS) -> int:
+        """The protocol version the shim speaks (1 for a shim that does not say)."""
+        return self.ping(timeout).protocol
+
+    def shutdown(self, timeout: float = CALL_TIMEOUT_SECONDS) -> None:
+        self._call(messages.Shutdown(), messages.Done, timeout)
+
+    def create(
+        self, request: messages.Create, timeout: float = CREATE_TIMEOUT_SECONDS
+    ) -> messages.ContainerView:
+        return self._call(request, messages.ContainerView, timeout)
+
+    def start(self, container_id: str) -> messages.ContainerView:
+        return self._call(messages.Start(container_id), messages.ContainerView)
+
+    def kill(self, container_id: str, signum: int) -> None:
+        self._call(messages.Kill(container_id, int(signum)), messages.Done)
+
+    def container_status(self, container_id: str) -> messages.ContainerView:
+        return self._call(messages.ContainerStatus(container_id), messages.ContainerView)
+
+    def close_stdin(self, container_id: str) -> None:
+        self._call(messages.CloseStdin(container_id), messages.Done)
+
+    def reopen_log(self, container_id: str) -> None:
+        self._call(messages.ReopenLog(container_id), messages.Done)
+
+    def remove(self, container_id: str) -> None:
+        self._call(messages.Remove(container_id), messages.Done)
+
+    def exec(
+        self, container_id: str, args: Sequence[str], timeout: float, call_timeout: float
+    ) -> messages.ExecResult:
+        """ExecSync: the shim kills the command after `timeout` seconds (0: never) and answers
+        a "timeout" error; `call_timeout` guards against a shim that never answers."""
+        request = messages.Exec(container_id, tuple(args), timeout)
+        return self._call(request, messages.ExecResult, call_timeout, EXEC_FRAME_BYTES)
+
+    async def exec_stream(
+        self, container_id: str, args: Sequence[str], tty: bool, stdio: list[int]
+    ) -> messages.ExecResult:
+        """Runs `args` on `stdio` (stdin, stdout, stderr; passed to the shim, still the
+        caller's to close) and returns when the command exits."""
+        request = messages.ExecStream(container_id, tuple(args), tty)
+        result, passed = await call_passing_fds(
+            self.socket_path, request.METHOD, request.to_wire(), stdio
+        )
+        for fd in passed:
+            os.close(fd)
+        return _decode(self.socket_path, request.METHOD, result, messages.ExecResult)
+
+    async def attach(self, container_id: str, outputs: Mapping[str, int], stdin: bool) -> int:
+        """Has the shim copy the container's output streams into `outputs` (stream name ->
+        pipe write end, still the caller's to close); returns a dup of the container's stdin
+        when `stdin` and it has one, else -1."""
+        names = sorted(outputs)
+        request = messages.Attach(container_id, tuple(names), stdin)
+        result, passed = await call_passing_fds(
+            self.socket_path, request.METHOD, request.to_wire(), [outputs[n] for n in names]
+        )
+        try:
+            reply = _decode(self.socket_path, request.METHOD, result, messages.Attached)
+        except ShimError:
+            for fd in passed:
+                os.close(fd)
+            raise
+        stdin_fd = passed.pop(0) if reply.stdin and passed else -1
+        for fd in passed:
+            os.close(fd)
+        return stdin_fd
+
+    def _call(
         self,
-        method: str,
-        params: Mapping[str, Any] | None = None,
+        request: messages.ShimRequest,
+        reply: type[_Reply],
         timeout: float = CALL_TIMEOUT_SECONDS,
         max_frame: int = protocol.MAX_FRAME_BYTES,
+    ) -> _Reply:
+        result = self._exchange(request.METHOD, request.to_wire(), timeout, max_frame)
+        return _decode(self.socket_path, request.METHOD, result, reply)
+
+    def _exchange(
+        self, method: str, params: Mapping[str, Any], timeout: float, max_frame: int
     ) -> Mapping[str, Any]:
-        request = protocol.Request(self._next_id, method, dict(params or {}))
+        request = protocol.Request(self._next_id, method, dict(params))
         self._next_id += 1
         deadline = time.monotonic() + timeout
         try:
@@ -319,6 +414,15 @@ class ShimClient:
             raise ShimError(f"shim at {self.socket_path}: {method}: {e}") from e
 
 
+def _decode(
+    socket_path: Path, method: str, result: Mapping[str, Any], reply: type[_Reply]
+) -> _Reply:
+    try:
+        return reply.from_wire(result)
+    except protocol.ProtocolError as e:
+        raise ShimError(f"shim at {socket_path}: {method}: unexpected reply: {e}") from e
+
+
 def stop_shim(bundle: Path, shim: ShimProcess, timeout: float = CALL_TIMEOUT_SECONDS) -> None:
     """Asks the shim to shut down, SIGKILLs it after `timeout`; returns once it is gone.
 
@@ -333,7 +437,7 @@ def stop_shim(bundle: Path, shim: ShimProcess, timeout: float = CALL_TIMEOUT_SEC
         if process_start_time(shim.pid) != shim.start_time:
             return
         with contextlib.suppress(ShimError):
-            ShimClient(bundle).call("shutdown", timeout=timeout)
+            ShimClient(bundle).shutdown(timeout)
         if _wait_readable(pidfd, timeout):
             return
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)

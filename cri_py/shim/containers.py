@@ -1,14 +1,13 @@
-"""The shim's containers: launch (create/start), signals, stdio into CRI log files, exits
-recorded in each container's dir, and ExecSync sessions.
+"""The shim's containers: launch (create/start), signals, stdio into CRI log files and
+attached clients, exits recorded in each container's dir. Exec sessions are `execs`'s, the
+fork and sync socket of a launch `sync`'s; requests and replies are `messages`'s types.
 
 Blocking is bounded: create and start wait on the child's sync socket (milliseconds, with a
-timeout); everything else is driven by the shim's selector loop through `Hooks`. The shim is
-single-threaded, so forking here is safe. Stdlib only.
+timeout); everything else is driven by the shim's selector loop through `Hooks`. Stdlib only.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import functools
@@ -18,7 +17,6 @@ import pty
 import select
 import signal
 import socket
-import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,33 +24,30 @@ from pathlib import Path
 from typing import Any
 
 from cri_py.oci.plan import LaunchPlan, User, build_plan, mount_step
-from cri_py.shim import launcher
+from cri_py.shim import launcher, messages
+from cri_py.shim.execs import Execs, Respond
 from cri_py.shim.logs import LogLines
+from cri_py.shim.sync import (
+    SYNC_TIMEOUT_SECONDS,
+    ContainerError,
+    SetupProcesses,
+    fork_child,
+    kill_and_reap,
+    nonblocking,
+    receive_ready,
+    sync_pair,
+)
 
-SYNC_TIMEOUT_SECONDS = 10.0
-EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
-# An exec's answer: both outputs at their limit, base64-encoded, plus the frame's JSON.
-EXEC_FRAME_BYTES = 2 * EXEC_OUTPUT_LIMIT * 4 // 3 + 64 * 1024
-# After an exec'd command exits, how long its output may keep flowing (a background child
-# holding the pipe) before the answer goes without it.
-EXEC_DRAIN_SECONDS = 1.0
-EXIT_FILE = "exit.json"
-SPEC_FILE = "config.json"
-
-
-class ContainerError(Exception):
-    """An operation failed; `kind` is the protocol error kind ("not_found", "invalid", ...)."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
+# In a container's dir: the OCI spec the daemon wrote (the bundle's), and how it ended.
+OCI_SPEC_FILE = "config.json"
+CONTAINER_EXIT_FILE = "exit.json"
 
 
 @dataclass
 class Hooks:
     add_reader: Callable[[int, Callable[[], None]], None]
     remove_reader: Callable[[int], None]
-    emit: Callable[[str, Mapping[str, Any]], None]
+    emit: Callable[[messages.Exited], None]
 
 
 class LogFile:
@@ -119,88 +114,6 @@ def oom_kills(path: str) -> int:
     return 0
 
 
-def _nonblocking(fd: int) -> int:
-    os.set_blocking(fd, False)
-    return fd
-
-
-class SetupProcesses:
-    """The processes a launch reported as about to exec ("P"), held by pidfd (a PID could be
-    reused once the process is reaped elsewhere): when the launch fails or times out they are
-    killed, not only the intermediate process the shim forked. Killing a PID namespace's init
-    ends every process in it."""
-
-    def __init__(self) -> None:
-        self.pids: list[int] = []
-        self._pidfds: list[int] = []
-
-    def add(self, pid: int) -> None:
-        self.pids.append(pid)
-        with contextlib.suppress(ProcessLookupError):
-            self._pidfds.append(os.pidfd_open(pid))
-
-    def kill(self) -> None:
-        for pidfd in self._pidfds:
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-
-    def close(self) -> None:
-        for pidfd in self._pidfds:
-            os.close(pidfd)
-        self._pidfds.clear()
-
-
-def _credentials_pid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-            pid, _, _ = struct.unpack("iII", payload[: struct.calcsize("iII")])
-            return int(pid)
-    return None
-
-
-def receive_ready(
-    sync: socket.socket, timeout: float, started: SetupProcesses | None = None
-) -> tuple[int, dict[str, Any]]:
-    """Waits for the child's "R" (its PID, from SCM_CREDENTIALS, and payload) or raises with
-    its "E" text. Each "P" before it (a process that will exec, with its PID) goes to
-    `started`, for the caller to kill if this raises."""
-    deadline = time.monotonic() + timeout
-    size = socket.CMSG_SPACE(struct.calcsize("iII"))
-    while True:
-        ready, _, _ = select.select([sync], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            raise ContainerError("failed", f"the child did not get ready within {timeout}s")
-        data, ancillary, _, _ = sync.recvmsg(65536, size)
-        if data.startswith(b"E"):
-            raise ContainerError("failed", data[1:].decode(errors="replace"))
-        pid = _credentials_pid(ancillary)
-        if data == b"P":
-            if pid is not None and started is not None:
-                started.add(pid)
-            continue
-        if not data.startswith(b"R"):
-            raise ContainerError("failed", "the child exited during setup")
-        if pid is None:
-            raise ContainerError("failed", "the child's ready message carried no credentials")
-        return pid, json.loads(data[1:] or b"{}")
-
-
-def _sync_pair() -> tuple[socket.socket, socket.socket]:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-    return ours, theirs
-
-
-def _fork_child(run: Callable[[], None]) -> int:
-    pid = os.fork()
-    if pid == 0:
-        try:
-            run()
-        finally:
-            os._exit(launcher.EXIT_SETUP_FAILED)
-    return pid
-
-
 @dataclass
 class Container:
     id: str
@@ -211,7 +124,7 @@ class Container:
     status: str = "created"
     created_at: int = 0
     started_at: int = 0
-    exit: dict[str, Any] | None = None
+    exit: messages.ExitInfo | None = None
     user: User = field(default_factory=User)
     sync: socket.socket | None = None
     stdin_fd: int = -1
@@ -225,36 +138,11 @@ class Container:
     # The oom_score_adj its init got (None: none was asked for); every exec gets it too.
     oom_score_adj: int | None = None
 
-    def view(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "pid": self.pid,
-            "status": self.status,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "exit": self.exit,
-            "user": {
-                "uid": self.user.uid,
-                "gid": self.user.gid,
-                "groups": list(self.user.additional_gids),
-            },
-        }
-
-
-@dataclass
-class ExecSession:
-    container: str
-    pid: int  # our child, which mirrors the command's exit status
-    command_pid: int  # the command itself (in the container's PID namespace)
-    respond: Callable[[Mapping[str, Any] | None, str, str], None]
-    deadline: float | None
-    open_fds: dict[int, str] = field(default_factory=dict)
-    output: dict[str, bytearray] = field(
-        default_factory=lambda: {"stdout": bytearray(), "stderr": bytearray()}
-    )
-    exit_code: int | None = None
-    drain_deadline: float | None = None
-    timed_out: bool = False
+    def view(self) -> messages.ContainerView:
+        user = messages.ProcessUser(self.user.uid, self.user.gid, self.user.additional_gids)
+        return messages.ContainerView(
+            self.id, self.pid, self.status, self.created_at, self.started_at, self.exit, user
+        )
 
 
 class Containers:
@@ -264,7 +152,7 @@ class Containers:
         self._mirror_exits = pod_pid_namespace
         self._containers: dict[str, Container] = {}
         self._by_pid: dict[int, str] = {}
-        self._execs: dict[int, ExecSession] = {}
+        self._execs = Execs(hooks)
 
     def get(self, container_id: str) -> Container:
         container = self._containers.get(container_id)
@@ -272,28 +160,25 @@ class Containers:
             raise ContainerError("not_found", f"container {container_id} not found in this shim")
         return container
 
-    def list(self) -> list[dict[str, Any]]:
-        return [c.view() for c in self._containers.values()]
+    def list(self) -> tuple[messages.ContainerView, ...]:
+        return tuple(c.view() for c in self._containers.values())
 
     # --- create / start -------------------------------------------------------------------
 
-    def create(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        container_id = str(params["id"])
+    def create(self, request: messages.Create) -> messages.ContainerView:
+        container_id = request.id
         if container_id in self._containers:
             raise ContainerError("exists", f"container {container_id} already exists")
-        bundle = Path(str(params["bundle"]))
-        spec = json.loads((bundle / SPEC_FILE).read_text())
+        bundle = Path(request.bundle)
+        spec = json.loads((bundle / OCI_SPEC_FILE).read_text())
         try:
             plan = build_plan(spec)
-            mounts = params.get("cgroup_mounts", ())
-            plan = dataclasses.replace(
-                plan, cgroup_mounts=tuple((str(n), str(d)) for n, d in mounts)
-            )
-            rootfs = [mount_step({**m, "destination": plan.rootfs}) for m in params["rootfs"]]
+            plan = dataclasses.replace(plan, cgroup_mounts=request.cgroup_mounts)
+            rootfs = [mount_step({**m, "destination": plan.rootfs}) for m in request.rootfs]
         except ValueError as e:
             raise ContainerError("invalid", str(e)) from e
         with contextlib.ExitStack() as undo:
-            log = LogFile(str(params.get("log_path", "")))
+            log = LogFile(request.log_path)
             undo.callback(log.close)
             child_fds: list[int] = []
             container = Container(container_id, bundle, plan, log, created_at=time.time_ns())
@@ -301,17 +186,17 @@ class Containers:
                 master, slave = pty.openpty()
                 undo.callback(os.close, master)
                 child_fds = [slave, slave, slave]
-                container.outputs[_nonblocking(master)] = LogLines("stdout")
-                if params.get("stdin"):
+                container.outputs[nonblocking(master)] = LogLines("stdout")
+                if request.stdin:
                     container.stdin_fd = os.dup(master)
             else:
                 out_r, out_w = os.pipe2(os.O_CLOEXEC)
                 err_r, err_w = os.pipe2(os.O_CLOEXEC)
                 undo.callback(os.close, out_r)
                 undo.callback(os.close, err_r)
-                container.outputs[_nonblocking(out_r)] = LogLines("stdout")
-                container.outputs[_nonblocking(err_r)] = LogLines("stderr")
-                if params.get("stdin"):
+                container.outputs[nonblocking(out_r)] = LogLines("stdout")
+                container.outputs[nonblocking(err_r)] = LogLines("stderr")
+                if request.stdin:
                     in_r, in_w = os.pipe2(os.O_CLOEXEC)
                     container.stdin_fd = in_w
                     undo.callback(os.close, in_w)
@@ -320,16 +205,13 @@ class Containers:
                 child_fds = [in_r, out_w, err_w]
             # The init joins them itself, before it touches the image (0 too: a process
             # must not keep the shim's score, -999 under the daemon's systemd unit).
-            container.cgroup_procs = tuple(str(p) for p in params.get("cgroup_procs", ()))
-            container.oom_file = str(params.get("oom_file", ""))
-            wanted_score = params.get("oom_score_adj")
-            limits = launcher.Limits(
-                container.cgroup_procs, None if wanted_score is None else int(wanted_score)
-            )
-            ours, theirs = _sync_pair()
+            container.cgroup_procs = request.cgroup_procs
+            container.oom_file = request.oom_file
+            limits = launcher.Limits(container.cgroup_procs, request.oom_score_adj)
+            ours, theirs = sync_pair()
             undo.callback(ours.close)
             try:
-                child = _fork_child(
+                child = fork_child(
                     lambda: launcher.run_init(
                         plan, rootfs, child_fds, theirs.fileno(), self._mirror_exits, limits
                     )
@@ -338,7 +220,7 @@ class Containers:
                 theirs.close()
                 for fd in set(child_fds):
                     os.close(fd)
-            undo.callback(_kill_and_reap, child)
+            undo.callback(kill_and_reap, child)
             started = SetupProcesses()
             undo.callback(started.close)
             undo.callback(started.kill)  # the init first, then the process that forked it
@@ -364,12 +246,10 @@ class Containers:
             self._by_pid[pid] = container_id
         for fd in container.outputs:
             self._hooks.add_reader(fd, functools.partial(self._on_output, container, fd))
-        view = container.view()
-        if container.oom_score_adj is not None:
-            view["oom_score_adj"] = container.oom_score_adj  # applied (maybe clamped)
-        return view
+        # The score applied (maybe clamped), when one was asked for.
+        return dataclasses.replace(container.view(), oom_score_adj=container.oom_score_adj)
 
-    def start(self, container_id: str) -> dict[str, Any]:
+    def start(self, container_id: str) -> messages.ContainerView:
         container = self.get(container_id)
         if container.status != "created" or container.sync is None:
             raise ContainerError(
@@ -440,7 +320,7 @@ class Containers:
                 os.close(fd)
             raise
         for fd, stream in zip(fds, streams, strict=True):
-            container.attached[_nonblocking(fd)] = stream
+            container.attached[nonblocking(fd)] = stream
         return stdin_fd
 
     def close_stdin(self, container_id: str) -> None:
@@ -525,26 +405,17 @@ class Containers:
     # --- exits ----------------------------------------------------------------------------
 
     def _record_exit(self, container: Container, code: int, reason: str, message: str) -> None:
-        record = {
-            "exit_code": code,
-            "finished_at": time.time_ns(),
-            "reason": reason,
-            "message": message,
-            "started_at": container.started_at,
-            "pid": container.pid,
-        }
+        record = messages.ExitInfo(
+            code, time.time_ns(), reason, message, container.started_at, container.pid
+        )
         container.status = "exited"
         container.exit = record
-        write_exit_file(container.bundle / EXIT_FILE, record)
-        self._hooks.emit("exited", {"id": container.id, **record})
+        write_exit_file(container.bundle / CONTAINER_EXIT_FILE, record.to_wire())
+        self._hooks.emit(messages.Exited(container.id, record))
 
     def on_child_exit(self, pid: int, status: int) -> None:
         """Called by the shim's reaper for every child it reaps."""
-        session = self._execs.get(pid)
-        if session is not None:
-            session.exit_code = os.waitstatus_to_exitcode(status)
-            session.drain_deadline = time.monotonic() + EXEC_DRAIN_SECONDS
-            self._maybe_finish(session)
+        if self._execs.on_child_exit(pid, status):
             return
         container_id = self._by_pid.pop(pid, None)
         if not container_id:
@@ -569,165 +440,30 @@ class Containers:
             if container.status != "exited" and container.pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(container.pid, signal.SIGKILL)
-        for session in self._execs.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(session.command_pid, signal.SIGKILL)
+        self._execs.kill_all()
 
     def pending_exits(self) -> bool:
         return any(c.status != "exited" and c.pid for c in self._containers.values())
 
-    # --- exec -----------------------------------------------------------------------------
+    # --- exec ---------------------------------------------------------------------------
 
     def exec(
         self,
-        params: Mapping[str, Any],
-        respond: Callable[[Mapping[str, Any] | None, str, str], None],
+        request: messages.Exec | messages.ExecStream,
+        respond: Respond,
         stdio: Sequence[int] | None = None,
     ) -> None:
-        """Runs a command in the container and `respond`s with its exit status. With `stdio`
-        (the daemon's three fds for a streaming exec, closed here) the command uses them and no
-        output is collected; otherwise its output is buffered into the answer (ExecSync)."""
-        if stdio is not None:
-            try:
-                self._exec(params, respond, stdio)
-            finally:
-                for fd in stdio:
-                    os.close(fd)
-            return
-        self._exec(params, respond, None)
-
-    def _exec(
-        self,
-        params: Mapping[str, Any],
-        respond: Callable[[Mapping[str, Any] | None, str, str], None],
-        stdio: Sequence[int] | None,
-    ) -> None:
-        container = self.get(str(params["id"]))
-        if container.status != "running":
-            raise ContainerError("invalid", f"container {container.id} is not running")
-        args = [str(a) for a in params.get("args", ())]
-        if not args:
-            raise ContainerError("invalid", "exec needs a command")
-        timeout = float(params.get("timeout", 0) or 0)
-        kinds = {"network": "net", "ipc": "ipc", "uts": "uts", "pid": "pid", "mount": "mnt"}
-        if container.plan.user_namespace:
-            kinds["user"] = "user"  # last: the others need the host's root to join
-        join = [(kind, f"/proc/{container.pid}/ns/{name}") for kind, name in kinds.items()]
-        if stdio is not None and len(stdio) != 3:
-            raise ContainerError("invalid", f"a streaming exec needs 3 fds, got {len(stdio)}")
-        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        child_stdio = list(stdio) if stdio is not None else [null, out_w, err_w]
-        ours, theirs = _sync_pair()
-        plan = container.plan
-        # Confined as the init is: its cgroups and the score it got, its rlimits.
-        limits = launcher.Limits(container.cgroup_procs, container.oom_score_adj)
+        """Runs a command in the container (see `Execs.start`); `stdio` is closed here."""
         try:
-            pid = _fork_child(
-                lambda: launcher.run_exec(
-                    join,
-                    container.user,
-                    plan.cwd,
-                    args,
-                    plan.env,
-                    child_stdio,
-                    theirs.fileno(),
-                    plan.security,
-                    bool(params.get("tty")),
-                    limits,
-                    plan.rlimits,
-                )
-            )
-        finally:
-            for fd in (null, out_w, err_w):
+            container = self.get(request.id)
+        except ContainerError:
+            for fd in stdio or ():
                 os.close(fd)
-            theirs.close()
-        started = SetupProcesses()
-        try:
-            command_pid, _ = receive_ready(ours, SYNC_TIMEOUT_SECONDS, started)
-        except (ContainerError, OSError) as e:
-            started.kill()  # the command, in the container, then the process that forked it
-            _kill_and_reap(pid)
-            os.close(out_r)
-            os.close(err_r)
-            raise ContainerError("failed", f"exec in {container.id}: {e}") from e
-        finally:
-            started.close()
-            ours.close()
-        session = ExecSession(
-            container.id,
-            pid,
-            command_pid,
-            respond,
-            time.monotonic() + timeout if timeout > 0 else None,
-        )
-        self._execs[pid] = session
-        if stdio is not None:
-            # Streaming: the output goes straight to the daemon; the answer is the exit status.
-            os.close(out_r)
-            os.close(err_r)
-            return
-        for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
-            session.open_fds[_nonblocking(fd)] = stream
-            self._hooks.add_reader(fd, functools.partial(self._on_exec_output, session, fd))
-
-    def _on_exec_output(self, session: ExecSession, fd: int) -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        if not data:
-            self._close_exec_output(session, fd)
-            self._maybe_finish(session)
-            return
-        buffer = session.output[session.open_fds[fd]]
-        room = EXEC_OUTPUT_LIMIT - len(buffer)
-        if room > 0:
-            buffer += data[:room]
-
-    def _close_exec_output(self, session: ExecSession, fd: int) -> None:
-        session.open_fds.pop(fd, None)
-        self._hooks.remove_reader(fd)
-        os.close(fd)
-
-    def _maybe_finish(self, session: ExecSession, force: bool = False) -> None:
-        if session.exit_code is None or (session.open_fds and not force):
-            return
-        for fd in list(session.open_fds):
-            self._close_exec_output(session, fd)
-        self._execs.pop(session.pid, None)
-        if session.timed_out:
-            session.respond(None, "timeout", "command timed out")
-            return
-        session.respond(
-            {
-                "exit_code": session.exit_code,
-                "stdout": base64.b64encode(session.output["stdout"]).decode(),
-                "stderr": base64.b64encode(session.output["stderr"]).decode(),
-            },
-            "",
-            "",
-        )
+            raise
+        self._execs.start(container, request, respond, stdio)
 
     def next_deadline(self) -> float | None:
-        deadlines = [d for s in self._execs.values() for d in (s.deadline, s.drain_deadline) if d]
-        return min(deadlines) if deadlines else None
+        return self._execs.next_deadline()
 
     def check_deadlines(self) -> None:
-        now = time.monotonic()
-        for session in list(self._execs.values()):
-            if session.exit_code is None and session.deadline and now >= session.deadline:
-                session.timed_out = True
-                session.deadline = None
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(session.command_pid, signal.SIGKILL)
-            elif session.drain_deadline and now >= session.drain_deadline:
-                self._maybe_finish(session, force=True)
-
-
-def _kill_and_reap(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+        self._execs.check_deadlines()

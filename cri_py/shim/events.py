@@ -1,6 +1,7 @@
 """The daemon's event feed from its shims: one subscribed connection per shim, all read by one
-thread. A shim pushes an `exited` event when a container's process ends; a connection that
-closes means the shim is gone (the caller then reads the exit files the shim left)."""
+thread. A shim pushes an `exited` event (`messages.Exited`) when a container's process ends; a
+connection that closes means the shim is gone (the caller then reads the exit files the shim
+left). Subscribing also learns the shim's containers and its protocol version."""
 
 from __future__ import annotations
 
@@ -10,18 +11,18 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cri_py.log import get_logger
-from cri_py.shim import protocol
+from cri_py.shim import messages, protocol
 from cri_py.shim.client import CALL_TIMEOUT_SECONDS, ShimError, connect_unix
 from cri_py.shim.spec import SOCKET_FILE
 
 log = get_logger("cri_py.shim")
 
-EventHandler = Callable[[str, protocol.Event], None]
+EventHandler = Callable[[str, messages.Exited], None]
 LostHandler = Callable[[str], None]
 
 
@@ -42,9 +43,10 @@ class ShimEvents:
         with self._lock:
             return sandbox_id in self._connections
 
-    def subscribe(self, sandbox_id: str, bundle: Path) -> Mapping[str, Any]:
+    def subscribe(self, sandbox_id: str, bundle: Path) -> messages.Subscribed:
         """Subscribes to the shim in `bundle` (once per sandbox); returns its answer, which
-        lists the containers it holds."""
+        lists the containers it holds. ShimError for a shim of a protocol version this daemon
+        no longer speaks."""
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         decoder = protocol.Decoder()
         try:
@@ -52,7 +54,7 @@ class ShimEvents:
             connect_unix(conn, bundle / SOCKET_FILE)
             conn.sendall(protocol.encode(protocol.Request(1, "subscribe", {})))
             deadline = time.monotonic() + CALL_TIMEOUT_SECONDS
-            result: Mapping[str, Any] | None = None
+            result: messages.Subscribed | None = None
             early: list[protocol.Event] = []
             while result is None:
                 conn.settimeout(max(0.001, deadline - time.monotonic()))
@@ -61,7 +63,9 @@ class ShimEvents:
                     raise ShimError(f"shim of sandbox {sandbox_id} closed the connection")
                 for message in decoder.feed(data):
                     if isinstance(message, protocol.Response) and message.id == 1:
-                        result = message.result or {}
+                        if message.error is not None:
+                            raise ShimError(f"subscribe: {message.error.message}")
+                        result = messages.Subscribed.from_wire(message.result or {})
                     elif isinstance(message, protocol.Event):
                         early.append(message)
         except (OSError, protocol.ProtocolError) as e:
@@ -70,6 +74,20 @@ class ShimEvents:
         except BaseException:
             conn.close()
             raise
+        if result.protocol < protocol.OLDEST_SUPPORTED_VERSION:
+            conn.close()
+            raise ShimError(
+                f"the shim of sandbox {sandbox_id} speaks protocol version {result.protocol}, "
+                f"older than the oldest this daemon speaks "
+                f"({protocol.OLDEST_SUPPORTED_VERSION}); recreate the pod"
+            )
+        if result.protocol != protocol.PROTOCOL_VERSION:
+            log.info(
+                "shim of another release",
+                sandbox=sandbox_id,
+                protocol=result.protocol,
+                ours=protocol.PROTOCOL_VERSION,
+            )
         conn.setblocking(False)
         with self._lock:
             old = self._connections.pop(sandbox_id, None)
@@ -80,7 +98,7 @@ class ShimEvents:
             self._selector.register(conn, selectors.EVENT_READ, sandbox_id)
         os.write(self._wake_write, b"x")
         for event in early:
-            self._on_event(sandbox_id, event)
+            self._deliver(sandbox_id, event)
         return result
 
     def unsubscribe(self, sandbox_id: str) -> None:
@@ -116,18 +134,30 @@ class ShimEvents:
         conn, decoder = entry
         try:
             data = conn.recv(65536)
-            messages = decoder.feed(data) if data else None
+            received = decoder.feed(data) if data else None
         except BlockingIOError:
             return
         except (OSError, protocol.ProtocolError):
-            messages = None
-        if messages is None:
+            received = None
+        if received is None:
             self.unsubscribe(sandbox_id)
             self._call(self._on_lost, sandbox_id)
             return
-        for message in messages:
+        for message in received:
             if isinstance(message, protocol.Event):
-                self._call(self._on_event, sandbox_id, message)
+                self._deliver(sandbox_id, message)
+
+    def _deliver(self, sandbox_id: str, event: protocol.Event) -> None:
+        """Events this daemon knows go to the handler, typed; others (a newer shim's) are
+        skipped, and a malformed one is logged."""
+        if event.name != messages.Exited.NAME:
+            return
+        try:
+            exited = messages.Exited.from_wire(event.data)
+        except protocol.ProtocolError as e:
+            log.error("malformed event from a shim", sandbox=sandbox_id, error=str(e))
+            return
+        self._call(self._on_event, sandbox_id, exited)
 
     @staticmethod
     def _call(handler: Callable[..., None], *args: Any) -> None:

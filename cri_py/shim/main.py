@@ -26,10 +26,19 @@ from typing import Any
 
 from cri_py.linux import syscalls
 from cri_py.linux.userns import UserNamespaceHelper
-from cri_py.shim import protocol
-from cri_py.shim.containers import EXEC_FRAME_BYTES, ContainerError, Containers, Hooks
+from cri_py.shim import messages, protocol
+from cri_py.shim.containers import Containers, Hooks
+from cri_py.shim.execs import EXEC_FRAME_BYTES
 from cri_py.shim.launcher import last_capability
-from cri_py.shim.spec import EXIT_FILE, LOG_FILE, SOCKET_FILE, SPEC_FILE, ShimSpec, sysctl_path
+from cri_py.shim.spec import (
+    EXIT_FILE,
+    LOG_FILE,
+    SHIM_SPEC_FILE,
+    SOCKET_FILE,
+    ShimSpec,
+    sysctl_path,
+)
+from cri_py.shim.sync import ContainerError
 
 # The pod's PID 1 runs as nobody (as kubelet's pause image does, with 65535).
 NOBODY = 65534
@@ -203,26 +212,34 @@ class Shim:
         self.connections[conn][1].extend(protocol.encode(message, EXEC_FRAME_BYTES))
         self._flush(conn)
 
-    def _emit(self, name: str, data: Any) -> None:
+    def _emit(self, event: messages.Exited) -> None:
         for conn in list(self.subscribers):
-            self._send(conn, protocol.Event(name, data))
+            self._send(conn, protocol.Event(event.NAME, event.to_wire()))
 
     def _on_term(self, signum: int, frame: object) -> None:
         self.stopping = "SIGTERM"
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "sandbox_id": self.spec.sandbox_id,
-            "pid": os.getpid(),
-            "init_pid": self.init_pid,
-            "init_exit": self.init_exit,
-            "started_at": self.started_at,
-        }
+    def status(self) -> messages.ShimStatus:
+        return messages.ShimStatus(
+            sandbox_id=self.spec.sandbox_id,
+            pid=os.getpid(),
+            init_pid=self.init_pid,
+            init_exit=self.init_exit,
+            started_at=self.started_at,
+            containers=self.containers.list(),
+            protocol=protocol.PROTOCOL_VERSION,
+        )
 
     def handle(self, conn: socket.socket, request: protocol.Request) -> protocol.Response | None:
-        """The answer to `request`, or None when it comes later (exec)."""
+        """The answer to `request`, or None when it comes later (exec) or went out already
+        (attach). A request this protocol cannot decode is answered "invalid"."""
         try:
-            result = self._dispatch(conn, request)
+            typed = messages.decode_request(request.method, request.params)
+            reply = self._dispatch(conn, request.id, typed)
+        except protocol.ProtocolError as e:
+            for fd in self.passed_fds.pop(conn, []):
+                os.close(fd)
+            return protocol.Response(request.id, error=protocol.Error("invalid", str(e)))
         except ContainerError as e:
             return protocol.Response(request.id, error=protocol.Error(e.kind, str(e)))
         except (KeyError, TypeError, ValueError) as e:
@@ -233,72 +250,72 @@ class Shim:
             return protocol.Response(
                 request.id, error=protocol.Error("failed", f"{request.method}: {e}")
             )
-        return None if result is None else protocol.Response(request.id, result=result)
+        return None if reply is None else protocol.Response(request.id, result=reply.to_wire())
 
-    def _dispatch(self, conn: socket.socket, request: protocol.Request) -> dict[str, Any] | None:
-        params = request.params
+    def _dispatch(
+        self, conn: socket.socket, request_id: int, request: messages.ShimRequest
+    ) -> messages.Reply | None:
         containers = self.containers
-        match request.method:
-            case "ping" | "status":
-                return {**self.status(), "containers": containers.list()}
-            case "shutdown":
+        match request:
+            case messages.Ping() | messages.Status():
+                return self.status()
+            case messages.Shutdown():
                 self.stopping = "shutdown"
-                return {}
-            case "subscribe":
+                return messages.Done()
+            case messages.Subscribe():
                 # This connection now also carries events (container exits).
                 self.subscribers.add(conn)
-                return {"containers": containers.list()}
-            case "create":
-                return containers.create(params)
-            case "start":
-                return containers.start(str(params["id"]))
-            case "kill":
-                containers.kill(str(params["id"]), int(params.get("signal", signal.SIGKILL)))
-                return {}
-            case "container-status" | "wait":
-                return containers.get(str(params["id"])).view()
-            case "attach":
-                # The answer carries the stdin fd (SCM_RIGHTS), so it goes out here and first.
-                if self.connections[conn][1]:
-                    raise ContainerError("invalid", "attach must be alone on its connection")
-                stdin_fd = containers.attach(
-                    str(params["id"]),
-                    self.passed_fds.pop(conn, []),
-                    [str(s) for s in params.get("streams", ())],
-                    bool(params.get("stdin")),
-                )
-                try:
-                    frame = protocol.encode(
-                        protocol.Response(request.id, result={"stdin": stdin_fd >= 0})
-                    )
-                    fds = [stdin_fd] if stdin_fd >= 0 else []
-                    sent = socket.send_fds(conn, [frame], fds)
-                    self.connections[conn][1].extend(frame[sent:])
-                finally:
-                    if stdin_fd >= 0:
-                        os.close(stdin_fd)
+                return messages.Subscribed(containers.list(), protocol.PROTOCOL_VERSION)
+            case messages.Create():
+                return containers.create(request)
+            case messages.Start(id=container_id):
+                return containers.start(container_id)
+            case messages.Kill(id=container_id, signal=signum):
+                containers.kill(container_id, signum)
+                return messages.Done()
+            case messages.ContainerStatus(id=container_id) | messages.Wait(id=container_id):
+                return containers.get(container_id).view()
+            case messages.Attach():
+                self._attach(conn, request_id, request)
                 return None
-            case "close-stdin":
-                containers.close_stdin(str(params["id"]))
-                return {}
-            case "reopen-log":
-                containers.reopen_log(str(params["id"]))
-                return {}
-            case "remove":
-                containers.remove(str(params["id"]))
-                return {}
-            case "exec" | "exec-stream":
+            case messages.CloseStdin(id=container_id):
+                containers.close_stdin(container_id)
+                return messages.Done()
+            case messages.ReopenLog(id=container_id):
+                containers.reopen_log(container_id)
+                return messages.Done()
+            case messages.Remove(id=container_id):
+                containers.remove(container_id)
+                return messages.Done()
+            case messages.Exec() | messages.ExecStream():
 
-                def respond(result: Any, kind: str, message: str) -> None:
+                def respond(result: messages.ExecResult | None, kind: str, message: str) -> None:
                     error = protocol.Error(kind, message) if kind else None
-                    self._send(conn, protocol.Response(request.id, result=result, error=error))
+                    wire = None if result is None else result.to_wire()
+                    self._send(conn, protocol.Response(request_id, result=wire, error=error))
 
-                if request.method == "exec-stream":
-                    containers.exec(params, respond, self.passed_fds.pop(conn, []))
+                if isinstance(request, messages.ExecStream):
+                    containers.exec(request, respond, self.passed_fds.pop(conn, []))
                 else:
-                    containers.exec(params, respond)
+                    containers.exec(request, respond)
                 return None
-        raise ContainerError("invalid", f"unknown method {request.method!r}")
+
+    def _attach(self, conn: socket.socket, request_id: int, request: messages.Attach) -> None:
+        # The answer carries the stdin fd (SCM_RIGHTS), so it goes out here and first.
+        if self.connections[conn][1]:
+            raise ContainerError("invalid", "attach must be alone on its connection")
+        stdin_fd = self.containers.attach(
+            request.id, self.passed_fds.pop(conn, []), request.streams, request.stdin
+        )
+        try:
+            reply = messages.Attached(stdin_fd >= 0)
+            frame = protocol.encode(protocol.Response(request_id, result=reply.to_wire()))
+            fds = [stdin_fd] if stdin_fd >= 0 else []
+            sent = socket.send_fds(conn, [frame], fds)
+            self.connections[conn][1].extend(frame[sent:])
+        finally:
+            if stdin_fd >= 0:
+                os.close(stdin_fd)
 
     def reap(self) -> None:
         while True:
@@ -435,7 +452,7 @@ def main(argv: list[str]) -> int:
     bundle = Path(argv[0])
     try:
         os.chdir("/")
-        spec = ShimSpec.from_json((bundle / SPEC_FILE).read_text())
+        spec = ShimSpec.from_json((bundle / SHIM_SPEC_FILE).read_text())
         create_namespaces(spec)
     except Exception as e:
         _report({"error": f"shim setup: {e}"})

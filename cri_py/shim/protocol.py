@@ -8,7 +8,24 @@ Streaming sessions pass file descriptors (SCM_RIGHTS) alongside a frame instead 
 bytes: `exec-stream` hands the shim the command's stdin/stdout/stderr (pipes or a terminal the
 daemon made), `attach` hands it pipes for the container's output and gets a dup of its stdin
 back, so the bytes of a session never pass through the shim's single-threaded loop.
-Imported by the shim: stdlib only.
+What each method takes and answers is typed in `cri_py.shim.messages`. Imported by the shim:
+stdlib only.
+
+Versions. A shim outlives the daemon that started it (the daemon is upgraded in place,
+`KillMode=process`), so a daemon talks to shims of older releases. `PROTOCOL_VERSION` is what
+this release's shim speaks; it reports it as `protocol` in its ping/status and subscribe
+replies. A shim whose reply has no `protocol` speaks version 1, the format of the releases
+before versions existed (up to 26f9c6f): the methods and keys of `messages` as they were then.
+- The rule: a method or key, once released, keeps its name, its JSON type and its meaning.
+  Adding a method, or a key a shim must understand to do the right thing, bumps the version;
+  adding a reply key the daemon can do without (it reads a default) does not.
+- The daemon speaks to a shim of any version from `OLDEST_SUPPORTED_VERSION` on, with the
+  requests of that shim's version only: a feature that needs a newer shim asks
+  `ShimClient.version` first and is refused for that pod with a message saying so (the pod has
+  it once recreated). Dropping a version (raising `OLDEST_SUPPORTED_VERSION`) is a release
+  note: its pods must be recreated before the upgrade.
+- Version 2 (this release) adds `protocol` to the ping/status and subscribe replies; every
+  request and reply of version 1 is unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +35,9 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+PROTOCOL_VERSION = 2
+OLDEST_SUPPORTED_VERSION = 1
 
 HEADER = struct.Struct(">I")
 # Large enough for any request or status; ExecSync output will travel in its own frames.

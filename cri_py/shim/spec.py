@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-SPEC_FILE = "shim.json"
+SHIM_SPEC_FILE = "shim.json"
 SOCKET_FILE = "shim.sock"
 LOG_FILE = "shim.log"
 EXIT_FILE = "exit.json"

@@ -13,8 +13,8 @@ from cri_py.model.container import (
     SupplementalGroupsPolicy,
 )
 from cri_py.model.image import RuntimeConfig
+from cri_py.model.resources import CgroupSupport
 from cri_py.model.sandbox import SandboxConfig
-from cri_py.oci.cgroups import to_oci
 from cri_py.oci.plan import SUPPLEMENTAL_GROUPS_POLICY_ANNOTATION
 from cri_py.spec.capabilities import capability_name, container_capabilities, is_all
 from cri_py.spec.devices import (
@@ -33,6 +33,7 @@ from cri_py.spec.process import (
     process_args,
     working_dir,
 )
+from cri_py.spec.resources import linux_resources
 from cri_py.spec.security import (
     check_mac,
     check_privileged,
@@ -68,6 +69,8 @@ class SpecInputs:
     seccomp_localhost: Mapping[str, Any] | None = None
     # The container's cgroup (absolute from each hierarchy's root; "" = cgroups not managed).
     cgroups_path: str = ""
+    # What the node adds to the CRI's resources (pids limit) or leaves out (no hugetlb).
+    cgroup_support: CgroupSupport = field(default_factory=CgroupSupport)
     # Image volumes: container path -> the image's unpacked layer dirs, lowest first.
     image_volumes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # An empty dir overlay can use as a bottom layer (image volumes of fewer than 2 layers).
@@ -183,8 +186,9 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
         spec["linux"]["devices"] = device_nodes(inputs.devices)
     if inputs.cgroups_path:
         spec["linux"]["cgroupsPath"] = inputs.cgroups_path
+        # What the cgroup gets, devices included: cri_py.runtime.cgroups applies this object.
         spec["linux"]["resources"] = {
-            **to_oci(config.resources),
+            **linux_resources(config.resources, inputs.cgroup_support),
             "devices": device_rules(inputs.devices, privileged),
         }
     if config.oom_score_adj:

@@ -12,6 +12,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -19,11 +20,17 @@ from cri_py.errors import InvalidArgument
 from cri_py.linux.cgroupfs import Cgroupfs, CgroupMode
 from cri_py.model.resources import Resources
 from cri_py.runtime.cgroups import CgroupManager, container_cgroup
+from cri_py.spec.resources import linux_resources
 from tests.host_kind import skip_host_kind
 
 from .conftest import needs_root
 
 pytestmark = needs_root
+
+
+def spec_resources(manager: CgroupManager, resources: Resources) -> dict[str, Any]:
+    """What a container's spec holds for these CRI values on this node: what the cgroup gets."""
+    return linux_resources(resources, manager.support)
 
 
 @pytest.fixture
@@ -52,8 +59,11 @@ def test_kubelet_500m_64mi_reads_back_exactly(parent: tuple[CgroupManager, str])
     cgroup = container_cgroup(base, "c1")
     manager.create(
         cgroup,
-        Resources(
-            cpu_shares=512, cpu_quota=50000, cpu_period=100000, memory_limit_in_bytes=67108864
+        spec_resources(
+            manager,
+            Resources(
+                cpu_shares=512, cpu_quota=50000, cpu_period=100000, memory_limit_in_bytes=67108864
+            ),
         ),
     )
     fs = manager.fs
@@ -76,7 +86,10 @@ def test_kubelet_hugepage_limits_without_hugetlb_controller_are_dropped(
     cgroup = container_cgroup(base, "huge")
     manager.create(
         cgroup,
-        Resources(memory_limit_in_bytes=64 << 20, hugepage_limits={"2MB": 0, "1GB": 0}),
+        spec_resources(
+            manager,
+            Resources(memory_limit_in_bytes=64 << 20, hugepage_limits={"2MB": 0, "1GB": 0}),
+        ),
     )
     assert manager.fs.read(cgroup, "memory", "memory.limit_in_bytes") == str(64 << 20)
     manager.remove(cgroup)
@@ -85,7 +98,7 @@ def test_kubelet_hugepage_limits_without_hugetlb_controller_are_dropped(
 def test_seed_example_4mib_limit(parent: tuple[CgroupManager, str]) -> None:
     manager, base = parent
     cgroup = container_cgroup(base, "seed")
-    manager.create(cgroup, Resources(memory_limit_in_bytes=4 * 1024 * 1024))
+    manager.create(cgroup, spec_resources(manager, Resources(memory_limit_in_bytes=4 << 20)))
     assert manager.fs.read(cgroup, "memory", "memory.limit_in_bytes") == "4194304"
     manager.remove(cgroup)
 
@@ -95,11 +108,19 @@ def test_update_changes_live_values_and_failure_changes_nothing(
 ) -> None:
     manager, base = parent
     cgroup = container_cgroup(base, "upd")
-    manager.create(cgroup, Resources(cpu_shares=512, memory_limit_in_bytes=64 << 20))
+    manager.create(
+        cgroup, spec_resources(manager, Resources(cpu_shares=512, memory_limit_in_bytes=64 << 20))
+    )
     manager.update(
         cgroup,
-        Resources(
-            cpu_shares=1024, cpu_quota=20000, cpu_period=100000, memory_limit_in_bytes=128 << 20
+        spec_resources(
+            manager,
+            Resources(
+                cpu_shares=1024,
+                cpu_quota=20000,
+                cpu_period=100000,
+                memory_limit_in_bytes=128 << 20,
+            ),
         ),
     )
     fs = manager.fs
@@ -108,7 +129,9 @@ def test_update_changes_live_values_and_failure_changes_nothing(
     assert fs.read(cgroup, "memory", "memory.limit_in_bytes") == str(128 << 20)
     # cpuset.cpus beyond the machine's CPUs fails after the cpu writes succeeded: all undone.
     with pytest.raises((InvalidArgument, OSError)):
-        manager.update(cgroup, Resources(cpu_shares=256, cpuset_cpus="0-4095"))
+        manager.update(
+            cgroup, spec_resources(manager, Resources(cpu_shares=256, cpuset_cpus="0-4095"))
+        )
     assert fs.read(cgroup, "cpu", "cpu.shares") == "1024"
     manager.remove(cgroup)
 
@@ -116,7 +139,7 @@ def test_update_changes_live_values_and_failure_changes_nothing(
 def test_remove_waits_for_an_exiting_task(parent: tuple[CgroupManager, str]) -> None:
     manager, base = parent
     cgroup = container_cgroup(base, "busy")
-    manager.create(cgroup, Resources(memory_limit_in_bytes=64 << 20))
+    manager.create(cgroup, spec_resources(manager, Resources(memory_limit_in_bytes=64 << 20)))
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         manager.add_process(cgroup, child.pid)

@@ -33,6 +33,8 @@ from .test_containers import (
 pytestmark = needs_root
 
 PARENT = CGROUP_PARENT
+# cgroups.pids_limit for this module's daemon: the CRI has no field for it, so the spec must.
+PIDS_LIMIT = 2048
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,9 @@ def fs() -> Cgroupfs:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory, fs: Cgroupfs) -> Iterator[Lab]:
-    with open_lab(tmp_path_factory.mktemp("cgroups"), CONFIG) as opened:
+    # CONFIG ends with its `cgroups:` section.
+    config = CONFIG + f"  pids_limit: {PIDS_LIMIT}\n"
+    with open_lab(tmp_path_factory.mktemp("cgroups"), config) as opened:
         yield opened
 
 
@@ -166,6 +170,88 @@ def test_update_container_resources_changes_the_live_cgroup_and_the_status(
     assert lab.status(cid).resources.linux.cpu_shares == 1024
     lab.remove_pod(pod)
     assert not fs.exists(cgroup)
+
+
+def spec_and_cgroup(lab: Lab, fs: Cgroupfs, container_id: str, cgroup: str) -> tuple[Any, Any]:
+    """The container's config.json `linux.resources` (the file, read from the bundle) and what
+    its cgroup files hold, in the same terms."""
+    bundle = lab.daemon.root_dir / "containers" / container_id
+    spec = json.loads((bundle / "config.json").read_text())["linux"]["resources"]
+    applied = {
+        "cpu": {
+            "shares": int(fs.read(cgroup, "cpu", "cpu.shares")),
+            "quota": int(fs.read(cgroup, "cpu", "cpu.cfs_quota_us")),
+            "period": int(fs.read(cgroup, "cpu", "cpu.cfs_period_us")),
+        },
+        "memory": {"limit": int(fs.read(cgroup, "memory", "memory.limit_in_bytes"))},
+        "pids": {"limit": int(fs.read(cgroup, "pids", "pids.max"))},
+    }
+    return spec, applied
+
+
+def test_config_json_holds_what_the_cgroup_holds_at_create_and_after_an_update(
+    lab: Lab, fs: Cgroupfs
+) -> None:
+    pod = lab.run_pod("truth")
+    # kubelet's 500m / 64Mi, with a zero limit for a huge page size the kernel has.
+    resources = pb.LinuxContainerResources(
+        cpu_shares=512,
+        cpu_quota=50000,
+        cpu_period=100000,
+        memory_limit_in_bytes=64 << 20,
+        hugepage_limits=[pb.HugepageLimit(page_size="2MB", limit=0)],
+    )
+    cid = create(lab, pod, "truth", ["sleep", "1000"], resources)
+    cgroup = cgroup_of(pod, cid)
+    spec, applied = spec_and_cgroup(lab, fs, cid, cgroup)
+    assert applied == {
+        "cpu": spec["cpu"],
+        "memory": spec["memory"],
+        "pids": spec["pids"],
+    }
+    assert spec["pids"] == {"limit": PIDS_LIMIT}  # the config's, written and applied
+    assert spec["memory"] == {"limit": 64 << 20}
+    if "hugetlb" in fs.controllers():
+        assert spec["hugepageLimits"] == [{"pageSize": "2MB", "limit": 0}]
+        assert fs.read(cgroup, "hugetlb", "hugetlb.2MB.limit_in_bytes") == "0"
+    else:  # no controller: the spec does not claim a limit nobody applies
+        assert "hugepageLimits" not in spec
+    devices = spec["devices"]
+    lab.start(cid)
+    # kubelet's resize to 1 CPU share-wise, no CPU limit (quota 0 with its period), 96Mi.
+    lab.daemon.runtime().UpdateContainerResources(
+        pb.UpdateContainerResourcesRequest(
+            container_id=cid,
+            linux=pb.LinuxContainerResources(
+                cpu_shares=1024, cpu_quota=0, cpu_period=100000, memory_limit_in_bytes=96 << 20
+            ),
+        ),
+        timeout=10,
+    )
+    spec, applied = spec_and_cgroup(lab, fs, cid, cgroup)
+    assert spec["cpu"] == {"shares": 1024, "period": 100000}
+    assert applied["cpu"] == {"shares": 1024, "quota": -1, "period": 100000}
+    assert applied["memory"] == spec["memory"] == {"limit": 96 << 20}
+    assert applied["pids"] == spec["pids"] == {"limit": PIDS_LIMIT}
+    assert spec["devices"] == devices
+    reported = lab.status(cid).resources.linux
+    assert (reported.cpu_shares, reported.cpu_quota, reported.memory_limit_in_bytes) == (
+        1024,
+        0,
+        96 << 20,
+    )
+    # One the kernel refuses (no CPU 4096): neither config.json nor the cgroup changes.
+    with pytest.raises(grpc.RpcError) as caught:
+        lab.daemon.runtime().UpdateContainerResources(
+            pb.UpdateContainerResourcesRequest(
+                container_id=cid,
+                linux=pb.LinuxContainerResources(cpu_shares=2048, cpuset_cpus="4096"),
+            ),
+            timeout=10,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert spec_and_cgroup(lab, fs, cid, cgroup) == (spec, applied)
+    lab.remove_pod(pod)
 
 
 def test_a_container_past_its_memory_limit_is_oom_killed(lab: Lab) -> None:

@@ -11,6 +11,7 @@ from cri_py.linux.cgroupfs import Cgroupfs, CgroupMode, Hierarchy, parse_mountin
 from cri_py.model.resources import Resources
 from cri_py.oci.cgroups import v2_writes
 from cri_py.runtime.cgroups import CgroupManager, container_cgroup
+from cri_py.spec.resources import linux_resources
 
 # What our CI machines show: v1 controllers plus an empty cgroup2 mount (hybrid).
 HYBRID = """\
@@ -85,7 +86,7 @@ def test_v2_golden_tree_for_kubelet_request(tmp_path: Path) -> None:
         memory_limit_in_bytes=64 * 1024 * 1024,
         unified={"memory.oom.group": "1"},
     )
-    manager.create("/kubepods/pod1/cri-py-c1", resources)
+    manager.create("/kubepods/pod1/cri-py-c1", linux_resources(resources, manager.support))
     leaf = parent / "cri-py-c1"
     files = {p.name: p.read_text() for p in sorted(leaf.iterdir())}
     assert files == {
@@ -99,7 +100,7 @@ def test_v2_golden_tree_for_kubelet_request(tmp_path: Path) -> None:
     for directory in (tmp_path, tmp_path / "kubepods", parent):
         enabled = (directory / "cgroup.subtree_control").read_text()
         assert enabled == "+cpu +memory +pids", directory
-    assert [w.file for w in v2_writes(resources)][-1] == "memory.oom.group"
+    assert [w.file for w in v2_writes(linux_resources(resources))][-1] == "memory.oom.group"
 
 
 def test_create_tolerates_a_parent_made_concurrently(

@@ -1,9 +1,11 @@
-"""Resources -> cgroup files, golden-tested for v1 and v2 side by side.
+"""CRI resources -> the spec's `linux.resources` -> cgroup files, golden-tested for v1 and v2
+side by side: the same chain a container's create and update go through.
 
-Each `golden/cgroups/<case>.resources.json` (a CRI LinuxContainerResources, snake_case, plus the
-config's pids limit) has `<case>.cgroups.json` beside it: the OCI `linux.resources`, the v1
-writes and the v2 writes (or the error each version gives). Regenerate after a deliberate
-change with `CRI_PY_REGENERATE_GOLDEN=1 pytest tests/unit/oci` and read the diff.
+Each `golden/cgroups/<case>.resources.json` (a CRI LinuxContainerResources, snake_case, and
+under "support" what the node adds or lacks: the config's pids limit, a hugetlb controller) has
+`<case>.cgroups.json` beside it: the OCI `linux.resources`, the v1 writes and the v2 writes
+made from that object (or the error each version gives). Regenerate after a deliberate change
+with `CRI_PY_REGENERATE_GOLDEN=1 pytest tests/unit/oci` and read the diff.
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ from typing import Any
 import pytest
 
 from cri_py.errors import InvalidArgument
-from cri_py.model.resources import Resources
+from cri_py.model.resources import CgroupSupport, Resources
 from cri_py.oci.cgroups import (
     Write,
+    read_limits,
     shares_to_weight,
-    to_oci,
     v1_writes,
     v2_controllers,
     v2_writes,
 )
+from cri_py.spec.resources import linux_resources
 
 GOLDEN = Path(__file__).parent / "golden" / "cgroups"
 REGENERATE = os.environ.get("CRI_PY_REGENERATE_GOLDEN") == "1"
@@ -41,18 +44,20 @@ def _writes(produce: Any) -> Any:
         return {"error": str(e)}
 
 
-def render(resources: Resources) -> dict[str, Any]:
+def render(resources: Resources, support: CgroupSupport) -> dict[str, Any]:
+    oci = linux_resources(resources, support)
     return {
-        "oci": to_oci(resources),
-        "v1": _writes(lambda: v1_writes(resources)),
-        "v2": _writes(lambda: v2_writes(resources)),
+        "oci": oci,
+        "v1": _writes(lambda: v1_writes(oci)),
+        "v2": _writes(lambda: v2_writes(oci)),
     }
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_golden(case: str) -> None:
-    resources = Resources(**json.loads((GOLDEN / f"{case}.resources.json").read_text()))
-    actual = render(resources)
+    fields = json.loads((GOLDEN / f"{case}.resources.json").read_text())
+    support = CgroupSupport(**fields.pop("support", {}))
+    actual = render(Resources(**fields), support)
     expected_file = GOLDEN / f"{case}.cgroups.json"
     if REGENERATE:
         expected_file.write_text(json.dumps(actual, indent=2) + "\n")
@@ -65,11 +70,13 @@ def test_enough_golden_cases() -> None:
 
 def test_kubelet_500m_64mi_is_exact_on_v1() -> None:
     writes = v1_writes(
-        Resources(
-            cpu_shares=512,
-            cpu_quota=50000,
-            cpu_period=100000,
-            memory_limit_in_bytes=64 * 1024 * 1024,
+        linux_resources(
+            Resources(
+                cpu_shares=512,
+                cpu_quota=50000,
+                cpu_period=100000,
+                memory_limit_in_bytes=64 * 1024 * 1024,
+            )
         )
     )
     assert {w.file: w.value for w in writes} == {
@@ -81,7 +88,7 @@ def test_kubelet_500m_64mi_is_exact_on_v1() -> None:
 
 
 def test_memsw_first_only_when_the_new_limit_passes_the_current_memsw() -> None:
-    r = Resources(memory_limit_in_bytes=200, memory_swap_limit_in_bytes=400)
+    r = linux_resources(Resources(memory_limit_in_bytes=200, memory_swap_limit_in_bytes=400))
     raise_order = [w.file for w in v1_writes(r, current_memsw_limit=100)]
     lower_order = [w.file for w in v1_writes(r, current_memsw_limit=1000)]
     new_cgroup = [w.file for w in v1_writes(r, current_memsw_limit=None)]
@@ -106,12 +113,40 @@ def test_shares_to_weight_bounds(shares: int, weight: int) -> None:
         (Resources(memory_limit_in_bytes=-1), "must not be negative"),
     ],
 )
-def test_bad_values_are_invalid_argument_on_both_versions(
+def test_bad_values_are_refused_before_a_spec_is_written(
     resources: Resources, message: str
 ) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        linux_resources(resources)
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ({"blockIO": {"weight": 10}}, "does not apply: blockIO"),
+        ({"memory": {"limit": 1, "reservation": 1}}, "does not apply: memory.reservation"),
+        ({"cpu": {"shares": "512"}}, "must be an integer"),
+        ({"cpu": {"cpus": "0\n1"}}, "is not a list"),
+        ({"hugepageLimits": [{"pageSize": "../2MB", "limit": 0}]}, "page size"),
+        ({"unified": {"../../memory.max": "1"}}, "not a cgroup v2 file name"),
+    ],
+)
+def test_a_spec_field_no_cgroup_write_applies_is_refused_not_ignored(
+    resources: dict[str, Any], message: str
+) -> None:
+    # config.json must say what the cgroup gets: a limit cri-py would silently skip, or a
+    # value that could name a file outside the cgroup, fails on both versions.
     for produce in (v1_writes, v2_writes):
         with pytest.raises(InvalidArgument, match=message):
             produce(resources)
+
+
+def test_device_rules_are_not_limit_writes() -> None:
+    # They are applied once, at create (cri_py.oci.devices / device_filter), never by an update.
+    rules = {"devices": [{"allow": False, "access": "rwm"}], "pids": {"limit": 5}}
+    assert read_limits(rules).pids == 5
+    assert v1_writes(rules) == [Write("pids", "pids.max", "5")]
+    assert v2_writes(rules) == [Write("", "pids.max", "5")]
 
 
 def test_v2_controllers_to_enable() -> None:

@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 from cri_py.model.resources import Resources
-from cri_py.oci.cgroups import Write, pod_resources, v1_writes, v2_writes
+from cri_py.oci.cgroups import Write
+from cri_py.oci.cgroups import v1_writes as v1_oci
+from cri_py.oci.cgroups import v2_writes as v2_oci
+from cri_py.spec.resources import linux_resources, pod_resources
+
+
+def v1_writes(r: Resources) -> list[Write]:
+    return v1_oci(linux_resources(r))
+
+
+def v2_writes(r: Resources) -> list[Write]:
+    return v2_oci(linux_resources(r))
+
 
 # kubelet's sandbox `resources` for a pod of two containers at 250m / 32Mi each, and a
 # RuntimeClass overhead of 100m / 16Mi.

@@ -18,15 +18,15 @@ from cri_py.model.container import (
 )
 from cri_py.model.resources import Resources
 from cri_py.model.sandbox import NamespaceMode
-from cri_py.runtime.containers import (
+from cri_py.runtime.container_rules import (
     image_name,
     matches,
-    merge_resources,
     resolve_devices,
     resolve_host_paths,
     stop_signal_number,
     validate_config,
 )
+from cri_py.spec.resources import merge_resources
 
 
 def record(

@@ -19,7 +19,7 @@ from cri_py.model.sandbox import (
     SandboxState,
     SandboxView,
 )
-from cri_py.runtime.sandboxes import matches, validate_config
+from cri_py.runtime.sandbox_rules import matches, validate_config
 
 
 def config(**changes: object) -> SandboxConfig:

@@ -12,8 +12,6 @@ from cri_py.runtime.stats import (
     CgroupUsage,
     CpuUsage,
     DeviceIo,
-    UsageReader,
-    layer_usage,
     next_rate,
     parse_limit,
     parse_net_dev,
@@ -22,6 +20,7 @@ from cri_py.runtime.stats import (
     sum_usage,
     v1_memory,
 )
+from cri_py.runtime.stats_reader import UsageReader, layer_usage
 
 NET_DEV = """\
 Inter-|   Receive                                                |  Transmit

@@ -18,7 +18,7 @@ from cri_py.model.sandbox import (
     SandboxState,
     SandboxView,
 )
-from cri_py.runtime.containers import ContainerUsage, SandboxUsage
+from cri_py.runtime.container_stats import ContainerUsage, SandboxUsage
 from cri_py.runtime.events import ContainerEvent, EventType
 from cri_py.runtime.stats import (
     CgroupDetail,

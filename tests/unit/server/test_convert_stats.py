@@ -12,7 +12,7 @@ from cri_py.model.sandbox import (
     SandboxState,
     SandboxView,
 )
-from cri_py.runtime.containers import ContainerUsage, SandboxUsage
+from cri_py.runtime.container_stats import ContainerUsage, SandboxUsage
 from cri_py.runtime.stats import (
     CgroupUsage,
     CpuUsage,

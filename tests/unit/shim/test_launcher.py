@@ -20,8 +20,9 @@ import pytest
 
 from cri_py.linux import syscalls
 from cri_py.oci.plan import LaunchPlan, User
-from cri_py.shim import containers, launcher
-from cri_py.shim.containers import ContainerError, Containers, Hooks, SetupProcesses, receive_ready
+from cri_py.shim import containers, launcher, messages, programs
+from cri_py.shim.containers import Containers, Hooks
+from cri_py.shim.sync import ContainerError, SetupProcesses, receive_ready
 
 # Ignored or blocked in the child before the launcher runs, as a shim started from a script may
 # have them (Python itself ignores SIGPIPE and SIGXFSZ).
@@ -233,21 +234,21 @@ def test_a_working_directory_outside_the_root_fails_the_audit() -> None:
 def test_image_files_are_read_only_if_regular_and_bounded(tmp_path: Path) -> None:
     passwd = tmp_path / "passwd"
     passwd.write_text("root:x:0:0::/root:/bin/sh\n")
-    assert launcher.read_image_file(str(passwd)) == ("root:x:0:0::/root:/bin/sh\n", "")
-    assert launcher.read_image_file(str(tmp_path / "missing")) == ("", "")
+    assert programs.read_image_file(str(passwd)) == ("root:x:0:0::/root:/bin/sh\n", "")
+    assert programs.read_image_file(str(tmp_path / "missing")) == ("", "")
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     started = time.monotonic()
-    assert launcher.read_image_file(str(fifo)) == ("", f"{fifo} is not a regular file")
+    assert programs.read_image_file(str(fifo)) == ("", f"{fifo} is not a regular file")
     assert time.monotonic() - started < 1  # no writer was waited for
     zero = tmp_path / "zero"
     zero.symlink_to("/dev/zero")
-    assert launcher.read_image_file(str(zero)) == ("", f"{zero} is not a regular file")
-    assert launcher.read_image_file(str(tmp_path))[1].endswith("is not a regular file")
+    assert programs.read_image_file(str(zero)) == ("", f"{zero} is not a regular file")
+    assert programs.read_image_file(str(tmp_path))[1].endswith("is not a regular file")
     big = tmp_path / "big"
     big.write_bytes(b"x" * 101)
-    assert launcher.read_image_file(str(big), limit=100) == ("", f"{big} is larger than 100 bytes")
-    assert launcher.read_image_file(str(big), limit=101) == ("x" * 101, "")
+    assert programs.read_image_file(str(big), limit=100) == ("", f"{big} is larger than 100 bytes")
+    assert programs.read_image_file(str(big), limit=101) == ("x" * 101, "")
 
 
 def test_a_named_user_in_an_unreadable_passwd_fails_with_the_reason(tmp_path: Path) -> None:
@@ -257,7 +258,7 @@ def test_a_named_user_in_an_unreadable_passwd_fails_with_the_reason(tmp_path: Pa
     def body() -> int:
         os.chroot(tmp_path)
         os.chdir("/")
-        return launcher.image_user(User(username="app"))[0].uid
+        return programs.image_user(User(username="app"))[0].uid
 
     (tmp_path / "etc").mkdir()
     os.mkfifo(tmp_path / "etc" / "passwd")
@@ -294,9 +295,9 @@ def test_a_setup_that_times_out_kills_the_init_it_reported(
 
     monkeypatch.setattr(launcher, "run_init", hanging_init)
     monkeypatch.setattr(containers, "SYNC_TIMEOUT_SECONDS", 1.0)
-    shim = Containers(Hooks(lambda fd, cb: None, lambda fd: None, lambda name, data: None))
+    shim = Containers(Hooks(lambda fd, cb: None, lambda fd: None, lambda event: None))
     with pytest.raises(ContainerError, match="did not get ready"):
-        shim.create({"id": "c1", "bundle": str(tmp_path), "rootfs": []})
+        shim.create(messages.Create("c1", str(tmp_path), ()))
     init = int(pid_file.read_text())
     deadline = time.monotonic() + 5
     while _alive(init):
@@ -326,10 +327,10 @@ def test_a_program_reached_through_proc_self_exe_is_refused(tmp_path: Path) -> N
     for script in (evil, chained, nested):
         script.chmod(0o755)
     for program in ("/proc/self/exe", str(link), str(evil), str(chained), str(nested)):
-        with pytest.raises(launcher.LaunchError, match="magic link"):
-            launcher.open_program(program, [program])
+        with pytest.raises(programs.LaunchError, match="magic link"):
+            programs.open_program(program, [program])
     with pytest.raises(FileNotFoundError):
-        launcher.open_program(str(tmp_path / "missing"), ["missing"])
+        programs.open_program(str(tmp_path / "missing"), ["missing"])
 
 
 def test_a_script_runs_as_the_interpreter_it_names_as_the_kernel_would(tmp_path: Path) -> None:
@@ -345,13 +346,13 @@ def test_a_script_runs_as_the_interpreter_it_names_as_the_kernel_would(tmp_path:
         (inner, ["/bin/sh", "-e", str(inner), "one", "two"]),
         (outer, ["/bin/sh", "-e", str(inner), str(outer), "one", "two"]),
     ):
-        fd, got = launcher.open_program(str(script), ["name", "one", "two"])
+        fd, got = programs.open_program(str(script), ["name", "one", "two"])
         try:
             assert got == argv
             assert os.path.samestat(os.fstat(fd), os.stat("/bin/sh"))
         finally:
             os.close(fd)
-    fd, got = launcher.open_program("/bin/sh", ["sh", "-c", "true"])
+    fd, got = programs.open_program("/bin/sh", ["sh", "-c", "true"])
     os.close(fd)
     assert got == ["sh", "-c", "true"]
 
@@ -363,12 +364,12 @@ def test_the_path_search_skips_what_cannot_run(tmp_path: Path) -> None:
     (first / "tool").write_text("#!/bin/sh\n")  # not executable
     (second / "tool").write_text("#!/bin/sh\n")
     (second / "tool").chmod(0o755)
-    found = launcher.find_program(["tool", "x"], f"{tmp_path}/none:{first}:{second}")
+    found = programs.find_program(["tool", "x"], f"{tmp_path}/none:{first}:{second}")
     assert not isinstance(found, str)
     fd, argv = found
     os.close(fd)
     assert argv == ["/bin/sh", f"{second}/tool", "x"]
-    missing = launcher.find_program(["nothing-here"], str(first))
+    missing = programs.find_program(["nothing-here"], str(first))
     assert missing == 'exec: "nothing-here": executable file not found in $PATH'
-    denied = launcher.find_program(["tool"], str(first))
+    denied = programs.find_program(["tool"], str(first))
     assert denied == f"exec {first}/tool: Permission denied"

@@ -1,0 +1,352 @@
+"""A container's lifecycle: CreateContainer, StartContainer, StopContainer, RemoveContainer.
+
+Create gathers what the pure spec builder may not read itself, writes the bundle, makes the
+cgroup (`container_resources.py`) and has the pod's shim fork the container's init, blocked
+before execve; start lets it go. Every step registers its undo, so a failed create leaves
+nothing behind. Records and exits are the table's (`container_table.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Mapping
+
+from cri_py.errors import DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound
+from cri_py.images.service import ImageRootfs, ImageService
+from cri_py.linux import features
+from cri_py.log import get_logger
+from cri_py.model.container import ContainerConfig, ContainerRecord, ContainerState, ExitRecord
+from cri_py.model.sandbox import NamespaceMode, SandboxState
+from cri_py.runtime import oom
+from cri_py.runtime.container_resources import ContainerResources
+from cri_py.runtime.container_rules import (
+    check_image_sub_paths,
+    container_user,
+    image_name,
+    read_seccomp_localhost,
+    resolve_devices,
+    resolve_host_paths,
+    stop_signal_number,
+    validate_config,
+)
+from cri_py.runtime.container_table import ContainerTable
+from cri_py.runtime.events import EventType
+from cri_py.shim import messages
+from cri_py.shim.client import ShimError
+from cri_py.spec.build import SpecInputs, build_spec
+from cri_py.spec.devices import devices_unconfined
+from cri_py.spec.mounts import PodFiles
+from cri_py.spec.rootfs import overlay_mount
+from cri_py.store.atomic import write_json_atomic
+
+log = get_logger("cri_py.containers")
+
+START_ERROR_EXIT_CODE = 128
+# How long to wait for an exit after SIGKILL before giving up (a D-state process).
+KILL_WAIT_SECONDS = 10.0
+
+
+class ContainerLifecycle:
+    def __init__(
+        self, table: ContainerTable, resources: ContainerResources, images: ImageService
+    ) -> None:
+        self._table = table
+        self._registry = table.registry
+        self._store = table.store
+        self._sandboxes = table.sandboxes
+        self._resources = resources
+        self._images = images
+
+    # --- create ---------------------------------------------------------------------------
+
+    async def create(self, sandbox_id: str, config: ContainerConfig) -> str:
+        validate_config(config)
+        sandbox = self._sandboxes.status(sandbox_id)
+        if sandbox.state != SandboxState.READY:
+            raise FailedPrecondition(f"pod sandbox {sandbox_id} is not ready")
+        sandbox_id = sandbox.record.id
+        key = (sandbox_id, config.metadata.name, config.metadata.attempt)
+        container_id = secrets.token_hex(32)
+        # The name is released again if the create fails.
+        with self._registry.reserving(key, container_id):
+            rootfs = await self._images.lease_layers(container_id, config.image)
+            try:
+                volumes = await self._lease_image_volumes(container_id, config)
+                await asyncio.to_thread(
+                    self._create, container_id, sandbox_id, config, rootfs, volumes
+                )
+            except BaseException:
+                await self._images.release_layers(container_id)
+                raise
+        return container_id
+
+    async def _lease_image_volumes(
+        self, container_id: str, config: ContainerConfig
+    ) -> dict[str, ImageRootfs]:
+        """The layers of each image volume's image, leased under `<container ID>/...` (which
+        `release_layers(container ID)` releases too). The image must have been pulled."""
+        volumes = {}
+        for index, mount in enumerate(config.mounts):
+            if not mount.image:
+                continue
+            try:
+                volumes[mount.container_path] = await self._images.lease_layers(
+                    f"{container_id}/image-volume/{index}", mount.image
+                )
+            except NotFound as e:
+                raise NotFound(f"image volume at {mount.container_path}: {e}") from None
+        return volumes
+
+    def _create(
+        self,
+        container_id: str,
+        sandbox_id: str,
+        config: ContainerConfig,
+        rootfs: ImageRootfs,
+        volumes: Mapping[str, ImageRootfs],
+    ) -> None:
+        sandbox = self._sandboxes.status(sandbox_id).record
+        if volumes:
+            check_image_sub_paths(config, volumes)
+            config = dataclasses.replace(
+                config,
+                mounts=tuple(
+                    dataclasses.replace(m, image_ref=volumes[m.container_path].image_id)
+                    if m.image
+                    else m
+                    for m in config.mounts
+                ),
+            )
+        directory = self._store.dir_of(container_id)
+        files = self._sandboxes.files_dir(sandbox_id)
+        host_network = sandbox.config.namespaces.network == NamespaceMode.NODE
+        target_pid_path = ""
+        if config.pid_mode == NamespaceMode.TARGET:
+            target = self._table.status(config.target_id)
+            if target.state != ContainerState.RUNNING or not target.pid:
+                raise FailedPrecondition(f"target container {config.target_id} is not running")
+            target_pid_path = f"/proc/{target.pid}/ns/pid"
+        cgroup = self._resources.cgroup_path(sandbox, container_id)
+        inputs = SpecInputs(
+            container_id=container_id,
+            sandbox_id=sandbox_id,
+            config=config,
+            sandbox=sandbox.config,
+            image=rootfs.config,
+            image_name=config.image,
+            rootfs=str(directory / "rootfs"),
+            hostname="" if host_network else sandbox.hostname,
+            pod_namespaces=dict(sandbox.namespaces),
+            files=PodFiles(
+                hosts=str(files / "hosts"),
+                hostname=str(files / "hostname"),
+                resolv_conf=str(files / "resolv.conf"),
+                shm=sandbox.shm_path,
+            ),
+            resolved_mounts=resolve_host_paths(config),
+            target_pid_path=target_pid_path,
+            seccomp_localhost=read_seccomp_localhost(config),
+            cgroups_path=cgroup,
+            cgroup_support=self._resources.support_for(config.resources, container_id),
+            image_volumes={
+                path: tuple(str(p) for p in volume.layers) for path, volume in volumes.items()
+            },
+            empty_dir=str(directory / "empty"),
+            devices=resolve_devices(config),
+            device_rules_problem=self._resources.device_rules_problem(),
+            selinux_enabled=features.selinux_enabled(),
+        )
+        spec = build_spec(inputs)
+        nodev = devices_unconfined(config.privileged, inputs.device_rules_problem)
+        if nodev:
+            log.warning(
+                "device rules not enforced: container without CAP_MKNOD, rootfs nodev",
+                container=container_id,
+                reason=inputs.device_rules_problem,
+            )
+        log_path = ""
+        if sandbox.config.log_directory and config.log_path:
+            log_path = os.path.join(sandbox.config.log_directory, config.log_path)
+        stop_signal = config.stop_signal or rootfs.config.stop_signal
+        stop_signal_number(stop_signal)  # refused now, not at stop time
+        record = ContainerRecord(
+            id=container_id,
+            sandbox_id=sandbox_id,
+            config=dataclasses.replace(config, stop_signal=stop_signal),
+            created_at=time.time_ns(),
+            image_id=rootfs.image_id,
+            log_path=log_path,
+            cgroup=cgroup,
+            image_name=image_name(config, rootfs.image_id, rootfs.repo_tags),
+        )
+        with contextlib.ExitStack() as undo:
+            undo.callback(self._store.delete, container_id)
+            self._store.save(record)
+            for name in ("upper", "work", "rootfs", "empty"):
+                (directory / name).mkdir()
+                # The overlay's root takes the upper dir's mode: it must not be the daemon's
+                # umask (0700 would lock every non-root user out of the container's "/").
+                (directory / name).chmod(0o755)
+            write_json_atomic(directory / "config.json", spec)
+            mount = overlay_mount(
+                [str(p) for p in rootfs.layers],
+                str(directory / "upper"),
+                str(directory / "work"),
+                str(directory / "empty"),
+                nodev=nodev,
+            )
+            request = messages.Create(
+                id=container_id,
+                bundle=str(directory),
+                rootfs=(mount,),
+                log_path=log_path,
+                stdin=config.stdin,
+                stdin_once=config.stdin_once,
+                oom_score_adj=config.oom_score_adj,
+            )
+            if self._resources.enabled:
+                # config.json's linux.resources, limits and device rules: what it says is set.
+                self._resources.create(cgroup, spec["linux"]["resources"])
+                undo.callback(self._resources.remove, container_id, cgroup)
+                request = self._resources.in_cgroup(request, cgroup)
+            self._table.ensure_subscribed(sandbox_id)
+            shim = self._table.shim(sandbox_id)
+            try:
+                result = shim.create(request)
+            except ShimError as e:
+                if e.kind in ("invalid", "failed"):
+                    raise InvalidArgument(f"container {config.metadata.name}: {e}") from e
+                raise Internal(f"container {config.metadata.name}: {e}") from e
+            undo.callback(self._forget_in_shim, sandbox_id, container_id)
+            if result.oom_score_adj is not None:
+                oom.clamps.note(config.oom_score_adj, result.oom_score_adj)
+            record = dataclasses.replace(record, pid=result.pid, user=container_user(result))
+            self._store.save(record)
+            self._registry.put(record)
+            undo.pop_all()
+        self._table.publish(EventType.CREATED, container_id, sandbox_id)
+        log.info(
+            "container created",
+            container=container_id,
+            sandbox=sandbox_id,
+            name=config.metadata.name,
+            pid=record.pid,
+        )
+
+    def _forget_in_shim(self, sandbox_id: str, container_id: str) -> None:
+        """Undo of a shim create: its init waits on the sync socket; kill and forget it."""
+        with contextlib.suppress(ShimError):
+            shim = self._table.shim(sandbox_id)
+            shim.kill(container_id, signal.SIGKILL)
+            self._table.wait_exit(container_id, KILL_WAIT_SECONDS)
+            shim.remove(container_id)
+
+    # --- start / stop / remove --------------------------------------------------------------
+
+    def start(self, container_id: str) -> None:
+        full = self._registry.resolve(container_id)
+        if full is None:
+            raise NotFound(f"container {container_id} not found")
+        with self._registry.operation(full) as record:
+            if record is None:
+                raise NotFound(f"container {container_id} not found")
+            if record.state != ContainerState.CREATED:
+                raise FailedPrecondition(
+                    f"container {full} is {record.state.name}, only CREATED can be started"
+                )
+            try:
+                result = self._table.shim(record.sandbox_id).start(full)
+            except ShimError as e:
+                if e.kind == "start_failed":
+                    message = str(e).removeprefix("shim start: ")
+                    exit = self._store.read_exit(full) or ExitRecord(
+                        START_ERROR_EXIT_CODE, time.time_ns(), "StartError", message
+                    )
+                    self._registry.replace(dataclasses.replace(record, started_at=exit.finished_at))
+                    self._table.mark_exited(full, exit)
+                    raise FailedPrecondition(f"container {full} failed to start: {message}") from e
+                raise Internal(f"starting container {full}: {e}") from e
+            record = dataclasses.replace(
+                record, state=ContainerState.RUNNING, started_at=result.started_at
+            )
+            self._store.save(record)
+            started = record
+
+            def keep_exit(current: ContainerRecord) -> ContainerRecord:
+                # An exit event may have raced ahead of this answer: keep it.
+                if current.exit is not None:
+                    return dataclasses.replace(
+                        started, state=ContainerState.EXITED, exit=current.exit
+                    )
+                return started
+
+            changed = self._registry.update(full, keep_exit)
+            if changed is not None:
+                record = changed[1]
+            self._table.publish(EventType.STARTED, full, record.sandbox_id)
+            if record.exit is not None:
+                # Its exit was published before this start: say it again, in order.
+                self._table.publish(EventType.STOPPED, full, record.sandbox_id)
+            log.info("container started", container=full)
+
+    def stop(self, container_id: str, timeout: int) -> None:
+        """Stop signal, then SIGKILL after `timeout` seconds (0: at once). Idempotent."""
+        full = self._registry.resolve(container_id)
+        if full is None:
+            return
+        with self._registry.operation(full) as record:
+            if record is None or record.state != ContainerState.RUNNING:
+                return
+            # A CRI timeout is an int64: beyond what a thread can wait (OverflowError).
+            self._stop(record, min(timeout, threading.TIMEOUT_MAX))
+
+    def _stop(self, record: ContainerRecord, timeout: float) -> None:
+        shim = self._table.shim(record.sandbox_id)
+        try:
+            if timeout > 0:
+                signum = stop_signal_number(record.config.stop_signal)
+                shim.kill(record.id, signum)
+                if self._table.wait_exit(record.id, timeout):
+                    return
+            shim.kill(record.id, signal.SIGKILL)
+        except ShimError as e:
+            if not self._table.shim_events.subscribed(record.sandbox_id):
+                self._table.on_shim_lost(record.sandbox_id)
+                return
+            raise Internal(f"stopping container {record.id}: {e}") from e
+        if not self._table.wait_exit(record.id, KILL_WAIT_SECONDS):
+            raise DeadlineExceeded(f"container {record.id} did not exit after SIGKILL")
+
+    async def remove(self, container_id: str) -> None:
+        full = self._registry.resolve(container_id)
+        if full is None:
+            return
+        await asyncio.to_thread(self.remove_now, full)
+        await self._images.release_layers(full)
+
+    def remove_now(self, container_id: str) -> None:
+        """Kills a running container, forgets it in the shim, deletes its dir. The log stays."""
+        with self._registry.operation(container_id) as record:
+            if record is None:
+                return
+            if record.state == ContainerState.RUNNING:
+                self._stop(record, 0)
+            with contextlib.suppress(ShimError):
+                shim = self._table.shim(record.sandbox_id)
+                if record.state == ContainerState.CREATED:
+                    # Never started: its init waits on the sync socket; kill it first.
+                    shim.kill(container_id, signal.SIGKILL)
+                    self._table.wait_exit(container_id, KILL_WAIT_SECONDS)
+                shim.remove(container_id)
+            self._resources.remove(container_id, record.cgroup)
+            self._store.delete(container_id)
+            self._table.forget(container_id)
+            self._table.publish(EventType.DELETED, container_id, record.sandbox_id)
+            log.info("container removed", container=container_id)

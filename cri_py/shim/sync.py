@@ -1,0 +1,121 @@
+"""The shim's end of a launch: forking the process that runs `cri_py.shim.launcher`, the sync
+socket it reports on (the P/R/E/S messages documented in `launcher`), and killing what a
+failed launch left. Used by `containers` (a container's init) and `execs` (an exec'd command).
+The shim is single-threaded, so forking here is safe. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cri_py.shim import launcher
+
+SYNC_TIMEOUT_SECONDS = 10.0
+
+
+class ContainerError(Exception):
+    """An operation failed; `kind` is the protocol error kind ("not_found", "invalid", ...)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class SetupProcesses:
+    """The processes a launch reported as about to exec ("P"), held by pidfd (a PID could be
+    reused once the process is reaped elsewhere): when the launch fails or times out they are
+    killed, not only the intermediate process the shim forked. Killing a PID namespace's init
+    ends every process in it."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+        self._pidfds: list[int] = []
+
+    def add(self, pid: int) -> None:
+        self.pids.append(pid)
+        with contextlib.suppress(ProcessLookupError):
+            self._pidfds.append(os.pidfd_open(pid))
+
+    def kill(self) -> None:
+        for pidfd in self._pidfds:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
+    def close(self) -> None:
+        for pidfd in self._pidfds:
+            os.close(pidfd)
+        self._pidfds.clear()
+
+
+def _credentials_pid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            pid, _, _ = struct.unpack("iII", payload[: struct.calcsize("iII")])
+            return int(pid)
+    return None
+
+
+def receive_ready(
+    sync: socket.socket, timeout: float, started: SetupProcesses | None = None
+) -> tuple[int, dict[str, Any]]:
+    """Waits for the child's "R" (its PID, from SCM_CREDENTIALS, and payload) or raises with
+    its "E" text. Each "P" before it (a process that will exec, with its PID) goes to
+    `started`, for the caller to kill if this raises."""
+    deadline = time.monotonic() + timeout
+    size = socket.CMSG_SPACE(struct.calcsize("iII"))
+    while True:
+        ready, _, _ = select.select([sync], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise ContainerError("failed", f"the child did not get ready within {timeout}s")
+        data, ancillary, _, _ = sync.recvmsg(65536, size)
+        if data.startswith(b"E"):
+            raise ContainerError("failed", data[1:].decode(errors="replace"))
+        pid = _credentials_pid(ancillary)
+        if data == b"P":
+            if pid is not None and started is not None:
+                started.add(pid)
+            continue
+        if not data.startswith(b"R"):
+            raise ContainerError("failed", "the child exited during setup")
+        if pid is None:
+            raise ContainerError("failed", "the child's ready message carried no credentials")
+        return pid, json.loads(data[1:] or b"{}")
+
+
+def sync_pair() -> tuple[socket.socket, socket.socket]:
+    """(the shim's end, the child's end) of a sync socket; ours receives credentials."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    return ours, theirs
+
+
+def fork_child(run: Callable[[], None]) -> int:
+    """Forks a child that runs `run` (which execs or exits) and never returns to the shim."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            run()
+        finally:
+            os._exit(launcher.EXIT_SETUP_FAILED)
+    return pid
+
+
+def kill_and_reap(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def nonblocking(fd: int) -> int:
+    os.set_blocking(fd, False)
+    return fd
