@@ -38,6 +38,7 @@ from cri_py.runtime.container_rules import (
 )
 from cri_py.runtime.container_table import ContainerTable
 from cri_py.runtime.events import EventType
+from cri_py.runtime.propagation import check_host_propagation
 from cri_py.shim import messages
 from cri_py.shim.client import ShimError
 from cri_py.spec.build import SpecInputs, build_spec
@@ -134,6 +135,8 @@ class ContainerLifecycle:
                 raise FailedPrecondition(f"target container {config.target_id} is not running")
             target_pid_path = f"/proc/{target.pid}/ns/pid"
         cgroup = self._resources.cgroup_path(sandbox, container_id)
+        host_paths = resolve_host_paths(config)
+        check_host_propagation(config.mounts, host_paths)
         inputs = SpecInputs(
             container_id=container_id,
             sandbox_id=sandbox_id,
@@ -150,7 +153,7 @@ class ContainerLifecycle:
                 resolv_conf=str(files / "resolv.conf"),
                 shm=sandbox.shm_path,
             ),
-            resolved_mounts=resolve_host_paths(config),
+            resolved_mounts=host_paths,
             target_pid_path=target_pid_path,
             seccomp_localhost=read_seccomp_localhost(config),
             cgroups_path=cgroup,

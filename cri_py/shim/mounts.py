@@ -329,8 +329,18 @@ def prepare_rootfs(
             raise MountError(f"creating device nodes: {e}") from e
         os.fchdir(root_fd)
     # pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves
-    # only the new root (runc's trick: no put_old directory needed in the image).
-    syscalls.pivot_root(".", ".")
+    # only the new root (runc's trick: no put_old directory needed in the image). The old root
+    # is this namespace's copy of the host's tree: with rshared propagation (a Bidirectional
+    # volume) its mounts are the host's peers, and detaching them as they are would unmount
+    # their leaf mounts on the host too (another container's volume mounts, a CSI node
+    # plugin's). Made slaves first: an unmount here then never propagates out.
+    # "." names the old root only from a descriptor of it: after pivot_root the working
+    # directory is still the new root, and mount(2) does not step up to the mount stacked on it
+    # (umount2 does).
+    with closing(os.open("/", _DIR_FLAGS)) as old_root:
+        syscalls.pivot_root(".", ".")
+        os.fchdir(old_root)
+    syscalls.mount(None, ".", None, syscalls.MS_SLAVE | syscalls.MS_REC)
     syscalls.umount2(".", syscalls.MNT_DETACH)
     os.chdir("/")
 

@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from cri_py.api import api_pb2 as pb
-from cri_py.linux.namespaces import mount_points
+from cri_py.linux.mountinfo import mount_points
 
 from . import hostile_images as hostile
 from .conftest import needs_root
@@ -44,8 +44,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 @contextlib.contextmanager
-def pod(lab: Lab, name: str) -> Iterator[str]:
-    sandbox_id = lab.run_pod(f"{name}-{secrets.token_hex(2)}")
+def pod(lab: Lab, name: str, privileged: bool = False) -> Iterator[str]:
+    sandbox_id = lab.run_pod(f"{name}-{secrets.token_hex(2)}", privileged=privileged)
     try:
         yield sandbox_id
     finally:
@@ -209,4 +209,83 @@ def test_volume_propagation_survives_binding_by_descriptor(lab: Lab, tmp_path: P
             with contextlib.suppress(grpc.RpcError):
                 lab.remove_pod(sandbox_id)
             lab.pods.remove(sandbox_id)
+    assert_nothing_left(lab)
+
+
+def bidirectional(name: str, host: Path, command: list[str]) -> pb.ContainerConfig:
+    return pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name=name),
+        image=pb.ImageSpec(image=BUSYBOX),
+        command=command,
+        mounts=[
+            pb.Mount(
+                container_path="/mnt",
+                host_path=str(host),
+                propagation=pb.PROPAGATION_BIDIRECTIONAL,
+            )
+        ],
+        log_path=f"{name}.log",
+        linux=pb.LinuxContainerConfig(
+            security_context=pb.LinuxContainerSecurityContext(privileged=True)
+        ),
+    )
+
+
+def test_a_mount_made_through_a_bidirectional_volume_outlives_its_container(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """kubelet's pattern (node e2e "should accept recursive read-only mounts"): one init
+    container mounts a tmpfs in a Bidirectional volume and exits, a later one unmounts it. The
+    mount lives on the host's side of the volume, not in the first container's namespace."""
+    with shared_dir(tmp_path / "vol") as vol, pod(lab, "bidi", privileged=True) as sandbox:
+        first = run(
+            lab,
+            sandbox,
+            bidirectional(
+                "mount", vol, ["sh", "-c", "mkdir -p /mnt/tmpfs && mount -t tmpfs none /mnt/tmpfs"]
+            ),
+        )
+        assert lab.wait_exited(first).exit_code == 0
+        assert str(vol / "tmpfs") in mount_points(Path("/proc/self/mountinfo").read_text())
+        # Starting a container with a Bidirectional volume leaves the host's mounts alone:
+        # its copy of the host's tree (detached after pivot_root) is a peer of the host's.
+        bystander = run(lab, sandbox, bidirectional("bystander", vol, ["sleep", "3600"]))
+        assert lab.exec(bystander, "cat", "/proc/self/mounts").stdout.count(b" /mnt/tmpfs ") == 1
+        assert str(vol / "tmpfs") in mount_points(Path("/proc/self/mountinfo").read_text())
+        second = run(lab, sandbox, bidirectional("unmount", vol, ["umount", "/mnt/tmpfs"]))
+        assert lab.wait_exited(second).exit_code == 0
+        assert str(vol / "tmpfs") not in mount_points(Path("/proc/self/mountinfo").read_text())
+    assert_nothing_left(lab)
+
+
+@pytest.mark.parametrize(
+    ("propagation", "needs"),
+    [
+        (pb.PROPAGATION_BIDIRECTIONAL, "shared"),
+        (pb.PROPAGATION_HOST_TO_CONTAINER, "shared or slave"),
+    ],
+)
+def test_propagation_a_private_host_mount_cannot_carry_is_refused(
+    lab: Lab, tmp_path: Path, propagation: int, needs: str
+) -> None:
+    """A volume on a private mount would silently behave as Private: CreateContainer fails
+    with FAILED_PRECONDITION naming the mount, and no container is left."""
+    host = tmp_path / "private"
+    host.mkdir()
+    subprocess.run(["mount", "--bind", str(host), str(host)], check=True)
+    try:
+        subprocess.run(["mount", "--make-rprivate", str(host)], check=True)
+        config = bidirectional("refused", host, ["true"])
+        config.mounts[0].propagation = propagation
+        with pod(lab, "private", privileged=True) as sandbox:
+            with pytest.raises(grpc.RpcError) as raised:
+                run(lab, sandbox, config)
+            assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert f"on a {needs} mount" in str(raised.value.details())
+            assert str(host) in str(raised.value.details())
+            listed = lab.daemon.runtime().ListContainers(pb.ListContainersRequest(), timeout=10)
+            assert [c for c in listed.containers if c.pod_sandbox_id == sandbox] == []
+    finally:
+        subprocess.run(["umount", "-l", str(host)], check=False)
+    assert_untouched(host)
     assert_nothing_left(lab)
