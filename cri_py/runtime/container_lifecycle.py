@@ -254,12 +254,8 @@ class ContainerLifecycle:
     # --- start / stop / remove --------------------------------------------------------------
 
     def start(self, container_id: str) -> None:
-        full = self._registry.resolve(container_id)
-        if full is None:
-            raise NotFound(f"container {container_id} not found")
-        with self._registry.operation(full) as record:
-            if record is None:
-                raise NotFound(f"container {container_id} not found")
+        with self._registry.operation_on(container_id) as record:
+            full = record.id
             if record.state != ContainerState.CREATED:
                 raise FailedPrecondition(
                     f"container {full} is {record.state.name}, only CREATED can be started"
@@ -301,10 +297,7 @@ class ContainerLifecycle:
 
     def stop(self, container_id: str, timeout: int) -> None:
         """Stop signal, then SIGKILL after `timeout` seconds (0: at once). Idempotent."""
-        full = self._registry.resolve(container_id)
-        if full is None:
-            return
-        with self._registry.operation(full) as record:
+        with self._registry.operation_if_any(container_id) as record:
             if record is None or record.state != ContainerState.RUNNING:
                 return
             # A CRI timeout is an int64: beyond what a thread can wait (OverflowError).

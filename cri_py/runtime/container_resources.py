@@ -13,7 +13,7 @@ import errno
 from collections.abc import Mapping
 from typing import Any
 
-from cri_py.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
+from cri_py.errors import FailedPrecondition, Internal, InvalidArgument
 from cri_py.log import get_logger
 from cri_py.model.container import ContainerRecord, ContainerState
 from cri_py.model.resources import CgroupSupport, Resources
@@ -110,12 +110,8 @@ class ContainerResources:
         report what the cgroup holds. Fields left 0 keep their current value."""
         registry = self._table.registry
         store = self._table.store
-        full = registry.resolve(container_id)
-        if full is None:
-            raise NotFound(f"container {container_id} not found")
-        with registry.operation(full) as record:
-            if record is None:
-                raise NotFound(f"container {container_id} not found")
+        with registry.operation_on(container_id) as record:
+            full = record.id
             if record.state not in (ContainerState.CREATED, ContainerState.RUNNING):
                 raise FailedPrecondition(
                     f"container {full} is {record.state.name}; only a created or running "

@@ -166,3 +166,22 @@ class Registry(Generic[R, K]):
             with self._lock:
                 record = self._records.get(record_id)
             yield record
+
+    @contextlib.contextmanager
+    def operation_on(self, id_or_prefix: str) -> Iterator[R]:
+        """`operation` on what an ID or unique prefix names; NotFound when there is no such
+        record, before or once the lock is held."""
+        with self.operation_if_any(id_or_prefix) as record:
+            if record is None:
+                raise NotFound(f"{self.kind} {id_or_prefix} not found")
+            yield record
+
+    @contextlib.contextmanager
+    def operation_if_any(self, id_or_prefix: str) -> Iterator[R | None]:
+        """`operation_on` for the idempotent commands (stop, remove): None, not NotFound."""
+        full = self.resolve(id_or_prefix)
+        if full is None:
+            yield None
+            return
+        with self.operation(full) as record:
+            yield record

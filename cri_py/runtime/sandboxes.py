@@ -25,7 +25,6 @@ from cri_py.errors import (
     FailedPrecondition,
     Internal,
     InvalidArgument,
-    NotFound,
 )
 from cri_py.linux import features, syscalls
 from cri_py.linux.namespaces import pin_namespace, unpin_namespace
@@ -338,12 +337,10 @@ class SandboxService:
 
     def stop(self, sandbox_id: str) -> None:
         """Stops the pod: network torn down, shim gone, namespaces released. Idempotent."""
-        full = self._registry.resolve(sandbox_id)
-        if full is None:
-            return
-        with self._registry.operation(full) as record:
+        with self._registry.operation_if_any(sandbox_id) as record:
             if record is None:
                 return
+            full = record.id
             self.before_stop(full)
             self._release(record)
             self.after_stop(full)
@@ -356,12 +353,10 @@ class SandboxService:
 
     def remove(self, sandbox_id: str) -> None:
         """Removes every trace of the pod (stopping it first if needed). Idempotent."""
-        full = self._registry.resolve(sandbox_id)
-        if full is None:
-            return
-        with self._registry.operation(full) as record:
+        with self._registry.operation_if_any(sandbox_id) as record:
             if record is None:
                 return
+            full = record.id
             self.before_stop(full)
             self._release(record)
             self.after_stop(full)
@@ -387,12 +382,7 @@ class SandboxService:
         is kubelet's to size, so for those pods only the record changes."""
         validate_resources(resources)
         validate_resources(overhead)
-        full = self._registry.resolve(sandbox_id)
-        if full is None:
-            raise NotFound(f"pod sandbox {sandbox_id} not found")
-        with self._registry.operation(full) as record:
-            if record is None:
-                raise NotFound(f"pod sandbox {sandbox_id} not found")
+        with self._registry.operation_on(sandbox_id) as record:
             if record.cgroup and record.phase != Phase.STOPPED and self._cgroups is not None:
                 try:
                     limits = pod_resources(resources, overhead)

@@ -197,3 +197,16 @@ def test_an_operation_on_a_removed_record_yields_none() -> None:
     reg.forget("a")
     with reg.operation("a") as record:
         assert record is None
+
+
+def test_an_operation_on_a_prefix_holds_the_full_id_or_says_not_found() -> None:
+    reg = added(registry(), Item("abc123", "a"))
+    with reg.operation_on("abc") as record:
+        assert record.id == "abc123"
+    with pytest.raises(NotFound, match="widget nope not found"), reg.operation_on("nope"):
+        pass
+    with reg.operation_if_any("nope") as missing:
+        assert missing is None
+    reg.forget("abc123")
+    with reg.operation_if_any("abc123") as gone:
+        assert gone is None
