@@ -13,9 +13,14 @@ suite), it judges the report against that baseline instead: both summaries, then
 of the report classified as failing on the baseline too, passing there (the runtime's own
 defect), or not run there; exit 1 when a test passes on the baseline and fails in the report.
 
+The baseline is a JUnit report or a baseline file that --write-baseline made from one: a
+sorted `<passed|failed|skipped> | <exact name>` line per test, small enough to commit, so a
+run can be compared with a baseline it did not run (e2e/node-e2e-containerd-baseline.txt).
+
 Usage: junit_gate.py JUNIT_XML --expected FILE [--label NAME]
        junit_gate.py JUNIT_XML --report-only      (summary only, exit 0)
-       junit_gate.py JUNIT_XML --compare BASELINE_XML [--label NAME] [--baseline-label NAME]
+       junit_gate.py JUNIT_XML --compare BASELINE [--label NAME] [--baseline-label NAME]
+       junit_gate.py JUNIT_XML --write-baseline FILE [--header TEXT]
 """
 
 from __future__ import annotations
@@ -74,6 +79,39 @@ def read_junit(text: str) -> Outcome:
             outcome.passed.add(name)
     outcome.passed -= outcome.failed
     outcome.skipped -= outcome.failed | outcome.passed
+    return outcome
+
+
+_STATUSES = ("passed", "failed", "skipped")
+
+
+def write_baseline(outcome: Outcome, header: str = "") -> str:
+    """The baseline file's text: `header` as comment lines, then one line per test."""
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    for status in _STATUSES:
+        names: set[str] = getattr(outcome, status)
+        lines += [f"{status}{SEPARATOR}{name}" for name in sorted(names)]
+    return "\n".join(lines) + "\n"
+
+
+def read_baseline(text: str) -> Outcome:
+    """A JUnit report, or a file write_baseline made."""
+    if text.lstrip().startswith("<"):
+        return read_junit(text)
+    outcome = Outcome()
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        status, sep, name = line.partition(SEPARATOR)
+        if not sep or status not in _STATUSES or not name.strip():
+            raise GateInputError(
+                f"baseline line {number}: want '<passed|failed|skipped>{SEPARATOR}<name>', "
+                f"got {line!r}"
+            )
+        getattr(outcome, status).add(name.strip())
+    if not (outcome.passed | outcome.failed | outcome.skipped):
+        raise GateInputError("the baseline lists no test")
     return outcome
 
 
@@ -184,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--expected", type=Path, help="the expected-failures file")
     mode.add_argument("--report-only", action="store_true", help="print the summary, exit 0")
     mode.add_argument("--compare", type=Path, help="the same suite's report on a baseline")
+    mode.add_argument("--write-baseline", type=Path, help="write the report as a baseline file")
+    parser.add_argument("--header", default="", help="--write-baseline: its comment lines")
     parser.add_argument("--label", default="", help="the suite's name in the summary line")
     parser.add_argument("--baseline-label", default="baseline", help="the baseline's name")
     args = parser.parse_args(argv)
@@ -191,8 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcome = read_junit(read_text(args.junit))
         if args.compare:
-            baseline = read_junit(read_text(args.compare))
+            baseline = read_baseline(read_text(args.compare))
             return main_compare(outcome, baseline, label, args.baseline_label)
+        if args.write_baseline:
+            args.write_baseline.write_text(write_baseline(outcome, args.header))
+            print(f"{summary(label, outcome)}; written to {args.write_baseline}")
+            return 0
         expected = {} if args.report_only else read_expected(read_text(args.expected))
     except GateInputError as e:
         print(f"{label} gate: {e}", file=sys.stderr)

@@ -143,3 +143,35 @@ def test_the_script_compares_standalone(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"passes on containerd, fails on cri-py: {LOGPATH}" in result.stdout
     assert "cri-py: 2 passed, 4 failed, 0 skipped" in result.stdout
+
+
+def test_a_written_baseline_file_compares_as_its_report_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "containerd.xml").write_text(CONTAINERD)
+    baseline = tmp_path / "baseline.txt"
+    code = junit_gate.main(
+        [
+            str(tmp_path / "containerd.xml"),
+            "--write-baseline",
+            str(baseline),
+            "--header",
+            "lab\nrun",
+        ]
+    )
+    assert code == 0
+    text = baseline.read_text()
+    assert text.startswith("# lab\n# run\n")
+    assert f"passed | {ENV}\n" in text and f"skipped | {HOSTS}\n" in text
+    capsys.readouterr()
+    from_xml = run_compare(tmp_path, CRI_PY, CONTAINERD, capsys)
+    assert run_compare(tmp_path, CRI_PY, text, capsys) == from_xml
+
+
+def test_a_malformed_or_empty_baseline_file_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for text in ("# only a comment\n", "passed\n", f"flaky | {ENV}\n", "passed | \n"):
+        code, _, err = run_compare(tmp_path, CRI_PY, text, capsys)
+        assert code == 2, text
+        assert "baseline" in err
