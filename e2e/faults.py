@@ -43,7 +43,7 @@ from cri_py.api import api_pb2_grpc as pb_grpc  # noqa: E402
 from cri_py.config import Config, parse_layers  # noqa: E402
 from cri_py.linux import syscalls  # noqa: E402
 from cri_py.linux.cgroupfs import Cgroupfs  # noqa: E402
-from cri_py.linux.namespaces import mount_points  # noqa: E402
+from cri_py.linux.mountinfo import mount_points  # noqa: E402
 from cri_py.runtime.leaks import Leak, find_leaks  # noqa: E402
 
 BUSYBOX = "registry.k8s.io/e2e-test-images/busybox:1.29-2"
