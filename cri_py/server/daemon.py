@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -167,12 +168,23 @@ def start_cgroups(config: Config) -> CgroupManager | None:
     return CgroupManager(fs, config.cgroups.pids_limit)
 
 
+# At most this many CRI calls block at once (execs, stops, pulls' disk work...); more wait.
+BLOCKING_CALL_THREADS = 256
+
+
 async def serve(config: Config, load: Callable[[], Config] | None = None) -> None:
     """Runs the daemon until SIGTERM or SIGINT; the socket is removed on the way out.
 
     `load` reads the config files again (as at startup, flags winning): SIGHUP calls it and
     applies what can change while running (`cri_py.server.reload`)."""
     check_root()
+    # Blocking CRI calls run on the loop's default executor. ExecSync holds a thread for the
+    # whole command and StopContainer for the grace period, so asyncio's default pool (CPUs +
+    # 4 threads) let a pod's looping PreStop hooks delay every other call on the node: the
+    # kill of a sidecar came seconds late. The pool only starts threads as calls need them.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=BLOCKING_CALL_THREADS, thread_name_prefix="cri-py-call")
+    )
     # State and sockets are root's alone; the socket itself is opened up to 0660 below.
     os.umask(0o077)
     run_dir, root_dir, sock = Path(config.run_dir), Path(config.root_dir), Path(config.socket)

@@ -283,12 +283,25 @@ def _read_line(fd: int, timeout: float) -> bytes:
     return data.split(b"\n", 1)[0]
 
 
-def connect_unix(conn: socket.socket, path: Path) -> None:
+def connect_unix(conn: socket.socket, path: Path, timeout: float = CALL_TIMEOUT_SECONDS) -> None:
     """connect() through an O_PATH fd of the socket's dir: the full path can exceed the 108
-    bytes of sun_path (a deep run dir plus a 64-character sandbox ID)."""
+    bytes of sun_path (a deep run dir plus a 64-character sandbox ID). A unix socket whose
+    accept queue is full refuses a connect with a timeout at once (EAGAIN), where a TCP one
+    would wait: many calls into one pod at the same moment (exec probes, PreStop hooks) retry
+    until the shim's loop has accepted the ones before them, for up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
     dir_fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        conn.connect(f"/proc/self/fd/{dir_fd}/{path.name}")
+        while True:
+            try:
+                conn.connect(f"/proc/self/fd/{dir_fd}/{path.name}")
+                return
+            except BlockingIOError:
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
     finally:
         os.close(dir_fd)
 
@@ -395,7 +408,7 @@ class ShimClient:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as conn:
                 conn.settimeout(timeout)
-                connect_unix(conn, self.socket_path)
+                connect_unix(conn, self.socket_path, timeout)
                 conn.sendall(protocol.encode(request))
                 decoder = protocol.Decoder(max_frame)
                 while True:

@@ -477,7 +477,7 @@ def main(argv: list[str]) -> int:
         listener.bind(SOCKET_FILE)
         os.chdir("/")
         os.chmod(sock_path, 0o600)
-        listener.listen(16)
+        listener.listen(socket.SOMAXCONN)  # calls come in bursts; the loop accepts them all
         shim = Shim(spec, bundle, listener, init_pid)
     except Exception as e:
         if init_pid > 0:

@@ -277,6 +277,37 @@ def test_exec_stop_and_remove_of_a_long_running_container(lab: Lab) -> None:
     lab.remove_pod(pod)
 
 
+def test_long_execs_do_not_hold_up_other_calls(lab: Lab) -> None:
+    """The node e2e "PreStop hooks don't exit" spec: looping PreStop hooks are ExecSyncs that
+    last until their container is killed. Twenty of them at once (more than the CPUs + 4
+    threads asyncio gives by default) must not queue a StopContainer of another container: it
+    comes back while every exec is still running."""
+    pod = lab.run_pod("busy-execs")
+    looping = lab.create(pod, "looping", ["sleep", "1000"])
+    other = lab.create(pod, "other", ["sleep", "1000"])
+    lab.start(looping)
+    lab.start(other)
+    rt = lab.daemon.runtime()
+    execs = [
+        rt.ExecSync.future(
+            pb.ExecSyncRequest(container_id=looping, cmd=["sleep", "20"], timeout=60), timeout=90
+        )
+        for _ in range(20)
+    ]
+    try:
+        deadline = time.monotonic() + 10
+        while b"sleep 20" not in lab.exec(looping, "ps").stdout and time.monotonic() < deadline:
+            time.sleep(0.1)
+        rt.StopContainer(pb.StopContainerRequest(container_id=other, timeout=0), timeout=30)
+        assert lab.status(other).state == pb.CONTAINER_EXITED
+        assert not [e for e in execs if e.done()], "the stop waited for the execs"
+    finally:
+        rt.StopContainer(pb.StopContainerRequest(container_id=looping, timeout=0), timeout=30)
+        for e in execs:
+            e.exception()  # ended with their container
+        lab.remove_pod(pod)
+
+
 def test_missing_binary_fails_start_with_start_error(lab: Lab) -> None:
     pod = lab.run_pod("missing")
     cid = lab.create(pod, "missing", ["no-such-binary"])
