@@ -35,7 +35,7 @@ from .test_containers import (
     registry_up,
     remove_cgroup_parent,
 )
-from .test_streaming import CRICTL, crictl, read_until, start_container
+from .test_streaming import CRICTL, attach_and_detach, crictl, start_container
 
 pytestmark = needs_root
 
@@ -168,19 +168,7 @@ def test_streaming_exec_attach_and_log_reopen_through_the_old_shim(upgraded: Upg
     done = crictl(lab, "exec", "-i", upgraded.sleeper, "sh", "-c", "cat; echo more", input=b"in\n")
     assert (done.returncode, done.stdout) == (0, b"in\nmore\n"), done.stderr
     command = [str(CRICTL), "--runtime-endpoint", lab.daemon.address, "attach", "-i"]
-    with subprocess.Popen(
-        [*command, upgraded.shell], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    ) as process:
-        assert process.stdin is not None and process.stdout is not None
-        try:
-            process.stdin.write(b"echo attached-$((40+2))\n")
-            process.stdin.flush()
-            assert b"attached-42" in read_until(process.stdout.fileno(), b"attached-42")
-            process.stdin.close()
-            assert process.wait(10) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
+    attach_and_detach([*command, upgraded.shell])
     # kubelet's log rotation: the old shim reopens the log file it writes.
     log = Path(lab.configs[upgraded.pod].log_directory) / "shell.log"
     log.rename(log.with_suffix(".1"))

@@ -95,6 +95,22 @@ def sleeper(lab: Lab, pod: str) -> str:
     return start_container(lab, pod, "sleeper", ["sleep", "1000"])
 
 
+def attach_and_detach(command: list[str]) -> None:
+    """`crictl attach -i` (`command`) to a shell: a command typed in is answered, and the
+    client's stdin ending detaches it with exit 0 (the container keeps running)."""
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as process:
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            process.stdin.write(b"echo attached-$((40+2))\n")
+            process.stdin.flush()
+            assert b"attached-42" in read_until(process.stdout.fileno(), b"attached-42")
+            process.stdin.close()
+            assert process.wait(10) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
 def read_until(fd: int, wanted: bytes, timeout: float = 10.0) -> bytes:
     seen = b""
     deadline = time.monotonic() + timeout
@@ -175,19 +191,8 @@ def test_attach_joins_the_live_stdio_of_a_container(lab: Lab, pod: str, transpor
     cid = start_container(lab, pod, f"shell-{transport}", ["sh"], stdin=True)
     command = [str(CRICTL), "--runtime-endpoint", lab.daemon.address, "attach", "-i", cid]
     command[-1:-1] = ["-r", transport]
-    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as process:
-        assert process.stdin is not None and process.stdout is not None
-        try:
-            process.stdin.write(b"echo attached-$((40+2))\n")
-            process.stdin.flush()
-            assert b"attached-42" in read_until(process.stdout.fileno(), b"attached-42")
-            # The client's stdin ending detaches it; the container keeps running.
-            process.stdin.close()
-            assert process.wait(10) == 0
-            assert lab.status(cid).state == pb.CONTAINER_RUNNING
-        finally:
-            if process.poll() is None:
-                process.kill()
+    attach_and_detach(command)
+    assert lab.status(cid).state == pb.CONTAINER_RUNNING
 
 
 def free_port() -> int:
