@@ -39,6 +39,10 @@ HERE = TOP / "e2e" / "kubelet"
 TOOLS = Path(os.environ.get("TOOLS_DIR", "/var/cache/cri-py/tools")) / "bin"
 RESULTS = Path(os.environ.get("RESULTS_DIR", TOP / "results" / "kubelet"))
 EVENTED = os.environ.get("EVENTED_PLEG", "") not in ("", "0")
+# CGROUP_DRIVER=systemd (on a node whose PID 1 is systemd: e2e/systemd_node.sh): kubelet and
+# cri-py both on the systemd driver; pods are kubelet's slices under kubepods.slice, containers
+# cri-py's scopes.
+SYSTEMD = os.environ.get("CGROUP_DRIVER", "cgroupfs") == "systemd"
 
 NODE = "cri-py-e2e"  # --hostname-override: static pods are named <manifest name>-<node>
 BRIDGE = "cri-pyk0"
@@ -48,7 +52,7 @@ READ_ONLY = "http://127.0.0.1:10255"
 HEALTHZ = "http://127.0.0.1:10248/healthz"
 NAMESERVER = "10.86.0.53"
 SEARCH = "kubelet-e2e.cri-py.test"
-REGISTRY = "http://127.0.0.1:5000/v2/"
+REGISTRY = os.environ.get("LAB_REGISTRY", "http://127.0.0.1:5000") + "/v2/"
 LOCK = Path("/run/lock/cri-py-kubelet-e2e.lock")
 
 # What kubelet's setupKernelTunables (pkg/kubelet/cm/container_manager_linux.go) sets, with
@@ -241,6 +245,10 @@ def start_cri_py(lab: Lab) -> subprocess.Popen[bytes]:
         lab.root / "cri" / "config.d" / "50-kubelet-e2e.yaml",
         cni_conf_dir=str(lab.root / "cri" / "cni"),
     )
+    if SYSTEMD:
+        (lab.root / "cri" / "config.d" / "60-systemd.yaml").write_text(
+            "cgroups:\n  driver: systemd\n"
+        )
     python = os.environ.get("PYTHON", str(TOP / ".venv" / "bin" / "python"))
     flags = [
         f"--config={TOP / 'e2e' / 'lab-config.yaml'}",
@@ -303,6 +311,12 @@ def start_kubelet(lab: Lab) -> subprocess.Popen[bytes]:
         resolv_conf=str(kubelet_dir / "resolv.conf"),
         feature_gates="{EventedPLEG: true}" if EVENTED else "{}",
     )
+    if SYSTEMD:
+        # kubelet's systemd driver names its cgroups as slices from the root: kubepods.slice.
+        config = (kubelet_dir / "config.yaml").read_text()
+        config = config.replace("cgroupDriver: cgroupfs", "cgroupDriver: systemd")
+        config = config.replace(f"cgroupRoot: /{CGROUP_ROOT}", "cgroupRoot: /")
+        (kubelet_dir / "config.yaml").write_text(config)
     # kubelet writes two hard-coded host paths whatever its --root-dir:
     # /var/lib/kubelet/device-plugins/kubelet.sock (it deletes what else is in that directory,
     # such as another kubelet's socket) and /var/log/containers (log symlinks). It therefore
@@ -418,10 +432,24 @@ def crictl_logs(lab: Lab, container_id: str) -> str:
 
 
 def find_cgroup(hierarchy: str, container_id: str) -> Path | None:
-    top = Path("/sys/fs/cgroup", hierarchy, CGROUP_ROOT)
-    for path in top.rglob(f"cri-py-{container_id}"):
+    if SYSTEMD:
+        top = Path("/sys/fs/cgroup", hierarchy, "kubepods.slice")
+        name = f"cri-py-{container_id}.scope"
+    else:
+        top = Path("/sys/fs/cgroup", hierarchy, CGROUP_ROOT)
+        name = f"cri-py-{container_id}"
+    for path in top.rglob(name):
         return path
     return None
+
+
+def expected_cgroup(hierarchy: str, pod_uid: str) -> str:
+    """Where the limits pod's container must be (`<id>` for its ID): kubelet's Guaranteed pod
+    cgroup, then cri-py's leaf (systemd: kubepods-pod<uid>.slice, dashes as underscores)."""
+    if SYSTEMD:
+        pod = f"kubepods-pod{pod_uid.replace('-', '_')}.slice"
+        return f"/sys/fs/cgroup/{hierarchy}/kubepods.slice/{pod}/cri-py-<id>.scope"
+    return f"/sys/fs/cgroup/{hierarchy}/{CGROUP_ROOT}/kubepods/pod{pod_uid}/cri-py-<id>"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,7 +537,7 @@ def run_checks(lab: Lab, report: Report, sysctls_before: dict[str, int]) -> None
     for (hierarchy, name), value in expected.items():
         cgroup = find_cgroup(hierarchy, limited["id"])
         actual = (cgroup / name).read_text().strip() if cgroup else "no cgroup"
-        where = f"/sys/fs/cgroup/{hierarchy}/{CGROUP_ROOT}/kubepods/pod{uid}/cri-py-<id>"
+        where = expected_cgroup(hierarchy, uid)
         report.check(
             f"limits: {name} = {value}",
             cgroup == Path(where.replace("<id>", limited["id"])) and actual == value,
@@ -522,6 +550,21 @@ def run_checks(lab: Lab, report: Report, sysctls_before: dict[str, int]) -> None
         bool(procs),
         f"pids {' '.join(procs)}",
     )
+    if SYSTEMD:
+        unit = f"cri-py-{limited['id']}.scope"
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+        wanted = (
+            {"MemoryMax": str(64 * 1024 * 1024), "CPUWeight": "20"}
+            if v2
+            else {"MemoryLimit": str(64 * 1024 * 1024), "CPUShares": "512"}
+        )
+        wanted.update(CPUQuotaPerSecUSec="500ms", Delegate="yes", ActiveState="active")
+        shown = systemd_properties(unit, list(wanted))
+        report.check(
+            f"limits: the container's unit {unit[:20]}... carries them (systemctl show)",
+            shown == wanted,
+            " ".join(f"{k}={v}" for k, v in shown.items()),
+        )
 
     # (b) liveness probe that starts failing: kubelet restarts the container
     log("waiting for kubelet to restart the liveness container")
@@ -783,12 +826,29 @@ def teardown(
         not stuck,
         "; ".join(stuck[:5]),
     )
+    if SYSTEMD:
+        units = cri_py_units()
+        report.check("teardown: no cri-py systemd unit left", not units, " ".join(units[:5]))
     mounts = mounts_under(lab.root)
     report.check("teardown: no mount left under the temp root", not mounts, " ".join(mounts[:5]))
     procs = processes_mentioning(str(lab.root))
     report.check(
         "teardown: no process of the run left (shims, containers)", not procs, "; ".join(procs[:5])
     )
+
+
+def systemd_properties(unit: str, names: list[str]) -> dict[str, str]:
+    args = ["systemctl", "show", unit, *(f"--property={n}" for n in names)]
+    result = subprocess.run(args, capture_output=True, text=True, check=False)
+    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+
+
+def cri_py_units() -> list[str]:
+    """cri-py's loaded container scopes and pod slices (the shims' scope aside)."""
+    args = ["systemctl", "list-units", "--all", "--plain", "--no-legend", "cri-py-*"]
+    result = subprocess.run(args, capture_output=True, text=True, check=False)
+    names = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+    return [n for n in names if n != "cri-py-shims.scope"]
 
 
 def remove_pods(lab: Lab) -> None:

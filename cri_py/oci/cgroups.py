@@ -1,5 +1,6 @@
 """Pure translation of a runtime spec's `linux.resources` into cgroup file writes, for cgroup
-v1 and v2 (cri-py drives cgroupfs directly; there is no systemd driver).
+v1 and v2. Both cgroup drivers write these files (the systemd driver after giving systemd the
+same limits as unit properties, `cri_py.oci.systemd`).
 
 `v1_writes` / `v2_writes` read the object `cri_py.spec.resources.linux_resources` put into
 config.json and give the files to write, in order; `cri_py.runtime.cgroups` writes exactly

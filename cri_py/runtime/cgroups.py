@@ -1,7 +1,8 @@
 """Container cgroups: where they live, applying a spec's `linux.resources` at create and at
 update (config.json rewritten first, `update_container_resources`), removal.
 
-The cgroup of a container is `<sandbox cgroup_parent>/cri-py-<container id>` (kubelet's
+With the cgroupfs driver (this module; `runtime/systemd_cgroups.py` is the systemd one) the
+cgroup of a container is `<sandbox cgroup_parent>/cri-py-<container id>` (kubelet's
 cgroupfs driver sends parents such as `/kubepods/burstable/pod<uid>`), or lives under cri-py's
 own parent when the sandbox has none. Only these leaves are ever created, written or removed
 by cri-py; parents are kubelet's (or ours, for the default one) and stay.
@@ -83,9 +84,24 @@ class CgroupManager:
     """Applies a spec's `linux.resources` to a cgroup: exactly the writes `cri_py.oci.cgroups`
     plans from it, and at create its device rules."""
 
+    # What RuntimeConfig reports (kubelet's cgroupDriver follows it).
+    driver = "cgroupfs"
+
     def __init__(self, fs: Cgroupfs, pids_limit: int = 0) -> None:
         self.fs = fs
         self.pids_limit = pids_limit
+
+    def container_cgroup(self, parent: str, container_id: str, default_parent: str) -> str:
+        """The cgroup path of a container under a CRI `cgroup_parent` (or the default)."""
+        return container_cgroup(parent, container_id, default_parent)
+
+    def pod_cgroup(self, default_parent: str, sandbox_id: str) -> str:
+        """The cgroup cri-py makes for a pod whose sandbox names no parent."""
+        return pod_cgroup(default_parent, sandbox_id)
+
+    def check_parent(self, parent: str) -> None:
+        """Refuses a CRI `cgroup_parent` this driver cannot use (cgroupfs: at container create,
+        where the path is cleaned)."""
 
     @property
     def mode(self) -> CgroupMode:
@@ -243,12 +259,16 @@ class CgroupManager:
         if not is_ours(cgroup):
             raise InvalidArgument(f"cgroup {cgroup} is not a cri-py container cgroup")
         deadline = time.monotonic() + timeout
+        self.kill_processes(cgroup, deadline)
+        self.fs.remove(cgroup, max(0.1, deadline - time.monotonic()))
+
+    def kill_processes(self, cgroup: str, deadline: float) -> None:
+        """SIGKILL to what is left in the cgroup until it is empty or `deadline` passes."""
         while (pids := self.fs.pids(cgroup)) and time.monotonic() < deadline:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.01)
-        self.fs.remove(cgroup, max(0.1, deadline - time.monotonic()))
 
 
 def _as_limit(value: str) -> int | None:

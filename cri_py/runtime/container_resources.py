@@ -20,7 +20,6 @@ from cri_py.model.resources import CgroupSupport, Resources
 from cri_py.model.sandbox import SandboxRecord
 from cri_py.runtime.cgroups import (
     CgroupManager,
-    container_cgroup,
     device_rules_problem,
     update_container_resources,
 )
@@ -55,7 +54,7 @@ class ContainerResources:
         "" without cgroups."""
         if self._cgroups is None:
             return ""
-        return container_cgroup(
+        return self._cgroups.container_cgroup(
             sandbox.cgroup or sandbox.config.cgroup_parent, container_id, self._default_parent
         )
 

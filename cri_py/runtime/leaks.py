@@ -23,9 +23,12 @@ from cri_py.config import Config
 from cri_py.errors import CriError
 from cri_py.linux.cgroupfs import Cgroupfs
 from cri_py.linux.mountinfo import mount_points
+from cri_py.linux.systemd import SystemdClient, SystemdError, systemd_is_init
 from cri_py.model.container import ContainerRecord
 from cri_py.model.sandbox import Phase, SandboxRecord
 from cri_py.network.bridge import LINK_PREFIX
+from cri_py.oci.systemd import SHIM_SCOPE, expand_slice, slice_name
+from cri_py.oci.systemd import is_ours as systemd_is_ours
 from cri_py.runtime.cgroups import LEAF_PREFIX
 from cri_py.store.atomic import read_json
 from cri_py.store.codec import from_data
@@ -43,7 +46,7 @@ _HOLDING = (Phase.CREATING, Phase.CREATED)
 
 @dataclass(frozen=True, order=True)
 class Leak:
-    kind: str  # mount, veth, ip, cgroup, shim, dir, record, lease
+    kind: str  # mount, veth, ip, cgroup, unit, shim, dir, record, lease
     path: str  # what it is: a mount point, link, address, cgroup, PID, ID or lease owner
     description: str = field(compare=False, default="")
 
@@ -56,6 +59,7 @@ class HostSnapshot:
     mounts: frozenset[str] = frozenset()  # mount points under the root and run dirs
     veths: frozenset[str] = frozenset()  # links enslaved to cri-py's bridge
     cgroups: frozenset[str] = frozenset()  # cri-py-named cgroups under the parents looked at
+    units: frozenset[str] = frozenset()  # systemd driver: loaded cri-py scopes and pod slices
     shims: Mapping[int, str] = field(default_factory=dict)  # PID -> sandbox ID of its bundle
     parents: Mapping[int, int] = field(default_factory=dict)  # PID -> parent PID, of `shims`
     run_dirs: frozenset[str] = frozenset()  # sandbox IDs with a dir under <run_dir>/sandboxes
@@ -100,6 +104,11 @@ def compare(host: HostSnapshot, store: StoreSnapshot) -> list[Leak]:
         owners = _ID_IN_NAME.findall(posixpath.basename(cgroup))
         if owners and not any(o in known for o in owners):
             leaks.append(Leak("cgroup", cgroup, "no container or sandbox record names it"))
+
+    for unit in host.units:
+        owners = _ID_IN_NAME.findall(unit)
+        if owners and not any(o in known for o in owners):
+            leaks.append(Leak("unit", unit, "a systemd unit no container or sandbox record names"))
 
     for pid, sandbox_id in host.shims.items():
         shim_owner = holding.get(sandbox_id)
@@ -236,6 +245,28 @@ def _cgroups(parents: Iterable[str]) -> frozenset[str]:
     return frozenset(found)
 
 
+def _slice_path(parent: str) -> str:
+    if not parent.endswith(".slice"):
+        return parent
+    try:
+        return expand_slice(slice_name(parent))
+    except CriError:
+        return ""
+
+
+def _systemd_units() -> frozenset[str]:
+    """The loaded units named as cri-py names its scopes and pod slices (the shims' scope
+    aside); none when systemd does not answer."""
+    client = SystemdClient()
+    try:
+        listed = client.list_units(["cri-py-*.scope", "*-pod*.slice"])
+    except SystemdError:
+        return frozenset()
+    finally:
+        client.close()
+    return frozenset(name for name, _ in listed if name != SHIM_SCOPE and systemd_is_ours(name))
+
+
 def _parent_pid(pid: int) -> int:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -252,12 +283,19 @@ def read_host(config: Config, store: StoreSnapshot) -> HostSnapshot:
     )
     parents = {config.cgroups.default_parent}
     parents.update(r.config.cgroup_parent for r in store.sandboxes.values())
+    units: frozenset[str] = frozenset()
+    if config.cgroups.driver == "systemd" or (not config.cgroups.driver and systemd_is_init()):
+        units = _systemd_units()
+        parents.add(config.cgroups.default_slice)
+        # Slice names (kubelet's parents under this driver) as the paths systemd gives them.
+        parents = {_slice_path(p) for p in parents}
     root = Path(config.root_dir)
     shims = _shims(config.run_dir)
     return HostSnapshot(
         mounts=mounts,
         veths=_bridge_ports(config.network.bridge),
         cgroups=_cgroups(sorted(p for p in parents if p)),
+        units=units,
         shims=shims,
         parents={pid: _parent_pid(pid) for pid in shims},
         run_dirs=_ids_in(Path(config.run_dir) / "sandboxes"),
