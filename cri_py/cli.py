@@ -1,4 +1,5 @@
-"""The `cri-py` command: `serve` runs the daemon, `config` prints the effective config.
+"""The `cri-py` command: `serve` runs the daemon, `config` prints the effective config,
+`images` imports, exports and tags images (`cri_py.images.commands`).
 
 Flags override the config files; they are turned into a config layer here so that
 `cri_py.config` validates them the same way as file values.
@@ -18,6 +19,7 @@ import cri_py
 from cri_py import config as config_mod
 from cri_py import log
 from cri_py.errors import ConfigError, StartupError
+from cri_py.images import commands as image_commands
 
 # flag dest -> dotted config key
 _FLAG_KEYS = {
@@ -77,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="list what looks like cri-py's but is in no record (exit 1 if any)",
     )
+    image_commands.add_parser(commands, [common])
     return parser
 
 
@@ -110,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "debug":
         return _debug_leaks(config)
+    if args.command == "images":
+        return image_commands.run(config, args)
     if args.command == "info":
         return _info(config, config_mod.config_sources(args.config, args.config_dir))
     log.setup(config.log_level, config.log_format)

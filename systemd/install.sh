@@ -4,13 +4,16 @@
 #              /etc/crictl.yaml (config files only when absent: an operator's files are kept)
 #   uninstall: removes $PREFIX and every file the install created that is still as installed
 # PREFIX (default /opt/cri-py), SYSCONFDIR (/etc), UNITDIR (/etc/systemd/system) move things,
-# so tests install into a temp dir.
+# so tests install into a temp dir. CTR_STAND_IN=1 also puts `ctr` and `containerd` stand-ins
+# (for `kind load`, see cri_py/ctr.py) in BINDIR (/usr/local/bin): for kind node images only.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 prefix=${PREFIX:-/opt/cri-py}
 sysconfdir=${SYSCONFDIR:-/etc}
 unitdir=${UNITDIR:-/etc/systemd/system}
 python=${PYTHON:-python3}
+bindir=${BINDIR:-/usr/local/bin}
+ctr_stand_in=${CTR_STAND_IN:-0}
 manifest=$prefix/.install-manifest   # "<sha256>  <path>" of every file created outside $prefix
 
 record() { sha256sum "$1" >>"$manifest"; }
@@ -24,7 +27,32 @@ make_dir() {
 
 systemd_running() { [ -d /run/systemd/system ]; }
 
+# `ctr` and `containerd` in $BINDIR running cri-py's stand-ins (cri_py/ctr.py), for a node
+# without containerd where `kind load` runs `containerd config dump` and `ctr images import`.
+# Never over a real ctr or containerd: an existing file stops the install.
+check_stand_ins() {
+    local name
+    for name in ctr containerd; do
+        if [ -e "$bindir/$name" ]; then
+            echo "install.sh: $bindir/$name exists; not replacing it with cri-py's stand-in" >&2
+            exit 1
+        fi
+    done
+}
+
+install_stand_ins() {
+    local name
+    make_dir "$bindir"
+    for name in ctr containerd; do
+        printf '#!/bin/sh\n# cri-py stand-in for %s (kind load on a cri-py node): see `%s --help`.\nexec %s "$@"\n' \
+            "$name" "$name" "$prefix/bin/cri-py-$name" >"$bindir/$name"
+        chmod 0755 "$bindir/$name"
+        record "$bindir/$name"
+    done
+}
+
 install_all() {
+    if [ "$ctr_stand_in" = 1 ]; then check_stand_ins; fi
     # The prefix's missing parents are made first and recorded once the manifest exists.
     local parents=() d
     d=$(dirname "$prefix")
@@ -52,6 +80,7 @@ install_all() {
             >"$sysconfdir/crictl.yaml"
         record "$sysconfdir/crictl.yaml"
     fi
+    if [ "$ctr_stand_in" = 1 ]; then install_stand_ins; fi
     if systemd_running; then systemctl daemon-reload; fi
     echo "installed cri-py in $prefix; unit $unitdir/cri-py.service"
 }

@@ -119,7 +119,7 @@ def _share(
     return flight
 
 
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error to report from a failed task group: a CRI error if any, else the first."""
     leaves: list[BaseException] = []
 
@@ -172,8 +172,8 @@ class _Holds:
         self.layers: Counter[str] = Counter()
 
     @contextlib.contextmanager
-    def hold(self) -> Iterator[_Hold]:
-        hold = _Hold(self)
+    def hold(self) -> Iterator[Hold]:
+        hold = Hold(self)
         try:
             yield hold
         finally:
@@ -183,7 +183,7 @@ class _Holds:
             self.layers = +self.layers
 
 
-class _Hold:
+class Hold:
     def __init__(self, holds: _Holds) -> None:
         self._holds = holds
         self.blobs: list[str] = []
@@ -234,8 +234,18 @@ class Puller:
         self._holds = _Holds()
 
     def held(self) -> tuple[set[str], set[str]]:
-        """The blobs and layers (chain IDs) unfinished pulls rely on."""
+        """The blobs and layers (chain IDs) unfinished pulls and imports rely on."""
         return set(self._holds.blobs), set(self._holds.layers)
+
+    @property
+    def platform(self) -> Platform:
+        """The platform pulls (and imports) choose from an index."""
+        return self._platform
+
+    def hold(self) -> contextlib.AbstractContextManager[Hold]:
+        """Keeps the blobs and layers registered on the hold from garbage collection until
+        the block ends (an import's, while it is not yet committed)."""
+        return self._holds.hold()
 
     async def pull(self, image: str, credentials: Credentials | None = None) -> str:
         """Pulls `image` and returns the image ID. Concurrent pulls of the same reference (with
@@ -302,7 +312,7 @@ class Puller:
                     ]
             except BaseExceptionGroup as failures:
                 # The first layer's error is the pull's; the others were cancelled with it.
-                raise _first_error(failures) from None
+                raise first_error(failures) from None
             layers = tuple(task.result() for task in tasks)
             for fetched in (top, manifest_fetched):
                 if not self._store.has_blob(fetched.digest):
@@ -377,6 +387,14 @@ class Puller:
         chain_id: str,
     ) -> LayerRecord:
         await self._ensure_blob(ref, endpoints, descriptor)
+        return await self.layer_record(str(ref), descriptor, diff_id, chain_id)
+
+    async def layer_record(
+        self, image: str, descriptor: Descriptor, diff_id: str, chain_id: str
+    ) -> LayerRecord:
+        """The layer of the blob `descriptor` (already in the store), unpacked unless it is
+        already: one unpack per chain ID however many pulls and imports want it, under the
+        same limits. The caller holds the blob and the chain ID (`hold`)."""
         stats = self._layer_stats(chain_id)
         if stats is None or not self._store.has_layer(chain_id):
             if self._store.has_layer(chain_id):
@@ -385,7 +403,7 @@ class Puller:
                 flight = _share(
                     self._layer_flights,
                     chain_id,
-                    lambda: self._unpack(str(ref), descriptor, diff_id, chain_id),
+                    lambda: self._unpack(image, descriptor, diff_id, chain_id),
                 )
                 stats = await flight.wait()
         return LayerRecord(

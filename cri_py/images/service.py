@@ -1,4 +1,5 @@
-"""The image service: pull, status, list, remove, disk usage, and layers for containers.
+"""The image service: pull, import, export, tag, status, list, remove, disk usage, and layers
+for containers.
 
 It decides what happens and owns the image state; `pull` pulls (with `registry` fetching and
 `unpack` unpacking), `store` keeps, `catalog` resolves names, `reference` and `manifest` parse.
@@ -20,16 +21,20 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 
 from cri_py.config import Config, RegistryHost
-from cri_py.errors import InvalidArgument, NotFound
+from cri_py.errors import AlreadyExists, InvalidArgument, NotFound
+from cri_py.images.archive import ArchiveLimits
 from cri_py.images.catalog import Catalog, with_pulled
 from cri_py.images.endpoints import Credentials
+from cri_py.images.export import ExportedImage, write_archive
+from cri_py.images.importer import ImportedImage, Importer, ImportOptions
 from cri_py.images.manifest import Platform, parse_image_config, user_of
 from cri_py.images.pull import Puller, host_platform
-from cri_py.images.reference import pull_reference
+from cri_py.images.reference import parse_reference, pull_reference
 from cri_py.images.registry import RegistryClient
 from cri_py.images.store import ContentStore, ImageRecord, StoreState
 from cri_py.log import get_logger
@@ -109,6 +114,9 @@ class ImageService:
             # Looked up at each call: the daemon sets the hooks after construction.
             on_downloaded=lambda count: self.on_downloaded(count),
             on_pulled=lambda seconds: self.on_pulled(seconds),
+        )
+        self._importer = Importer(
+            self._store, self._puller, ArchiveLimits(max_member_bytes=config.images.max_layer_bytes)
         )
         self._store.recover()
         self._set_state(self._store.load())
@@ -307,6 +315,81 @@ class ImageService:
         the same credentials) share one pull; blobs and layers are fetched and unpacked once
         even across different references."""
         return await self._puller.pull(image, credentials)
+
+    # -- import, export, tag (`cri-py images ...`, the `ctr` stand-in) --
+
+    async def import_archive(
+        self, stream: IO[bytes], options: ImportOptions
+    ) -> tuple[ImportedImage, ...]:
+        """Imports every image of the archive read from `stream` (OCI layout or `docker save`
+        tar), with the names it carries, or none of them: on failure what the import stored
+        is collected again and no image changes."""
+        try:
+            imported = await self._importer.import_archive(stream, options, self._commit_all)
+        except BaseException:
+            async with self._lock:
+                await self._collect_garbage()
+            raise
+        for image in imported:
+            log.info("imported image", image=image.name or "<none>", id=image.image_id)
+        return imported
+
+    async def _commit_all(self, records: Sequence[ImageRecord]) -> None:
+        """Makes imported images visible in one metadata write, each merged as a pull is."""
+        async with self._lock:
+            images = dict(self._state.images)
+            for record in records:
+                images = with_pulled(images, record)
+            await self._save(dataclasses.replace(self._state, images=images))
+
+    async def export(self, images: Sequence[str], out: IO[bytes]) -> None:
+        """Writes the images `images` name to `out` as an OCI layout tar with Docker's
+        `manifest.json` (`export.write_archive`). A name given by tag is written under that
+        tag; by ID or digest, under every tag of the image."""
+        if not images:
+            raise InvalidArgument("export: name at least one image")
+        chosen: dict[str, tuple[ImageRecord, list[str]]] = {}
+        for image in images:
+            record = self._catalog.resolve(image)
+            if record is None:
+                raise NotFound(f"image {image} not present")
+            names = chosen.setdefault(record.id, (record, []))[1]
+            try:
+                ref = parse_reference(image)
+                tag = "" if ref.digest else ref.tagged()
+            except InvalidArgument:
+                tag = ""
+            for name in (tag,) if tag in record.repo_tags else record.repo_tags:
+                if name not in names:
+                    names.append(name)
+        exported = [ExportedImage(record, tuple(names)) for record, names in chosen.values()]
+        with self._puller.hold() as hold:
+            for record, _ in chosen.values():
+                for digest in record.blobs:
+                    hold.blob(digest)
+            await asyncio.to_thread(write_archive, out, exported, self._store)
+
+    async def tag(self, source: str, target: str, *, force: bool = False) -> str:
+        """Gives the image `source` names the repo tag `target` (taken from the image that had
+        it only with `force`, as `ctr images tag --force`); returns the image ID."""
+        ref = parse_reference(target)
+        if ref.digest:
+            raise InvalidArgument(f"tag {target}: a tag is name:tag, not a digest")
+        tag = ref.tagged()
+        async with self._lock:
+            record = self._catalog.resolve(source)
+            if record is None:
+                raise NotFound(f"image {source} not present")
+            owner = self._catalog.by_tag.get(tag)
+            if owner == record.id:
+                return record.id
+            if owner is not None and not force:
+                raise AlreadyExists(f"image {tag} already names image {owner} (use --force)")
+            tagged = dataclasses.replace(record, repo_tags=(*record.repo_tags, tag))
+            images = with_pulled(self._state.images, tagged)
+            await self._save(dataclasses.replace(self._state, images=images))
+        log.info("tagged image", image=record.id, tag=tag)
+        return record.id
 
     async def _commit(self, record: ImageRecord) -> None:
         """Makes a pulled image visible (one atomic metadata write): merges names into an image

@@ -287,6 +287,25 @@ class ContentStore:
             writer.abort()
             raise
 
+    async def adopt_blob(self, digest: str, path: Path) -> None:
+        """Moves a file of `ingest/` whose content the caller has verified to be `digest`
+        (an import hashed it as it was written there) into place as that blob."""
+        target = self.blob_path(digest)
+        if path.parent != self.ingest_dir:
+            raise Internal(f"blob {digest}: {path} is not in {self.ingest_dir}")
+
+        def move() -> None:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.replace(path, target)
+            fsync_dir(target.parent)
+
+        await asyncio.to_thread(move)
+
     # -- layers --
 
     def layer_path(self, chain_id: str) -> Path:

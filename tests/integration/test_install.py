@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -72,3 +73,36 @@ def test_uninstall_keeps_a_config_the_operator_changed(tmp_path: Path) -> None:
     assert config.read_text() == "log_level: debug\n"
     assert f"kept {config}" in result.stdout
     assert not (tmp_path / "opt" / "cri-py").exists()
+
+
+def test_ctr_stand_ins_install_answer_kind_and_uninstall(tmp_path: Path) -> None:
+    bindir = tmp_path / "usr" / "local" / "bin"
+    env = {"CTR_STAND_IN": "1", "BINDIR": str(bindir)}
+    with mock.patch.dict(os.environ, env):
+        run_install("install", tmp_path)
+    # What kind's getSnapshotter runs, and a ctr call it does not make, refused by name.
+    dump = subprocess.run(
+        [str(bindir / "containerd"), "config", "dump"], capture_output=True, text=True, check=True
+    )
+    assert 'snapshotter = "overlayfs"' in dump.stdout
+    other = subprocess.run(
+        [str(bindir / "ctr"), "-n", "k8s.io", "containers", "list"], capture_output=True, text=True
+    )
+    assert other.returncode == 1 and "cri-py's stand-in for containerd's ctr" in other.stderr
+    run_install("uninstall", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctr_stand_ins_never_replace_a_real_ctr(tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "ctr").write_text("#!/bin/sh\necho real ctr\n")
+    stand_ins = {"CTR_STAND_IN": "1", "BINDIR": str(bindir)}
+    with (
+        mock.patch.dict(os.environ, stand_ins),
+        pytest.raises(subprocess.CalledProcessError) as failed,
+    ):
+        run_install("install", tmp_path)
+    assert "not replacing it" in failed.value.stderr
+    assert (bindir / "ctr").read_text() == "#!/bin/sh\necho real ctr\n"
+    assert not (tmp_path / "opt").exists() and not (bindir / "containerd").exists()
