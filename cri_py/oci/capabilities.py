@@ -92,17 +92,21 @@ class CapabilitySets:
 
 
 def sets_for_user(caps: CapabilitySets, uid: int) -> CapabilitySets:
-    """What the process holds when it execs. Root keeps the spec's sets. Any other user gets,
-    as with Docker and as execve(2) computes anyway for a file without capabilities, only its
-    ambient capabilities in effective and permitted (Kubernetes: a non-root container has no
-    effective capabilities unless they are ambient)."""
+    """What the process holds when it execs. Root keeps the spec's sets. Any other user gets
+    only its ambient capabilities in effective, as execve(2) computes anyway for a file without
+    capabilities (Kubernetes: a non-root container has no effective capabilities unless they
+    are ambient), but keeps the spec's permitted set up to execve, as runc does: execve derives
+    the new sets from the file's capabilities and the ambient and bounding sets, and under
+    no_new_privs grants a file capability only if it was permitted before. So a program with
+    `setcap cap_net_bind_service+ep` (CoreDNS's image) run as non-root with that capability
+    added and allowPrivilegeEscalation false (kubeadm's CoreDNS Deployment) can bind port 53."""
     if uid == 0:
         return caps
     ambient = caps.ambient & caps.bounding
     return CapabilitySets(
         bounding=caps.bounding,
         effective=ambient,
-        permitted=ambient,
+        permitted=(caps.permitted & caps.bounding) | ambient,
         inheritable=caps.inheritable & ambient,
         ambient=ambient,
     )

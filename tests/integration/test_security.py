@@ -9,6 +9,7 @@ Shares test_containers' lab (its daemon config, bridge and registry); skips the 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import struct
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 from cri_py.api import api_pb2 as pb
 
 from .conftest import needs_root
+from .test_container_cgroups import verbose_info
 from .test_containers import BUSYBOX, Lab
 from .test_containers import lab as lab
 
@@ -28,6 +30,7 @@ pytestmark = needs_root
 # CapEff of the default 14 capabilities: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID
 # SETPCAP NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP.
 DEFAULT_CAPS = 0xA80425FB
+CAP_NET_BIND_SERVICE = 1 << 10
 CAP_NET_ADMIN = 1 << 12
 CAP_NET_RAW = 1 << 13
 CAP_SYS_MODULE = 1 << 16
@@ -101,6 +104,48 @@ def test_capabilities_add_and_drop_show_in_capeff(lab: Lab) -> None:
     assert status_field(lab, drop, "CapEff") == DEFAULT_CAPS & ~CAP_NET_RAW
     none = running(lab, pod, "none", capabilities=pb.Capability(drop_capabilities=["ALL"]))
     assert status_field(lab, none, "CapBnd") == 0
+    lab.remove_pod(pod)
+
+
+def test_a_file_capability_works_for_non_root_under_no_new_privs(lab: Lab) -> None:
+    # kubeadm's CoreDNS Deployment: a non-root user, allowPrivilegeEscalation false, only
+    # NET_BIND_SERVICE added; the image's /coredns carries `cap_net_bind_service+ep`. With
+    # no_new_privs, execve grants a file capability only if it was permitted before the exec.
+    pod = lab.run_pod("sec-filecap")
+    cid = running(
+        lab,
+        pod,
+        "filecap",
+        run_as_user=pb.Int64Value(value=1001),
+        no_new_privs=True,
+        capabilities=pb.Capability(
+            add_capabilities=["NET_BIND_SERVICE"], drop_capabilities=["ALL"]
+        ),
+    )
+    # A copy of the image's busybox with the file capability, made from the host.
+    root = Path(f"/proc/{int(verbose_info(lab, cid)['pid'])}/root")
+    (root / "capable").mkdir()
+    capable = root / "capable" / "busybox"  # busybox runs the applet its name says
+    capable.write_bytes((root / "bin" / "busybox").read_bytes())
+    capable.chmod(0o755)
+    # vfs_cap_data revision 2, effective flag; permitted: CAP_NET_BIND_SERVICE (bit 10).
+    os.setxattr(capable, "security.capability", struct.pack("<5I", 0x02000001, 1 << 10, 0, 0, 0))
+    assert status_field(lab, cid, "NoNewPrivs") == 1
+    assert status_field(lab, cid, "CapEff") == 0  # a plain program: nothing effective
+    got = lab.exec(cid, "/capable/busybox", "cat", "/proc/self/status")
+    assert got.exit_code == 0, got.stderr
+    (line,) = [line for line in got.stdout.decode().splitlines() if line.startswith("CapEff:")]
+    assert int(line.split()[1], 16) == CAP_NET_BIND_SERVICE
+    # Nothing beyond what the container was given: a file that asks for NET_ADMIN too (and
+    # is marked effective, so expects all it asks for) is refused by execve.
+    os.setxattr(
+        capable,
+        "security.capability",
+        struct.pack("<5I", 0x02000001, (1 << 10) | CAP_NET_ADMIN, 0, 0, 0),
+    )
+    refused = lab.exec(cid, "/capable/busybox", "cat", "/proc/self/status")
+    assert refused.exit_code != 0 and b"CapEff" not in refused.stdout
+    assert b"not permitted" in refused.stderr.lower(), refused.stderr
     lab.remove_pod(pod)
 
 

@@ -30,14 +30,24 @@ def test_root_keeps_the_spec_sets() -> None:
 
 def test_non_root_has_no_effective_capabilities_without_ambient() -> None:
     result = sets_for_user(_sets(), 1000)
-    assert result.effective == result.permitted == frozenset()
+    assert result.effective == result.ambient == result.inheritable == frozenset()
     assert result.bounding == {KILL, CHOWN}
+    # Permitted up to execve (the ceiling no_new_privs puts on a file's capabilities).
+    assert result.permitted == {KILL, CHOWN}
+
+
+def test_non_root_permitted_stays_within_the_bounding_set() -> None:
+    sets = CapabilitySets(
+        bounding=frozenset({KILL}), effective=frozenset(), permitted=frozenset({KILL, CHOWN})
+    )
+    assert sets_for_user(sets, 1000).permitted == {KILL}
 
 
 def test_non_root_keeps_its_ambient_capabilities() -> None:
     result = sets_for_user(_sets(ambient=frozenset({NET_BIND})), 1000)
-    assert result.effective == result.permitted == result.ambient == {NET_BIND}
+    assert result.effective == result.ambient == {NET_BIND}
     assert result.inheritable == {NET_BIND}
+    assert result.permitted == {KILL, CHOWN, NET_BIND}
 
 
 def test_before_exec_keeps_sys_admin_for_the_filter_and_stays_within_what_is_held() -> None:
