@@ -58,6 +58,7 @@ class NetworkSelector:
         self._loopback_up = loopback_up or set_loopback_up
         self._conf_dir = Path(config.cni_conf_dir)
         self._builtin = builtin
+        self._builtin_enabled = config.builtin
         self._runner = runner or PluginRunner(config.cni_bin_dirs, config.cni_timeout_seconds)
         self._cni = CniNetwork(self._runner)
         self._lock = threading.Lock()
@@ -100,8 +101,10 @@ class NetworkSelector:
                 network=choice.config.name,
                 plugins=",".join(choice.config.plugin_types),
             )
-        else:
+        elif self._builtin_enabled:
             log.info("no CNI config; new pods use the built-in network", dir=str(self._conf_dir))
+        else:
+            log.info("no CNI config; new pods wait for one", dir=str(self._conf_dir))
         return choice
 
     def _cni_problem(self, choice: ConfigChoice) -> str:
@@ -115,11 +118,21 @@ class NetworkSelector:
             f"{', '.join(missing)} not found in {', '.join(self._runner.bin_dirs)}"
         )
 
+    def _no_cni_message(self, choice: ConfigChoice) -> str:
+        skipped = "; ".join(f"{path}: {reason}" for path, reason in choice.skipped)
+        return (
+            f"no usable CNI config in {self._conf_dir}"
+            + (f" (skipped {skipped})" if skipped else "")
+            + " and the built-in network is off (network.builtin: false)"
+        )
+
     def state(self) -> NetworkState:
         choice = self.cni_config()
         if choice.config is not None:
             problem = self._cni_problem(choice)
             return NetworkState(False, NOT_READY, problem) if problem else NetworkState(True)
+        if not self._builtin_enabled:
+            return NetworkState(False, NOT_READY, self._no_cni_message(choice))
         builtin = self._builtin.state()
         if builtin.ready:
             return builtin
@@ -136,6 +149,8 @@ class NetworkSelector:
         """The network for a new pod; Unavailable when the CNI config cannot run now."""
         choice = self.cni_config()
         if choice.config is None:
+            if not self._builtin_enabled:
+                raise Unavailable(f"pod network not ready: {self._no_cni_message(choice)}")
             return BUILTIN
         problem = self._cni_problem(choice)
         if problem:

@@ -41,7 +41,7 @@ class FakeBridge(BuiltinNetwork):
 
 
 class Env:
-    def __init__(self, tmp_path: Path, bridge_ready: bool = True) -> None:
+    def __init__(self, tmp_path: Path, bridge_ready: bool = True, builtin: bool = True) -> None:
         self.conf_dir = tmp_path / "net.d"
         self.bin_dir = tmp_path / "bin"
         self.log = tmp_path / "calls.log"
@@ -49,7 +49,9 @@ class Env:
         self.pod_dir.mkdir()
         install_fake_plugins(self.bin_dir, "fake-a", "fake-b")
         self.bridge = FakeBridge(tmp_path / "builtin", bridge_ready)
-        config = NetworkConfig(cni_conf_dir=str(self.conf_dir), cni_bin_dirs=(str(self.bin_dir),))
+        config = NetworkConfig(
+            cni_conf_dir=str(self.conf_dir), cni_bin_dirs=(str(self.bin_dir),), builtin=builtin
+        )
         self.loopbacks: list[Path] = []
         self.selector = NetworkSelector(config, self.bridge, loopback_up=self.loopbacks.append)
 
@@ -80,6 +82,24 @@ def test_conflist_written_later_is_picked_up_without_restart(tmp_path: Path) -> 
     assert not state.ready and str(env.conf_dir) in state.message
     assert "built-in network is not ready: bridge cri-py0" in state.message
 
+    env.write_conflist("podnet", "fake-a", "fake-b")
+    assert env.selector.state() == NetworkState(True)
+    assert env.selector.choose() == CNI
+
+
+def test_builtin_off_pods_wait_for_a_cni_config(tmp_path: Path) -> None:
+    # A kind node (network.builtin: false): until kindnet writes its conflist the node is not
+    # ready and no pod lands on the bridge, whose addresses other nodes could not route.
+    env = Env(tmp_path, bridge_ready=True, builtin=False)
+    state = env.selector.state()
+    assert not state.ready
+    assert state.message == (
+        f"no usable CNI config in {env.conf_dir} and the built-in network is off "
+        "(network.builtin: false)"
+    )
+    with pytest.raises(Unavailable, match="built-in network is off"):
+        env.selector.choose()
+    assert env.bridge.log == []
     env.write_conflist("podnet", "fake-a", "fake-b")
     assert env.selector.state() == NetworkState(True)
     assert env.selector.choose() == CNI
