@@ -85,16 +85,19 @@ class ContainerIO:
         except ShimError as e:
             raise Internal(f"attach to container {record.id}: {e}") from e
 
-    async def close_stdin_once(self, container_id: str) -> None:
+    async def close_stdin_once(self, container_id: str) -> bool:
         """After an attached client's stdin ended: with stdin_once (and no tty, kubelet's rule)
-        the container's stdin is closed, so it sees EOF."""
+        the container's stdin is closed, so it sees EOF. True when that is the rule here (the
+        client then stays attached to the outputs until the container exits)."""
         record = self._table.status(container_id)
         if not (record.config.stdin_once and not record.config.tty):
-            return
+            return False
         try:
             await asyncio.to_thread(self._table.shim(record.sandbox_id).close_stdin, record.id)
         except ShimError as e:
             log.warning("closing stdin failed", container=record.id, error=str(e))
+            return False
+        return True
 
     def reopen_log(self, container_id: str) -> None:
         record = self._table.running(container_id)

@@ -313,10 +313,16 @@ async def attach(
             waits.append(asyncio.create_task(_discard(streams["stdin"])))
             tasks.append(waits[-1])
         if status["status"] == "Success" and waits:
-            # Outputs end when the container exits; stdin ending detaches the client.
+            # Outputs end when the container exits. The client's stdin ending detaches it,
+            # except with stdin_once and no tty: then the container's stdin is closed and
+            # its outputs are followed to its exit (`echo data | kubectl attach -i` sees the
+            # answer to its input, as with containerd and CRI-O).
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if "stdin" in streams and tasks[-1].done():
-                await runtime.close_stdin_once(request.container_id)
+                if await runtime.close_stdin_once(request.container_id):
+                    outputs = tasks[:-1]
+                    if outputs:
+                        await asyncio.wait(outputs)
         error = streams["error"]
         if protocol in STATUS_PROTOCOLS:
             await error.write(json.dumps(status).encode())

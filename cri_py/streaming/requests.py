@@ -48,8 +48,9 @@ class Runtime(Protocol):
         caller keeps its copies); a dup of its stdin when `stdin`, else -1."""
         ...
 
-    async def close_stdin_once(self, container_id: str) -> None:
-        """An attached client's stdin ended: closes the container's stdin with stdin_once."""
+    async def close_stdin_once(self, container_id: str) -> bool:
+        """An attached client's stdin ended: closes the container's stdin with stdin_once and
+        no tty, and says whether it did (the client then stays attached to the outputs)."""
         ...
 
     def open_terminal(self, container_id: str) -> tuple[int, int]:

@@ -56,7 +56,13 @@ def crictl(lab: Lab, *args: str, **kwargs: object) -> subprocess.CompletedProces
 
 
 def start_container(
-    lab: Lab, pod: str, name: str, command: list[str], stdin: bool = False, tty: bool = False
+    lab: Lab,
+    pod: str,
+    name: str,
+    command: list[str],
+    stdin: bool = False,
+    tty: bool = False,
+    stdin_once: bool = False,
 ) -> str:
     config = pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name=name),
@@ -64,6 +70,7 @@ def start_container(
         command=command,
         log_path=f"{name}.log",
         stdin=stdin,
+        stdin_once=stdin_once,
         tty=tty,
     )
     cid = (
@@ -193,6 +200,24 @@ def test_attach_joins_the_live_stdio_of_a_container(lab: Lab, pod: str, transpor
     command[-1:-1] = ["-r", transport]
     attach_and_detach(command)
     assert lab.status(cid).state == pb.CONTAINER_RUNNING
+
+
+def test_attach_with_stdin_once_follows_the_output_to_the_exit(
+    lab: Lab, pod: str, transport: str
+) -> None:
+    # `printf 'one\ntwo\n' | kubectl attach -i` to a stdin_once container: the input ending
+    # closes the container's stdin, and the client sees what the container answered to it
+    # (it used to be detached at once, its output lost).
+    script = 'while read line; do echo "echo: $line"; sleep 0.2; done; echo done'
+    cid = start_container(
+        lab, pod, f"once-{transport}", ["sh", "-c", script], stdin=True, stdin_once=True
+    )
+    command = [str(CRICTL), "--runtime-endpoint", lab.daemon.address, "attach", "-i"]
+    command += ["-r", transport, cid]
+    got = subprocess.run(command, input=b"one\ntwo\n", capture_output=True, timeout=30)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == b"echo: one\necho: two\ndone\n"
+    assert lab.status(cid).state == pb.CONTAINER_EXITED
 
 
 def free_port() -> int:
