@@ -15,6 +15,9 @@ source package (gcc); both builds are cached.
     python3 e2e/build_images.py --smoke     pull images back, unpack them, run them in chroots
     python3 e2e/build_images.py --list      each reference and its name in the lab registry
     python3 e2e/build_images.py --markdown  the image table of e2e/README.md
+
+`--catalog e2e/images/kind-catalog.toml` does the same for the images of a kind cluster of
+cri-py nodes (`make kind-images`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from imagelab.catalog import Catalog, load_catalog
 from imagelab.debian import DebianPackages
 from imagelab.environment import (
     CACHE_DIR,
+    CATALOG_PATH,
     LAB_DIR,
     SUMMARY_PATH,
     BuildError,
@@ -44,7 +48,9 @@ from imagelab.registry import push, registry_digest, skopeo_inspect
 from imagelab.smoke import smoke
 
 
-def build_and_push(catalog: Catalog, *, force: bool, only: str | None) -> int:
+def build_and_push(
+    catalog: Catalog, *, force: bool, only: str | None, summary_path: Path = SUMMARY_PATH
+) -> int:
     started = time.monotonic()
     images = [
         image for image in catalog.images if only is None or any(only in str(r) for r in image.refs)
@@ -69,12 +75,12 @@ def build_and_push(catalog: Catalog, *, force: bool, only: str | None) -> int:
         layout.write_index()
         summary, pushed = push_missing(layout, built, force=force)
     if only is None:
-        LAB_DIR.mkdir(parents=True, exist_ok=True)
-        SUMMARY_PATH.write_text(json.dumps(summary, indent=2) + "\n")
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     print(
         f"{len(summary)} references: {pushed} pushed, {len(summary) - pushed} unchanged, "
         f"in {time.monotonic() - started:.1f}s"
-        + (f"; summary in {SUMMARY_PATH}" if only is None else "")
+        + (f"; summary in {summary_path}" if only is None else "")
     )
     for item in catalog.unbuildable:
         print(f"not built: {item.ref}\n  {item.reason}")
@@ -159,9 +165,9 @@ def markdown(catalog: Catalog) -> int:
     for recipe in catalog.images:
         layers = [catalog.layers[name] for name in recipe.layers]
         packages = sorted({package for layer in layers for package in layer.packages})
-        sources = [build.package for layer in layers for build in layer.go_builds]
-        if catalog.go is not None and sources:
-            packages.append(f"Go: {', '.join(sources)} @{catalog.go.version}")
+        for build in (build for layer in layers for build in layer.go_builds):
+            module = catalog.go_modules[build.module]
+            packages.append(f"Go: {build.package} @{module.version}")
         if catalog.busybox_source is not None and any(layer.busybox_source for layer in layers):
             source = catalog.busybox_source
             packages.append(f"busybox source ({source.flavour}, +{', '.join(source.enable)})")
@@ -192,9 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", metavar="TEXT", help="only images with a reference containing TEXT"
     )
+    parser.add_argument(
+        "--catalog",
+        type=Path,
+        default=CATALOG_PATH,
+        help="the catalog to build (default: e2e/images/catalog.toml; `make kind-images` "
+        "builds e2e/images/kind-catalog.toml); its summary goes to "
+        f"{LAB_DIR}/<catalog name>.json (images.json for the default)",
+    )
     args = parser.parse_args(argv)
     try:
-        catalog = load_catalog()
+        catalog = load_catalog(args.catalog)
         if args.check:
             return check(catalog)
         if args.smoke:
@@ -203,7 +217,12 @@ def main(argv: list[str] | None = None) -> int:
             return list_references(catalog)
         if args.markdown:
             return markdown(catalog)
-        return build_and_push(catalog, force=args.force, only=args.only)
+        summary_path = (
+            SUMMARY_PATH
+            if args.catalog.resolve() == CATALOG_PATH.resolve()
+            else LAB_DIR / f"{args.catalog.stem}.json"
+        )
+        return build_and_push(catalog, force=args.force, only=args.only, summary_path=summary_path)
     except BuildError as error:
         print(f"build_images.py: error: {error}", file=sys.stderr)
         return 1

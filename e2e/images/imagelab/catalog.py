@@ -8,11 +8,14 @@ import hashlib
 import posixpath
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from imagelab.environment import CATALOG_PATH, FILES_DIR, REGISTRY, BuildError
+
+# Capabilities a catalog may grant a file (linux/capability.h bit numbers).
+CAPABILITY_BITS = {"cap_net_bind_service": 10, "cap_net_admin": 12, "cap_net_raw": 13}
 
 # The image config fields a recipe may set (OCI image-spec config names).
 CONFIG_FIELDS = {"Env", "Entrypoint", "Cmd", "User", "WorkingDir", "StopSignal", "ExposedPorts"}
@@ -39,6 +42,19 @@ class PathSpec:
     gid: int | None
     target: str
     content: str
+    # File capabilities (`setcap NAME+ep`), as the security.capability xattr of the entry.
+    capabilities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ConcatSpec:
+    """Every file under `directory` of a package whose name ends with `suffix`, concatenated in
+    path order into one file at `to` (a CA bundle as update-ca-certificates writes it)."""
+
+    package: str
+    directory: str
+    suffix: str
+    to: str
 
 
 @dataclass(frozen=True)
@@ -49,29 +65,38 @@ class AppendSpec:
 
 @dataclass(frozen=True)
 class GoBuildSpec:
-    """A main package of the catalog's Go module, built and put at `to`."""
+    """A main package of one of the catalog's Go modules, built and put at `to`; `module` names
+    the [go] module it belongs to ("" in a catalog with a single [go] module)."""
 
     package: str
     to: str
     mode: int | None
+    module: str = ""
 
 
 @dataclass(frozen=True)
 class ModuleFileSpec:
-    """A file of the Go module's source tree (path relative to its root), put at `to`."""
+    """A file of a Go module's source tree (path relative to its root), put at `to`."""
 
     path: str
     to: str
     mode: int | None
+    module: str = ""
 
 
 @dataclass(frozen=True)
 class GoModule:
-    """The one Go module whose programs the images carry, at a fixed version."""
+    """A Go module whose programs the images carry, at a fixed version, with how its packages
+    are built: build tags, `-X name=value` link flags (version stamping), and the version its
+    local-path replace directives (`=> ../api`) are pinned to in the wrapper module."""
 
     path: str
     version: str
     packages: tuple[str, ...]
+    tags: tuple[str, ...] = ()
+    link_vars: tuple[tuple[str, str], ...] = ()
+    replace_local: str | None = None
+    name: str = ""
 
     def ref(self) -> str:
         return f"{self.path}@{self.version}"
@@ -108,6 +133,13 @@ class LayerRecipe:
     go_builds: tuple[GoBuildSpec, ...] = ()
     module_files: tuple[ModuleFileSpec, ...] = ()
     busybox_source: str | None = None
+    concat: tuple[ConcatSpec, ...] = ()
+
+    def go_modules(self) -> set[str]:
+        """The names of the Go modules this layer builds from or takes files of."""
+        return {item.module for item in self.go_builds} | {
+            item.module for item in self.module_files
+        }
 
 
 @dataclass(frozen=True)
@@ -167,6 +199,8 @@ class Catalog:
     unbuildable: tuple[Unbuildable, ...]
     go: GoModule | None = None
     busybox_source: BusyboxSource | None = None
+    # Every Go module by name: {"": go} for a single [go] table, else the [go.NAME] tables.
+    go_modules: Mapping[str, GoModule] = field(default_factory=dict)
 
 
 def _table(value: Any, where: str, allowed: set[str], required: set[str]) -> dict[str, Any]:
@@ -206,19 +240,25 @@ def load_catalog(path: Path = CATALOG_PATH, files_dir: Path = FILES_DIR) -> Cata
         {"layers", "images", "unbuildable", "go", "busybox_source"},
         {"layers", "images"},
     )
-    go = _load_go(raw["go"]) if "go" in raw else None
+    go_modules = _load_go_modules(raw["go"]) if "go" in raw else {}
+    go = go_modules.get("")
     busybox = _load_busybox_source(raw["busybox_source"]) if "busybox_source" in raw else None
     layers = {name: _load_layer(name, value, files_dir) for name, value in raw["layers"].items()}
     for layer in layers.values():
-        if (layer.go_builds or layer.module_files) and go is None:
+        if (layer.go_builds or layer.module_files) and not go_modules:
             raise BuildError(f"catalog: layers.{layer.name} uses the Go module; add a [go] table")
         if layer.busybox_source and busybox is None:
             raise BuildError(f"catalog: layers.{layer.name} needs a [busybox_source] table")
-        for build in layer.go_builds:
-            if go is not None and build.package not in go.packages:
+        for name in layer.go_modules():
+            if name not in go_modules:
                 raise BuildError(
-                    f"catalog: layers.{layer.name}: {build.package} is not in go.packages"
+                    f"catalog: layers.{layer.name}: no Go module {name!r}; "
+                    f"the catalog has {sorted(go_modules)}"
                 )
+        for build in layer.go_builds:
+            if build.package not in go_modules[build.module].packages:
+                where = "go.packages" if not build.module else f"go.{build.module}.packages"
+                raise BuildError(f"catalog: layers.{layer.name}: {build.package} is not in {where}")
     images = tuple(
         _load_image(f"images[{number}]", value, layers)
         for number, value in enumerate(raw["images"])
@@ -233,7 +273,12 @@ def load_catalog(path: Path = CATALOG_PATH, files_dir: Path = FILES_DIR) -> Cata
         for item in raw.get("unbuildable", [])
     )
     return Catalog(
-        layers=layers, images=images, unbuildable=unbuildable, go=go, busybox_source=busybox
+        layers=layers,
+        images=images,
+        unbuildable=unbuildable,
+        go=go,
+        busybox_source=busybox,
+        go_modules=go_modules,
     )
 
 
@@ -257,16 +302,50 @@ def _load_busybox_source(value: Any) -> BusyboxSource:
     )
 
 
-def _load_go(value: Any) -> GoModule:
+def _load_go_modules(value: Any) -> dict[str, GoModule]:
+    """A single module ([go] with module/version/packages, named "") or several ([go.NAME]
+    tables, each naming its module; layers say which one with `module = "NAME"`)."""
+    if isinstance(value, dict) and "module" in value:
+        return {"": _load_go(value, "go", "")}
+    if not isinstance(value, dict) or not value:
+        raise BuildError("catalog: go must be a module table or tables of modules ([go.NAME])")
+    return {name: _load_go(table, f"go.{name}", name) for name, table in value.items()}
+
+
+def _load_go(value: Any, where: str, name: str) -> GoModule:
     keys = {"module", "version", "packages"}
-    table = _table(value, "go", keys, keys)
+    table = _table(value, where, keys | {"tags", "link_vars", "replace_local"}, keys)
     module, version = table["module"], table["version"]
     if not version.startswith("v"):
-        raise BuildError(f"catalog: go.version must be a tag like v1.37.2, not {version!r}")
-    outside = [package for package in table["packages"] if not package.startswith(module + "/")]
+        raise BuildError(f"catalog: {where}.version must be a tag like v1.37.2, not {version!r}")
+    # A module's root can be a main package too (etcd's server, coredns).
+    outside = [
+        package
+        for package in table["packages"]
+        if package != module and not package.startswith(module + "/")
+    ]
     if outside:
-        raise BuildError(f"catalog: go.packages {outside} are not in the module {module}")
-    return GoModule(path=module, version=version, packages=tuple(table["packages"]))
+        raise BuildError(f"catalog: {where}.packages {outside} are not in the module {module}")
+    link_vars = table.get("link_vars", {})
+    if not isinstance(link_vars, dict) or not all(
+        isinstance(v, str) and "." in k and not set(k + v) & set(" '\"\\")
+        for k, v in link_vars.items()
+    ):
+        raise BuildError(
+            f"catalog: {where}.link_vars must map package.Variable names to plain strings"
+        )
+    replace_local = table.get("replace_local")
+    if replace_local is not None and not str(replace_local).startswith("v"):
+        raise BuildError(f"catalog: {where}.replace_local must be a version, not {replace_local!r}")
+    return GoModule(
+        path=module,
+        version=version,
+        packages=tuple(table["packages"]),
+        tags=tuple(table.get("tags", [])),
+        link_vars=tuple(sorted(link_vars.items())),
+        replace_local=replace_local,
+        name=name,
+    )
 
 
 def _load_layer(name: str, value: Any, files_dir: Path) -> LayerRecipe:
@@ -285,6 +364,7 @@ def _load_layer(name: str, value: Any, files_dir: Path) -> LayerRecipe:
             "go_build",
             "module_files",
             "busybox_source",
+            "concat",
         },
         {"comment"},
     )
@@ -308,7 +388,7 @@ def _load_layer(name: str, value: Any, files_dir: Path) -> LayerRecipe:
         spec = _table(
             item,
             f"{where}.paths",
-            {"path", "type", "mode", "uid", "gid", "target", "content"},
+            {"path", "type", "mode", "uid", "gid", "target", "content", "capabilities"},
             {"path"},
         )
         kind = spec.get("type")
@@ -316,6 +396,10 @@ def _load_layer(name: str, value: Any, files_dir: Path) -> LayerRecipe:
             raise BuildError(f"catalog: {where}: unknown path type {kind!r}")
         if (kind == "symlink") != ("target" in spec):
             raise BuildError(f"catalog: {where}: {spec['path']}: target goes with symlinks")
+        capabilities = tuple(spec.get("capabilities", []))
+        unknown = [name for name in capabilities if name not in CAPABILITY_BITS]
+        if unknown:
+            raise BuildError(f"catalog: {where}: {spec['path']}: unknown capabilities {unknown}")
         paths.append(
             PathSpec(
                 path=_absolute(spec["path"], where),
@@ -325,6 +409,7 @@ def _load_layer(name: str, value: Any, files_dir: Path) -> LayerRecipe:
                 gid=spec.get("gid"),
                 target=spec.get("target", ""),
                 content=spec.get("content", ""),
+                capabilities=capabilities,
             )
         )
     appends = []
@@ -336,9 +421,12 @@ def _load_layer(name: str, value: Any, files_dir: Path) -> LayerRecipe:
             package=spec["package"],
             to=_absolute(spec["to"], where),
             mode=_mode(spec.get("mode"), where),
+            module=spec.get("module", ""),
         )
         for spec in (
-            _table(item, f"{where}.go_build", {"package", "to", "mode"}, {"package", "to"})
+            _table(
+                item, f"{where}.go_build", {"package", "to", "mode", "module"}, {"package", "to"}
+            )
             for item in table.get("go_build", [])
         )
     )
@@ -347,12 +435,27 @@ def _load_layer(name: str, value: Any, files_dir: Path) -> LayerRecipe:
             path=_absolute("/" + spec["path"], where).lstrip("/"),
             to=_absolute(spec["to"], where),
             mode=_mode(spec.get("mode"), where),
+            module=spec.get("module", ""),
         )
         for spec in (
-            _table(item, f"{where}.module_files", {"path", "to", "mode"}, {"path", "to"})
+            _table(item, f"{where}.module_files", {"path", "to", "mode", "module"}, {"path", "to"})
             for item in table.get("module_files", [])
         )
     )
+    concat = []
+    for item in table.get("concat", []):
+        keys = {"package", "directory", "suffix", "to"}
+        spec = _table(item, f"{where}.concat", keys, keys)
+        if spec["package"] not in packages:
+            raise BuildError(f"catalog: {where}: concat from {spec['package']!r}, not in packages")
+        concat.append(
+            ConcatSpec(
+                package=spec["package"],
+                directory=_absolute(spec["directory"], where),
+                suffix=spec["suffix"],
+                to=_absolute(spec["to"], where),
+            )
+        )
     files = table.get("files")
     if files is not None and not (files_dir / files).is_dir():
         raise BuildError(f"catalog: {where}: no directory {files_dir / files}")
@@ -371,6 +474,7 @@ def _load_layer(name: str, value: Any, files_dir: Path) -> LayerRecipe:
         busybox_source=_absolute(table["busybox_source"], where)
         if "busybox_source" in table
         else None,
+        concat=tuple(concat),
     )
 
 

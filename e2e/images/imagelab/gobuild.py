@@ -4,6 +4,7 @@ a stamp naming everything that decides the bytes; the Go caches are build-tools.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -25,6 +26,8 @@ LDFLAGS = "-s -w"
 # kubernetes' go.mod replaces each staging module (k8s.io/api, ...) with ./staging/src/...,
 # which a module fetched from the proxy cannot use.
 _STAGING = re.compile(r"^\s*(k8s\.io/\S+)\s*=>\s*\./staging/src/", re.MULTILINE)
+# Any replace directive to a local path (etcd's `go.etcd.io/etcd/api/v3 => ../api`).
+_LOCAL_REPLACE = re.compile(r"^\s*(?:replace\s+)?(\S+)\s*=>\s*(\.{1,2}/\S*)\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,9 @@ def go_environment(go_cache: Path = GO_CACHE_DIR) -> dict[str, str]:
 
 def wrapper_go_mod(module: GoModule, upstream_go_mod: str) -> str:
     """go.mod of a module that requires module@version, with each staging module replaced by its
-    published tag (v0.X.Y for kubernetes v1.X.Y), as build-tools.sh's kubelet wrapper does."""
+    published tag (v0.X.Y for kubernetes v1.X.Y), as build-tools.sh's kubelet wrapper does; with
+    module.replace_local, every local-path replace is pinned to that version instead (etcd's
+    sibling modules share its tag)."""
     go_version = re.search(r"^go (\S+)$", upstream_go_mod, re.MULTILINE)
     godebug = re.findall(r"^godebug [^(].*$", upstream_go_mod, re.MULTILINE)
     lines = [
@@ -88,6 +93,15 @@ def wrapper_go_mod(module: GoModule, upstream_go_mod: str) -> str:
         "",
         f"require {module.path} {module.version}",
     ]
+    if module.replace_local is not None:
+        local = sorted({name for name, _ in _LOCAL_REPLACE.findall(upstream_go_mod)})
+        if not local:
+            raise BuildError(
+                f"{module.ref()}: replace_local is set, its go.mod has no local replace"
+            )
+        tag = module.replace_local
+        lines += ["", "replace (", *(f"\t{name} => {name} {tag}" for name in local), ")"]
+        return "\n".join(lines) + "\n"
     staging = sorted(set(_STAGING.findall(upstream_go_mod)))
     if staging:
         if not module.version.startswith("v1."):
@@ -97,9 +111,36 @@ def wrapper_go_mod(module: GoModule, upstream_go_mod: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def link_flags(module: GoModule) -> str:
+    """-ldflags: stripped, plus the module's `-X package.name=value` (version stamping)."""
+    return " ".join([LDFLAGS, *(f"-X {name}={value}" for name, value in module.link_vars)])
+
+
 def build_stamp(module: GoModule, package: str, go_version: str) -> str:
     """Everything that decides a binary's bytes; a cached binary with another stamp is rebuilt."""
-    return f"{package}@{module.version} {go_version} CGO_ENABLED=0 -trimpath -ldflags={LDFLAGS}\n"
+    tags = f" -tags={','.join(module.tags)}" if module.tags else ""
+    return (
+        f"{package}@{module.version} {go_version} CGO_ENABLED=0 -trimpath{tags}"
+        f" -ldflags={link_flags(module)}\n"
+    )
+
+
+def binary_name(module: GoModule, package: str) -> str:
+    """The cached binary's file name: the package's last element (the one before it when that
+    is a major version suffix, go.etcd.io/etcd/server/v3 -> server-v3) and the version."""
+    parts = package.split("/")
+    name = parts[-1]
+    if re.fullmatch(r"v\d+", name) and len(parts) > 1:
+        name = f"{parts[-2]}-{name}"
+    return f"{name}@{module.version}"
+
+
+def wrapper_name(module: GoModule) -> str:
+    """The wrapper module's directory: one per module version and set of packages (two catalogs
+    building other packages of one module do not undo each other's go.sum)."""
+    base = f"{module.path.replace('/', '_')}@{module.version}"
+    packages = hashlib.sha256(" ".join(sorted(module.packages)).encode()).hexdigest()[:8]
+    return f"{base}-{packages}"
 
 
 class GoBuilder:
@@ -109,7 +150,7 @@ class GoBuilder:
     def __init__(self, module: GoModule, cache_dir: Path, go_cache: Path = GO_CACHE_DIR) -> None:
         self.module = module
         self.root = cache_dir / "go"
-        self.wrapper = self.root / "wrapper" / f"{module.path.replace('/', '_')}@{module.version}"
+        self.wrapper = self.root / "wrapper" / wrapper_name(module)
         self.bin = self.root / "bin"
         self.env = go_environment(go_cache)
         self._go_command: str | None = None
@@ -173,8 +214,7 @@ class GoBuilder:
         if package not in self.module.packages:
             raise BuildError(f"{package} is not in the catalog's go.packages")
         self.source()
-        name = package.rsplit("/", 1)[-1]
-        output = self.bin / f"{name}@{self.module.version}"
+        output = self.bin / binary_name(self.module, package)
         stamp_path = output.with_name(output.name + ".stamp")
         stamp = build_stamp(self.module, package, self.go_version())
         if output.is_file() and stamp_path.is_file() and stamp_path.read_text() == stamp:
@@ -189,8 +229,9 @@ class GoBuilder:
                 self.go,
                 "build",
                 "-trimpath",
+                *(["-tags", ",".join(self.module.tags)] if self.module.tags else []),
                 "-ldflags",
-                LDFLAGS,
+                link_flags(self.module),
                 "-o",
                 str(partial),
                 package,

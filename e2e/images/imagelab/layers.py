@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imagelab.catalog import LayerRecipe, PathSpec
+from imagelab.catalog import CAPABILITY_BITS, LayerRecipe, PathSpec
 from imagelab.debian import Package
 from imagelab.elf import read_elf_dependencies
 from imagelab.environment import EPOCH, FILES_DIR, BuildError, run
@@ -33,6 +33,7 @@ class Entry:
     data: bytes | None = None
     source: Path | None = None
     target: str = ""
+    xattrs: dict[str, bytes] = field(default_factory=dict)
 
     def content(self) -> bytes:
         if self.data is not None:
@@ -121,16 +122,29 @@ def copy_with_links(tree: LayerTree, package: Package, path: str) -> Path:
     raise BuildError(f"{package.name}: symlink loop at {path}")
 
 
-def resolve_in_package(package: Package, path: str) -> Path:
-    """The regular file behind path inside the package, following symlinks within it."""
+def resolve_in_package(package: Package, path: str, *, directory: bool = False) -> Path:
+    """The regular file (or, with directory, the file or directory) behind path inside the
+    package, following symlinks within it."""
     for _ in range(40):
         source = package_path(package, path)
         if not source.is_symlink():
-            if not source.is_file():
+            if not (source.is_file() or (directory and source.is_dir())):
                 raise BuildError(f"{package.name} has no file {path}")
             return source
         path = link_destination(path, os.readlink(source))
     raise BuildError(f"{package.name}: symlink loop at {path}")
+
+
+def file_capabilities(names: tuple[str, ...]) -> bytes:
+    """The security.capability xattr `setcap NAMES+ep` writes: struct vfs_cap_data revision 2
+    (magic with the effective flag, then permitted/inheritable words for capabilities 0-31
+    and 32-63), little-endian."""
+    permitted = 0
+    for name in names:
+        permitted |= 1 << CAPABILITY_BITS[name]
+    magic = 0x02000000 | 0x1  # VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE
+    words = (magic, permitted & 0xFFFFFFFF, 0, permitted >> 32, 0)
+    return b"".join(word.to_bytes(4, "little") for word in words)
 
 
 def add_shared_libraries(
@@ -201,7 +215,7 @@ def build_layer(
     packages: Mapping[str, Package],
     triplet: str,
     files_dir: Path = FILES_DIR,
-    go: GoBuilder | None = None,
+    go: GoBuilder | Mapping[str, GoBuilder] | None = None,
     busybox: Callable[[], Path] | None = None,
 ) -> LayerTree:
     """The entries of one layer, in the order the catalog documents: copies (with their
@@ -247,16 +261,73 @@ def _add_copies(
     elf_roots = []
     for copy in recipe.copies:
         package = packages[copy.package]
-        source = resolve_in_package(package, copy.path)
+        # "{triplet}": the multiarch directory (/usr/lib/x86_64-linux-gnu/...).
+        path, to = (text.replace("{triplet}", triplet) for text in (copy.path, copy.to))
+        source = resolve_in_package(package, path, directory=True)
+        if source.is_dir():
+            elf_roots += _copy_tree(tree, package, source, to, copy.mode)
+            continue
         mode = copy.mode if copy.mode is not None else source.lstat().st_mode & 0o7777
-        tree.put(copy.to, Entry("file", mode, source=source))
+        tree.put(to, Entry("file", mode, source=source))
         tree.packages_used.add(package.name)
-        elf_roots.append((f"{copy.package}:{copy.path}", source))
+        elf_roots.append((f"{copy.package}:{path}", source))
+    for concat in recipe.concat:
+        package = packages[concat.package]
+        root = resolve_in_package(package, concat.directory, directory=True)
+        parts = sorted(
+            path for path in root.rglob("*") if path.is_file() and path.name.endswith(concat.suffix)
+        )
+        if not parts:
+            raise BuildError(f"{package.name} has no *{concat.suffix} under {concat.directory}")
+        data = b"".join(part.read_bytes().rstrip(b"\n") + b"\n" for part in parts)
+        tree.put(concat.to, Entry("file", 0o644, data=data))
+        tree.packages_used.add(package.name)
     add_shared_libraries(tree, lower, elf_roots, LibraryFinder(packages, triplet))
 
 
-def _add_go(tree: LayerTree, recipe: LayerRecipe, go: GoBuilder) -> None:
+def _copy_tree(
+    tree: LayerTree, package: Package, root: Path, to: str, mode: int | None
+) -> list[tuple[str, Path]]:
+    """A directory of a package, with everything under it (symlinks kept as they are, files
+    with their modes unless mode is given); returns the files, whose ELF needs are added."""
+    tree.put(to, Entry("dir", 0o755))
+    tree.packages_used.add(package.name)
+    files = []
+    for directory, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        relative = Path(directory).relative_to(root)
+        for name in dirnames:
+            if Path(directory, name).is_symlink():
+                target = os.readlink(Path(directory, name))
+                tree.put(
+                    f"{to}/{(relative / name).as_posix()}", Entry("symlink", 0o777, target=target)
+                )
+            else:
+                tree.put(f"{to}/{(relative / name).as_posix()}", Entry("dir", 0o755))
+        for name in sorted(filenames):
+            host = Path(directory, name)
+            path = posixpath.normpath(f"{to}/{(relative / name).as_posix()}")
+            if host.is_symlink():
+                tree.put(path, Entry("symlink", 0o777, target=os.readlink(host)))
+            elif host.is_file():
+                file_mode = mode if mode is not None else host.lstat().st_mode & 0o7777
+                tree.put(path, Entry("file", file_mode, source=host))
+                files.append((f"{package.name}:{path}", host))
+    return files
+
+
+def _add_go(
+    tree: LayerTree, recipe: LayerRecipe, builders: GoBuilder | Mapping[str, GoBuilder]
+) -> None:
+    def builder(module: str) -> GoBuilder:
+        if not isinstance(builders, Mapping):
+            return builders
+        if module not in builders:
+            raise BuildError(f"{recipe.name}: no builder for the Go module {module!r}")
+        return builders[module]
+
     for build in recipe.go_builds:
+        go = builder(build.module)
         binary = go.binary(build.package)
         if read_elf_dependencies(binary.path.read_bytes()) is None:
             raise BuildError(f"{build.package}: {binary.path} is not an ELF file")
@@ -264,6 +335,7 @@ def _add_go(tree: LayerTree, recipe: LayerRecipe, go: GoBuilder) -> None:
         tree.put(build.to, Entry("file", mode, source=binary.path))
         tree.source_builds.add(f"{go.module.ref()} ({go.go_version()})")
     for item in recipe.module_files:
+        go = builder(item.module)
         source = go.module_file(item.path)
         mode = item.mode if item.mode is not None else 0o644
         tree.put(item.to, Entry("file", mode, data=source.read_bytes()))
@@ -304,6 +376,10 @@ def _apply_path(tree: LayerTree, spec: PathSpec, layer: str) -> None:
         entry.mode = spec.mode if spec.mode is not None else entry.mode
         entry.uid = spec.uid if spec.uid is not None else entry.uid
         entry.gid = spec.gid if spec.gid is not None else entry.gid
+        if spec.capabilities:
+            if entry.kind != "file":
+                raise BuildError(f"{layer}: capabilities on {spec.path}, a {entry.kind}")
+            entry.xattrs["security.capability"] = file_capabilities(spec.capabilities)
         return
     default_mode = {"dir": 0o755, "file": 0o644, "symlink": 0o777}[spec.kind]
     tree.put(
@@ -332,6 +408,13 @@ def layer_tar(tree: LayerTree) -> bytes:
             info.uid, info.gid = entry.uid, entry.gid
             info.uname = info.gname = ""
             info.mtime = EPOCH
+            if entry.xattrs:
+                # PAX headers are text: tarfile writes them as UTF-8, and reading them back
+                # with surrogateescape (as cri-py's unpacker does) gives the exact bytes.
+                info.pax_headers = {
+                    f"SCHILY.xattr.{name}": value.decode("utf-8", "surrogateescape")
+                    for name, value in sorted(entry.xattrs.items())
+                }
             content = None
             if entry.kind == "dir":
                 info.type = tarfile.DIRTYPE

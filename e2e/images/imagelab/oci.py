@@ -142,11 +142,14 @@ class ImageBuilder:
         self.views: dict[tuple[str, ...], dict[str, Entry]] = {(): {}}
         self.packages: dict[str, Package] = {}
         used = {name for image in catalog.images for name in image.layers}
-        self.go: GoBuilder | None = None
-        if catalog.go is not None and any(
-            catalog.layers[name].go_builds or catalog.layers[name].module_files for name in used
-        ):
-            self.go = GoBuilder(catalog.go, CACHE_DIR)
+        # One builder per Go module a used layer builds from (each needs its toolchain
+        # and wrapper module only then).
+        wanted = {module for name in used for module in catalog.layers[name].go_modules()}
+        self.go: dict[str, GoBuilder] = {
+            name: GoBuilder(module, CACHE_DIR)
+            for name, module in catalog.go_modules.items()
+            if name in wanted
+        }
         self.busybox: BusyboxBuilder | None = None
         if catalog.busybox_source is not None and any(
             catalog.layers[name].busybox_source for name in used
@@ -166,7 +169,7 @@ class ImageBuilder:
             below,
             packages,
             self.triplet,
-            go=self.go,
+            go=self.go or None,
             busybox=self.busybox.binary if self.busybox is not None else None,
         )
         tar = layer_tar(tree)
