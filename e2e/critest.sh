@@ -22,6 +22,12 @@ bridge=cri-pyct0
 printf 'cgroups:\n  default_parent: %s\n  shim_cgroup: %s/shims\n' "$cgroups" "$cgroups" \
     >"$state/config.d/10-cgroups.yaml"
 printf 'network:\n  bridge: %s\n  subnet: 10.76.0.0/24\n' "$bridge" >"$state/config.d/20-network.yaml"
+# NRI on a socket of the run's own, so critest's NRI specs run (-nri-socket below). Its
+# plugin sync specs hold a Synchronize open for 2 s, as long as containerd's default request
+# timeout (2 s, which would disconnect the plugin): the run gives plugins 10 s.
+nri_sock=$state/run/nri.sock
+printf 'nri:\n  enable: true\n  socket_path: %s\n  plugin_path: %s\n  request_timeout_seconds: 10\n' \
+    "$nri_sock" "$state/nri-plugins" >"$state/config.d/30-nri.yaml"
 "$python" -m cri_py.cli serve --config "$top/e2e/lab-config.yaml" --config-dir "$state/config.d" \
     --root-dir "$state/root" --run-dir "$state/run" --socket "$sock" >"$results/cri-py.log" 2>&1 &
 daemon=$!
@@ -52,7 +58,7 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
-args=(--runtime-endpoint "unix://$sock" --image-endpoint "unix://$sock"
+args=(--runtime-endpoint "unix://$sock" --image-endpoint "unix://$sock" --nri-socket "$nri_sock"
       --ginkgo.junit-report "$results/junit.xml" --ginkgo.no-color)
 [ -n "$focus" ] && args+=(--ginkgo.focus "$focus")
 [ -n "$skip" ] && args+=(--ginkgo.skip "$skip")
