@@ -105,6 +105,8 @@ class ContainerConfig:
     envs: tuple[tuple[str, str], ...] = ()
     mounts: tuple[Mount, ...] = ()
     devices: tuple[Device, ...] = ()
+    # Fully-qualified CDI device names (`vendor.com/class=name`), as CDI_devices lists them.
+    cdi_devices: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     # Relative to the sandbox's log_directory.

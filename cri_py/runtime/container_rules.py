@@ -158,9 +158,12 @@ def _device_node(host_path: str, container_path: str, permissions: str) -> Devic
     )
 
 
-def resolve_devices(config: ContainerConfig, host_dev: str = "/dev") -> tuple[DeviceNode, ...]:
+def resolve_devices(
+    config: ContainerConfig, host_dev: str = "/dev", host_devices: bool = True
+) -> tuple[DeviceNode, ...]:
     """The CRI's devices as nodes like the host's; a privileged container gets every host
-    device too (the CRI: "all devices from the host's /dev are available")."""
+    device too (the CRI: "all devices from the host's /dev are available"), unless its
+    runtime handler says `privileged_without_host_devices` (`host_devices` false)."""
     nodes = []
     for device in config.devices:
         paths = device.host_path + device.container_path
@@ -179,7 +182,7 @@ def resolve_devices(config: ContainerConfig, host_dev: str = "/dev") -> tuple[De
         if node is None:
             raise InvalidArgument(f"device {device.host_path} is not a device node")
         nodes.append(node)
-    if config.privileged:
+    if config.privileged and host_devices:
         for directory, dirs, files in os.walk(host_dev):
             if directory == host_dev:
                 dirs[:] = [d for d in dirs if d not in _HOST_DEV_SKIPPED]

@@ -116,6 +116,7 @@ def container_config(config: pb.ContainerConfig) -> ContainerConfig:
         envs=tuple((kv.key, kv.value.decode("utf-8", "surrogateescape")) for kv in config.envs),
         mounts=tuple(mounts),
         devices=tuple(Device(d.container_path, d.host_path, d.permissions) for d in config.devices),
+        cdi_devices=tuple(d.name for d in config.CDI_devices),
         labels=dict(config.labels),
         annotations=dict(config.annotations),
         log_path=config.log_path,

@@ -5,7 +5,7 @@ The only place image messages meet our own types; errors are mapped by the guard
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 from cri_py.api import api_pb2 as pb
 from cri_py.errors import InvalidArgument
@@ -44,20 +44,23 @@ def to_credentials(auth: pb.AuthConfig) -> Credentials | None:
     return credentials or None
 
 
-def _check_handler(spec: pb.ImageSpec) -> None:
-    # "If the runtime handler is unknown, the request should be rejected": only the default.
-    if spec.runtime_handler:
+def _check_handler(spec: pb.ImageSpec, handlers: Collection[str]) -> None:
+    # "If the runtime handler is unknown, the request should be rejected". Every handler
+    # shares the one image store, so a known handler changes nothing else.
+    if spec.runtime_handler not in handlers:
         raise InvalidArgument(
             f"image {spec.image}: unknown runtime handler {spec.runtime_handler!r} "
-            "(cri-py has only the default handler)"
+            f"(configured: {', '.join(repr(h) for h in handlers)})"
         )
 
 
 class ImageServicer:
     """runtime.v1.ImageService over an `ImageService`."""
 
-    def __init__(self, images: ImageService) -> None:
+    def __init__(self, images: ImageService, handlers: Collection[str] = ("",)) -> None:
         self._images = images
+        # The runtime handlers' names (config `runtimes`, and "").
+        self._handlers = tuple(handlers)
 
     async def ListImages(
         self, request: pb.ListImagesRequest, context: Context
@@ -86,7 +89,7 @@ class ImageServicer:
     async def PullImage(
         self, request: pb.PullImageRequest, context: Context
     ) -> pb.PullImageResponse:
-        _check_handler(request.image)
+        _check_handler(request.image, self._handlers)
         credentials = to_credentials(request.auth) if request.HasField("auth") else None
         image_id = await self._images.pull(request.image.image, credentials)
         return pb.PullImageResponse(image_ref=image_id)

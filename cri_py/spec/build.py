@@ -3,7 +3,7 @@ composition of the small steps in this package, in the order a reader checks the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,12 @@ from cri_py.model.image import RuntimeConfig
 from cri_py.model.resources import CgroupSupport
 from cri_py.model.sandbox import SandboxConfig
 from cri_py.oci.plan import SUPPLEMENTAL_GROUPS_POLICY_ANNOTATION
-from cri_py.spec.capabilities import capability_name, container_capabilities, is_all
+from cri_py.spec.capabilities import (
+    DEFAULT_CAPABILITIES,
+    capability_name,
+    container_capabilities,
+    is_all,
+)
 from cri_py.spec.devices import (
     DeviceNode,
     device_nodes,
@@ -84,10 +89,23 @@ class SpecInputs:
     # SELinux options are ignored, as containerd and CRI-O do; with it they are refused (cri-py
     # cannot apply labels).
     selinux_enabled: bool = False
+    # The pod's runtime handler's settings (config `runtimes`, cri_py.runtime.handlers): the
+    # capabilities a container starts from, whether a privileged one gets the host's devices
+    # (the caller leaves them out of `devices` too) and which annotations reach the spec.
+    default_capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
+    privileged_without_host_devices: bool = False
+    pod_annotation_prefixes: tuple[str, ...] = ()
+    container_annotation_prefixes: tuple[str, ...] = ("*",)
+
+
+def passes(key: str, prefixes: Sequence[str]) -> bool:
+    """An annotation key allowed by a handler's prefixes ("*" allows every key)."""
+    return any(p == "*" or key.startswith(p.removesuffix("*")) for p in prefixes)
 
 
 def spec_annotations(inputs: SpecInputs) -> dict[str, str]:
-    """The client's annotations plus the ones containerd sets (tools key on these names)."""
+    """The pod's and the client's annotations the handler lets through, plus the ones
+    containerd sets (tools key on these names)."""
     sandbox = inputs.sandbox.metadata
     ours = {
         "io.kubernetes.cri.container-type": "container",
@@ -101,7 +119,17 @@ def spec_annotations(inputs: SpecInputs) -> dict[str, str]:
     if inputs.config.supplemental_groups_policy == SupplementalGroupsPolicy.STRICT:
         # The launcher resolves groups against the image's /etc/group: it reads this.
         ours[SUPPLEMENTAL_GROUPS_POLICY_ANNOTATION] = "Strict"
-    return {**inputs.config.annotations, **ours}
+    pod = {
+        k: v
+        for k, v in inputs.sandbox.annotations.items()
+        if passes(k, inputs.pod_annotation_prefixes)
+    }
+    container = {
+        k: v
+        for k, v in inputs.config.annotations.items()
+        if passes(k, inputs.container_annotation_prefixes)
+    }
+    return {**pod, **container, **ours}
 
 
 def build_spec(inputs: SpecInputs) -> dict[str, Any]:
@@ -117,6 +145,7 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
         config.drop_capabilities,
         config.add_ambient_capabilities,
         privileged,
+        inputs.default_capabilities,
     )
     if devices_unconfined(privileged, inputs.device_rules_problem):
         requested = [*config.add_capabilities, *config.add_ambient_capabilities]
@@ -189,7 +218,9 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
         # What the cgroup gets, devices included: cri_py.runtime.cgroups applies this object.
         spec["linux"]["resources"] = {
             **linux_resources(config.resources, inputs.cgroup_support),
-            "devices": device_rules(inputs.devices, privileged),
+            "devices": device_rules(
+                inputs.devices, privileged and not inputs.privileged_without_host_devices
+            ),
         }
     if config.oom_score_adj:
         process["oomScoreAdj"] = config.oom_score_adj

@@ -57,6 +57,7 @@ def container_capabilities(
     drop: Sequence[str],
     ambient: Sequence[str] = (),
     privileged: bool = False,
+    defaults: Sequence[str] = DEFAULT_CAPABILITIES,
 ) -> dict[str, Any]:
     """The OCI `process.capabilities` sets. containerd's order: "ALL" in add (every
     capability) and "ALL" in drop (none) apply first, so that individual names still work
@@ -67,7 +68,8 @@ def container_capabilities(
     if privileged:
         caps = set(ALL_CAPABILITIES)
     else:
-        caps = set(DEFAULT_CAPABILITIES)
+        # `defaults`: the runtime handler's starting set (DEFAULT_CAPABILITIES unless set).
+        caps = {capability_name(n) for n in defaults}
         if any(is_all(n) for n in add):
             caps = set(ALL_CAPABILITIES)
         if any(is_all(n) for n in drop):

@@ -28,6 +28,8 @@ class DeviceNode:
     gid: int = 0
     # The cgroup access the CRI asks for: some of "r", "w", "m".
     permissions: str = "rwm"
+    # False: no cgroup rule at all (a FIFO, or a CDI node granted "none").
+    cgroup_access: bool = True
 
 
 # What every container may use whatever it asks (runc's and containerd's defaults): the nodes
@@ -86,11 +88,14 @@ def device_rules(nodes: Sequence[DeviceNode], privileged: bool) -> list[dict[str
         return [{"allow": True, "access": "rwm"}]
     rules = [dict(r) for r in DEFAULT_RULES]
     for node in nodes:
+        if not node.cgroup_access:
+            continue
         access = check_permissions(node.permissions, node.path)
         rules.append(
             {
                 "allow": True,
-                "type": node.type,
+                # "u" (an unbuffered char device, from a CDI spec) is a char device to cgroups.
+                "type": "c" if node.type == "u" else node.type,
                 "major": node.major,
                 "minor": node.minor,
                 "access": access,
@@ -136,8 +141,8 @@ def without_device_rules(
                 "privileged, or mount the devices controller)"
             )
     for node in nodes:
-        access = check_permissions(node.permissions, node.path)
-        if "r" not in access or "w" not in access:
+        access = check_permissions(node.permissions, node.path) if node.cgroup_access else ""
+        if node.type != "p" and ("r" not in access or "w" not in access):
             raise FailedPrecondition(
                 f"container {name}: device rules cannot be enforced here: {problem}; device "
                 f"{node.path} granted {access!r} would be open for reading and writing (grant "
