@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cri_py.oci.capabilities import CapabilityError, CapabilitySets
+from cri_py.oci.hooks import Hooks, hooks_from_spec
 from cri_py.oci.seccomp import SeccompError, SeccompFilter, seccomp_filter
 
 # Set by the spec builder when the CRI asks for SupplementalGroupsPolicy Strict: the image's
@@ -233,6 +234,8 @@ class LaunchPlan:
     user_namespace: str = ""
     uid_mappings: tuple[IdRange, ...] = ()
     gid_mappings: tuple[IdRange, ...] = ()
+    # The spec's OCI hooks (`cri_py.oci.hooks` says who runs which, where).
+    hooks: Hooks = field(default_factory=lambda: Hooks())
 
     @property
     def forks_for_pid(self) -> bool:
@@ -398,6 +401,7 @@ def build_plan(spec: Mapping[str, Any]) -> LaunchPlan:
         user_namespace=user_namespace,
         uid_mappings=uid_mappings,
         gid_mappings=gid_mappings,
+        hooks=hooks_from_spec(spec),
     )
 
 

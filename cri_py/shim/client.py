@@ -330,8 +330,10 @@ class ShimClient:
     ) -> messages.ContainerView:
         return self._call(request, messages.ContainerView, timeout)
 
-    def start(self, container_id: str) -> messages.ContainerView:
-        return self._call(messages.Start(container_id), messages.ContainerView)
+    def start(
+        self, container_id: str, timeout: float = CALL_TIMEOUT_SECONDS
+    ) -> messages.ContainerView:
+        return self._call(messages.Start(container_id), messages.ContainerView, timeout)
 
     def kill(self, container_id: str, signum: int) -> None:
         self._call(messages.Kill(container_id, int(signum)), messages.Done)

@@ -17,15 +17,18 @@ import pty
 import select
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cri_py.oci import hooks as oci_hooks
 from cri_py.oci.plan import LaunchPlan, User, build_plan, mount_step
 from cri_py.shim import launcher, messages
 from cri_py.shim.execs import Execs, Respond
+from cri_py.shim.hooks import HookFailed, RuntimeNamespaces, run_hooks, run_hooks_logged
 from cri_py.shim.logs import LogLines
 from cri_py.shim.sync import (
     SYNC_TIMEOUT_SECONDS,
@@ -145,9 +148,20 @@ class Container:
         )
 
 
+def _warn(message: str) -> None:
+    print(f"shim: {message}", file=sys.stderr, flush=True)
+
+
 class Containers:
-    def __init__(self, hooks: Hooks, pod_pid_namespace: bool = False) -> None:
+    def __init__(
+        self,
+        hooks: Hooks,
+        pod_pid_namespace: bool = False,
+        runtime_namespaces: RuntimeNamespaces | None = None,
+    ) -> None:
         self._hooks = hooks
+        # Where OCI hooks of the runtime's namespaces run (None: this process's own).
+        self._runtime = runtime_namespaces
         # Our children live in the pod's PID namespace: see launcher._parent_of_init.
         self._mirror_exits = pod_pid_namespace
         self._containers: dict[str, Container] = {}
@@ -224,8 +238,13 @@ class Containers:
             started = SetupProcesses()
             undo.callback(started.close)
             undo.callback(started.kill)  # the init first, then the process that forked it
+            on_hooks = None
+            if plan.hooks.pause_before_pivot:
+                on_hooks = functools.partial(self._create_hooks, container)
+            # The init's own createContainer hooks run while we wait for it.
+            timeout = SYNC_TIMEOUT_SECONDS + oci_hooks.budget(plan.hooks.create_container)
             try:
-                pid, payload = receive_ready(ours, SYNC_TIMEOUT_SECONDS, started)
+                pid, payload = receive_ready(ours, timeout, started, on_hooks)
             except OSError as e:
                 raise ContainerError("failed", f"waiting for the container's init: {e}") from e
             container.pid = pid
@@ -256,15 +275,20 @@ class Containers:
                 "invalid", f"container {container_id} is {container.status}, not created"
             )
         sync, container.sync = container.sync, None
+        go = b"S"
+        hooks = container.plan.hooks
+        if hooks.start_container:
+            go += self._hook_identity(container)
+        timeout = SYNC_TIMEOUT_SECONDS + oci_hooks.budget(hooks.start_container)
         try:
-            sync.send(b"S")
-            ready, _, _ = select.select([sync], [], [], SYNC_TIMEOUT_SECONDS)
+            sync.send(go)
+            ready, _, _ = select.select([sync], [], [], timeout)
             data = sync.recv(65536) if ready else b"Etimed out waiting for execve"
         except OSError as e:
             data = f"E{e}".encode()
         finally:
             sync.close()
-        if data.startswith(b"E"):
+        if data[:1] in (b"E", b"K"):
             message = data[1:].decode(errors="replace")
             container.started_at = time.time_ns()
             # The init exits on its own after reporting; its SIGCHLD must not overwrite this.
@@ -274,7 +298,50 @@ class Containers:
             raise ContainerError("start_failed", message)
         container.status = "running"
         container.started_at = time.time_ns()
+        if hooks.poststart:
+            # The spec: a poststart failure is logged, the start stands.
+            state = self._hook_state(container, "running")
+            with self._forking():
+                run_hooks_logged("poststart", hooks.poststart, state, _warn, self._enter_runtime)
         return container.view()
+
+    # --- OCI hooks of the runtime's namespaces --------------------------------------------
+
+    def _hook_identity(self, container: Container, pid: int = 0) -> bytes:
+        """What the init's own hooks need of the shim: the ID, the bundle, the init's PID in
+        the runtime's PID namespace (the init cannot know it)."""
+        info = {"id": container.id, "pid": pid or container.pid, "bundle": str(container.bundle)}
+        return json.dumps(info).encode()
+
+    def _hook_state(self, container: Container, status: str, pid: int = 0) -> bytes:
+        return oci_hooks.state(
+            container.id,
+            status,
+            pid or container.pid,
+            str(container.bundle),
+            container.plan.annotations,
+        )
+
+    def _forking(self) -> contextlib.AbstractContextManager[None]:
+        return self._runtime.forking() if self._runtime else contextlib.nullcontext()
+
+    def _enter_runtime(self) -> None:
+        if self._runtime is not None:
+            self._runtime.enter()
+
+    def _create_hooks(self, container: Container, pid: int) -> bytes:
+        """The init waits before pivot_root (its namespaces and mounts exist): prestart then
+        createRuntime, in the runtime's namespaces; the first failure fails the create (the
+        caller kills the init). Returns the go-ahead with what its own hooks need."""
+        hooks = container.plan.hooks
+        state = self._hook_state(container, "creating", pid)
+        try:
+            with self._forking():
+                run_hooks("prestart", hooks.prestart, state, self._enter_runtime)
+                run_hooks("createRuntime", hooks.create_runtime, state, self._enter_runtime)
+        except HookFailed as e:
+            raise ContainerError("hook_failed", str(e)) from e
+        return b"C" + self._hook_identity(container, pid)
 
     # --- signals, logs, removal -----------------------------------------------------------
 

@@ -5,10 +5,15 @@ Decisions come from the launch plan (`cri_py.oci.plan`); this module performs th
 syscall edge (what to execve and the image's user files: `programs`) and reports over a sync
 socket (SOCK_SEQPACKET, one message per send):
   child -> shim  b"P"                            the process that will exec exists
+                 b"H"                            mounts made, before pivot_root: run the
+                                                 create hooks (only when the spec has some)
                  b"R" + JSON {uid, gid, groups,  ready, blocked before execve
                    oom_score_adj}
                  b"E" + text                     setup or execve failed (then it exits)
-  shim -> child  b"S"                            go: execve (success closes the socket)
+                 b"K" + text                     an OCI hook failed (then it exits)
+  shim -> child  b"C" + JSON {id, pid, bundle}   the runtime's hooks ran: go on
+                 b"S" [+ JSON {id, pid, bundle}] go: execve (success closes the socket);
+                                                 the JSON when startContainer hooks exist
 "P" and "R" carry SCM_CREDENTIALS, so the shim learns the PID in its own PID namespace
 whatever namespace the process lives in ("P" as soon as it is forked: a setup that hangs or
 times out is killed there, not only in the intermediate process that forked it). Nothing here
@@ -42,6 +47,7 @@ from typing import Any, NoReturn
 
 from cri_py.linux import syscalls
 from cri_py.linux.rootfs import make_directory
+from cri_py.oci import hooks as oci_hooks
 from cri_py.oci.capabilities import CAP_SYS_ADMIN, before_exec, sets_for_user
 from cri_py.oci.plan import (
     LaunchPlan,
@@ -51,6 +57,7 @@ from cri_py.oci.plan import (
     with_home,
 )
 from cri_py.oci.seccomp import SeccompFilter
+from cri_py.shim.hooks import HookFailed, run_hooks
 from cri_py.shim.mounts import finish_mounts, prepare_rootfs
 from cri_py.shim.programs import (
     LaunchError,
@@ -102,10 +109,44 @@ def send_ready(sync: socket.socket, payload: Mapping[str, Any]) -> None:
     )
 
 
-def fail(sync: socket.socket, message: str, code: int) -> NoReturn:
+def fail(sync: socket.socket, message: str, code: int, kind: bytes = b"E") -> NoReturn:
     with contextlib.suppress(OSError):
-        sync.send(b"E" + message.encode(errors="replace")[:60000])
+        sync.send(kind + message.encode(errors="replace")[:60000])
     os._exit(code)
+
+
+class HookStepFailed(Exception):
+    """An OCI hook of the launch failed: reported as b"K", not as a setup error."""
+
+
+def _hook_state(plan: LaunchPlan, reply: bytes, status: str) -> bytes:
+    """The state JSON for the container's own hooks: the shim sent what only it knows (the
+    init's PID in the runtime's PID namespace, the ID, the bundle); annotations are the plan's."""
+    try:
+        info = json.loads(reply)
+        return oci_hooks.state(
+            str(info["id"]), status, int(info["pid"]), str(info["bundle"]), plan.annotations
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        raise LaunchError(f"the shim's hook state is malformed: {e}") from e
+
+
+def run_create_hooks(plan: LaunchPlan, sync: socket.socket) -> None:
+    """Before pivot_root (the mounts are made): the shim runs prestart and createRuntime in the
+    runtime's namespaces while this process waits, then the createContainer hooks run here, in
+    the container's namespaces, their paths resolved in the runtime's view that this mount
+    namespace still shows. A hook's child gets only its env and the state on stdin."""
+    sync.send(b"H")
+    reply = sync.recv(65536)
+    if not reply.startswith(b"C"):
+        raise LaunchError("the shim stopped the create while its hooks ran")
+    if not plan.hooks.create_container:
+        return
+    state = _hook_state(plan, reply[1:], "creating")
+    try:
+        run_hooks("createContainer", plan.hooks.create_container, state)
+    except HookFailed as e:
+        raise HookStepFailed(str(e)) from e
 
 
 def setup_stdio(stdio: Sequence[int], sync_fd: int) -> socket.socket:
@@ -444,7 +485,10 @@ def run_init(
         # it does in the container's cgroups, with the container's OOM score.
         oom_score_adj = apply_limits(limits, host)
         attach_terminal()
-        prepare_rootfs(plan, rootfs_mounts, userns_fd)
+        before_pivot = None
+        if plan.hooks.pause_before_pivot:
+            before_pivot = functools.partial(run_create_hooks, plan, sync)
+        prepare_rootfs(plan, rootfs_mounts, userns_fd, before_pivot)
         finish_mounts(plan)
         user, passwd = image_user(plan.user)
         env = with_home(plan.env, user.uid, passwd)
@@ -468,17 +512,29 @@ def run_init(
             ready["oom_score_adj"] = oom_score_adj
         audit_descriptors()
         send_ready(sync, ready)
+    except HookStepFailed as e:
+        fail(sync, str(e), EXIT_SETUP_FAILED, b"K")
     except Exception as e:
         fail(sync, f"container setup: {e}", EXIT_SETUP_FAILED)
     try:
-        go = sync.recv(16)
+        go = sync.recv(65536)
     except OSError:
         go = b""
-    if go != b"S":
+    if go[:1] != b"S":
         os._exit(EXIT_SETUP_FAILED)  # the shim gave up on us (remove before start)
     try:
         program = find_program(plan.args, plan.env_value("PATH"))
         lock_down(plan.security)
+        if plan.hooks.start_container:
+            # After the container's own confinement (its user, capabilities, no_new_privs,
+            # seccomp filter): the hook's path is the container's file, resolved in its root.
+            state = _hook_state(plan, go[1:], "created")
+            try:
+                run_hooks("startContainer", plan.hooks.start_container, state)
+            except HookFailed as e:
+                raise HookStepFailed(str(e)) from e
+    except HookStepFailed as e:
+        fail(sync, str(e), EXIT_SETUP_FAILED, b"K")
     except Exception as e:
         fail(sync, f"container setup: {e}", EXIT_SETUP_FAILED)
     if isinstance(program, str):

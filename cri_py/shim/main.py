@@ -29,6 +29,7 @@ from cri_py.linux.userns import UserNamespaceHelper
 from cri_py.shim import messages, protocol
 from cri_py.shim.containers import Containers, Hooks
 from cri_py.shim.execs import EXEC_FRAME_BYTES
+from cri_py.shim.hooks import RuntimeNamespaces
 from cri_py.shim.launcher import last_capability
 from cri_py.shim.spec import (
     EXIT_FILE,
@@ -169,7 +170,14 @@ def run_pid_init() -> None:
 class Shim:
     """The serving loop: one listening socket, its connections, SIGCHLD and SIGTERM."""
 
-    def __init__(self, spec: ShimSpec, bundle: Path, listener: socket.socket, init_pid: int):
+    def __init__(
+        self,
+        spec: ShimSpec,
+        bundle: Path,
+        listener: socket.socket,
+        init_pid: int,
+        runtime_namespaces: RuntimeNamespaces | None = None,
+    ):
         self.spec = spec
         self.bundle = bundle
         self.listener = listener
@@ -196,7 +204,9 @@ class Shim:
         # File descriptors a connection passed (SCM_RIGHTS) for its next exec-stream/attach.
         self.passed_fds: dict[socket.socket, list[int]] = {}
         self.containers = Containers(
-            Hooks(self._add_reader, self._remove_reader, self._emit), spec.new_pid
+            Hooks(self._add_reader, self._remove_reader, self._emit),
+            spec.new_pid,
+            runtime_namespaces,
         )
 
     def _add_reader(self, fd: int, callback: Any) -> None:
@@ -453,6 +463,8 @@ def main(argv: list[str]) -> int:
     try:
         os.chdir("/")
         spec = ShimSpec.from_json((bundle / SHIM_SPEC_FILE).read_text())
+        # Before the pod's namespaces: where OCI hooks of the runtime's namespaces run.
+        runtime_namespaces = RuntimeNamespaces.capture()
         create_namespaces(spec)
     except Exception as e:
         _report({"error": f"shim setup: {e}"})
@@ -478,7 +490,7 @@ def main(argv: list[str]) -> int:
         os.chdir("/")
         os.chmod(sock_path, 0o600)
         listener.listen(socket.SOMAXCONN)  # calls come in bursts; the loop accepts them all
-        shim = Shim(spec, bundle, listener, init_pid)
+        shim = Shim(spec, bundle, listener, init_pid, runtime_namespaces)
     except Exception as e:
         if init_pid > 0:
             os.kill(init_pid, signal.SIGKILL)

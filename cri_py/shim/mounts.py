@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cri_py.linux import rootfs, syscalls
 from cri_py.linux.rootfs import closing
@@ -272,10 +272,15 @@ def create_devices(root_fd: int, devices: Sequence[DeviceStep]) -> None:
 
 
 def prepare_rootfs(
-    plan: LaunchPlan, rootfs_mounts: Sequence[MountStep], userns_fd: int = -1
+    plan: LaunchPlan,
+    rootfs_mounts: Sequence[MountStep],
+    userns_fd: int = -1,
+    before_pivot: Callable[[], None] | None = None,
 ) -> None:
     """Inside the new mount namespace: the rootfs, the spec's mounts, then pivot_root. With
-    a user namespace (`userns_fd`), overlays stack idmapped layers and idmap binds use it."""
+    a user namespace (`userns_fd`), overlays stack idmapped layers and idmap binds use it.
+    `before_pivot` runs once every mount is made, in the rootfs, before pivot_root: the OCI
+    create hooks' point."""
     # rslave (the default): host mounts made later still reach rslave volumes, nothing
     # mounted here reaches the host. rshared keeps the tree the host's peer, for rshared
     # volumes; then the rootfs's parent must be private, or the overlay below would appear
@@ -328,6 +333,8 @@ def prepare_rootfs(
         except (OSError, rootfs.UnsafeRootfs) as e:
             raise MountError(f"creating device nodes: {e}") from e
         os.fchdir(root_fd)
+    if before_pivot is not None:
+        before_pivot()
     # pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves
     # only the new root (runc's trick: no put_old directory needed in the image). The old root
     # is this namespace's copy of the host's tree: with rshared propagation (a Bidirectional

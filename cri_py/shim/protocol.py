@@ -24,8 +24,11 @@ before versions existed (up to 26f9c6f): the methods and keys of `messages` as t
   `ShimClient.version` first and is refused for that pod with a message saying so (the pod has
   it once recreated). Dropping a version (raising `OLDEST_SUPPORTED_VERSION`) is a release
   note: its pods must be recreated before the upgrade.
-- Version 2 (this release) adds `protocol` to the ping/status and subscribe replies; every
-  request and reply of version 1 is unchanged.
+- Version 2 adds `protocol` to the ping/status and subscribe replies; every request and reply
+  of version 1 is unchanged.
+- Version 3 (this release) runs the OCI hooks of a container's `config.json` (older shims
+  ignore them): the daemon creates a container with hooks only in a pod whose shim is 3 or
+  later (`HOOKS_VERSION`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
+# The first version whose shim runs OCI hooks.
+HOOKS_VERSION = 3
 OLDEST_SUPPORTED_VERSION = 1
 
 HEADER = struct.Struct(">I")

@@ -65,11 +65,16 @@ def _credentials_pid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
 
 
 def receive_ready(
-    sync: socket.socket, timeout: float, started: SetupProcesses | None = None
+    sync: socket.socket,
+    timeout: float,
+    started: SetupProcesses | None = None,
+    on_hooks: Callable[[int], bytes] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Waits for the child's "R" (its PID, from SCM_CREDENTIALS, and payload) or raises with
-    its "E" text. Each "P" before it (a process that will exec, with its PID) goes to
-    `started`, for the caller to kill if this raises."""
+    its "E" text ("K": a hook failed, kind "hook_failed"). Each "P" before it (a process that
+    will exec, with its PID) goes to `started`, for the caller to kill if this raises. An "H"
+    (the init waits before pivot_root) calls `on_hooks` with the init's PID and sends back
+    what it returns; the time it took does not count against `timeout`."""
     deadline = time.monotonic() + timeout
     size = socket.CMSG_SPACE(struct.calcsize("iII"))
     while True:
@@ -79,10 +84,20 @@ def receive_ready(
         data, ancillary, _, _ = sync.recvmsg(65536, size)
         if data.startswith(b"E"):
             raise ContainerError("failed", data[1:].decode(errors="replace"))
+        if data.startswith(b"K"):
+            raise ContainerError("hook_failed", data[1:].decode(errors="replace"))
         pid = _credentials_pid(ancillary)
         if data == b"P":
             if pid is not None and started is not None:
                 started.add(pid)
+            continue
+        if data == b"H":
+            if on_hooks is None or started is None or not started.pids:
+                raise ContainerError("failed", "the child asked for hooks nobody expected")
+            began = time.monotonic()
+            reply = on_hooks(started.pids[-1])
+            sync.send(reply)
+            deadline += time.monotonic() - began
             continue
         if not data.startswith(b"R"):
             raise ContainerError("failed", "the child exited during setup")
