@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -21,13 +22,17 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from cri_py.errors import ConfigError
+from cri_py.errors import ConfigError, InvalidArgument
+from cri_py.spec.capabilities import DEFAULT_CAPABILITIES, capability_name, is_all
 
 DEFAULT_CONFIG_FILE = Path("/etc/cri-py/config.yaml")
 DEFAULT_CONFIG_DIR = Path("/etc/cri-py/config.d")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("logfmt", "json")
+CGROUP_DRIVERS = ("", "cgroupfs", "systemd")
+# The characters systemd allows in a unit name.
+_UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\-]+$")
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,10 @@ class NetworkConfig:
     cni_bin_dirs: tuple[str, ...] = ("/opt/cni/bin", "/usr/lib/cni")
     # One plugin execution (ADD or DEL) is killed after this long.
     cni_timeout_seconds: float = 60.0
-    # The built-in network, used when no CNI config exists.
+    # The built-in network, used when no CNI config exists. false: no bridge, and without a
+    # CNI config the node's network is not ready (pods wait), as on a node whose CNI is
+    # installed by pods (kind's kindnet: its pods use the host's network and write the config).
+    builtin: bool = True
     bridge: str = "cri-py0"
     subnet: str = "10.88.0.0/16"
     # Connections one hostPort relay holds at once; more are closed as they arrive.
@@ -102,8 +110,67 @@ class CgroupsConfig:
     # pids.max of every container (the CRI has no field for it); 0: no limit.
     pids_limit: int = 0
     # Where pod shims run, apart from the pods (so a shim's memory is not charged to a pod)
-    # and from the daemon's own cgroup; "" leaves them in the daemon's.
+    # and from the daemon's own cgroup; "" leaves them in the daemon's. With the systemd
+    # driver they run in the scope `cri-py-shims.scope`, in the slice of cri-py's own unit.
     shim_cgroup: str = "/cri-py-shims"
+    # Who makes containers' cgroups: "cgroupfs" (cri-py writes the cgroup tree itself) or
+    # "systemd" (pods are slices, containers transient scopes, made over D-Bus; kubelet's
+    # cgroupDriver must match, and it follows RuntimeConfig). "" picks systemd when PID 1 is
+    # systemd and answers on the system bus, else cgroupfs; the choice is logged at start.
+    driver: str = ""
+    # systemd driver: the slice that holds the pod slices cri-py makes for pods whose sandbox
+    # names no cgroup_parent (`cri-py-pod_<id>.slice`, at /cri.slice/cri-py.slice/...).
+    default_slice: str = "cri-py.slice"
+
+
+@dataclass(frozen=True)
+class CdiConfig:
+    # Where CDI spec files (*.json, *.yaml) are read from; a device in a later dir overrides
+    # one of the same name in an earlier dir (the CDI spec's order: /var/run/cdi, written by
+    # drivers at boot, over /etc/cdi).
+    spec_dirs: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
+
+
+@dataclass(frozen=True)
+class NriConfig:
+    """NRI, the Node Resource Interface (`cri_py.nri`): plugins on a unix socket hooked into
+    pod and container events. Off unless enabled; the timeouts are containerd's defaults."""
+
+    enable: bool = False
+    socket_path: str = "/var/run/nri/nri.sock"
+    # Executables named NN-name started by cri-py at startup, each with a socket of its own.
+    plugin_path: str = "/opt/nri/plugins"
+    # Their configuration: NN-name.conf or name.conf, handed over in Configure.
+    plugin_config_path: str = "/etc/nri/conf.d"
+    # A plugin must register within this; each call to a plugin must answer within the other
+    # (else the plugin is disconnected and the event goes on without it).
+    registration_timeout_seconds: float = 5.0
+    request_timeout_seconds: float = 2.0
+
+
+# Handler seccomp defaults besides "localhost/<path of a profile file>".
+HANDLER_SECCOMP_DEFAULTS = ("", "unconfined", "runtime/default")
+
+
+@dataclass(frozen=True)
+class RuntimeHandlerConfig:
+    """One RuntimeClass handler (`runtimes.<name>`); the defaults are the "" handler's."""
+
+    # The seccomp profile of containers whose request sets none (the CRI says: unconfined):
+    # "", "unconfined", "runtime/default" or "localhost/<path of a profile file>" (from /).
+    default_seccomp_profile: str = ""
+    # The capabilities a container starts from, before the CRI's add and drop.
+    default_capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
+    # Privileged containers do not get the host's devices (nor an allow-all device cgroup).
+    privileged_without_host_devices: bool = False
+    # Annotations that reach each container's OCI spec, by key prefix ("*": every key): the
+    # pod's (none by default) and the container's own (all by default).
+    pod_annotations: tuple[str, ...] = ()
+    container_annotations: tuple[str, ...] = ("*",)
+    # Pods of this handler may have their own user namespace (when the host supports it).
+    user_namespaces: bool = True
+    # Containers of this handler may ask for recursive read-only mounts (kernel permitting).
+    recursive_read_only_mounts: bool = True
 
 
 @dataclass(frozen=True)
@@ -119,6 +186,10 @@ class Config:
     cgroups: CgroupsConfig = field(default_factory=CgroupsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     registries: Mapping[str, RegistryHost] = field(default_factory=dict)
+    cdi: CdiConfig = field(default_factory=CdiConfig)
+    nri: NriConfig = field(default_factory=NriConfig)
+    # RuntimeClass handlers by name; "" (the default handler) needs no entry.
+    runtimes: Mapping[str, RuntimeHandlerConfig] = field(default_factory=dict)
 
 
 # --- building typed values from plain YAML data -------------------------------------------------
@@ -240,6 +311,24 @@ def _validate(config: Config, source: str) -> None:
         raise ConfigError(source, "cgroups.shim_cgroup", "must be an absolute cgroup path or empty")
     if config.cgroups.pids_limit < 0:
         raise ConfigError(source, "cgroups.pids_limit", "must not be negative")
+    if not config.nri.socket_path.startswith("/"):
+        raise ConfigError(source, "nri.socket_path", "must be an absolute path")
+    for key in ("registration_timeout_seconds", "request_timeout_seconds"):
+        if getattr(config.nri, key) <= 0:
+            raise ConfigError(source, f"nri.{key}", "must be positive")
+    if config.cgroups.driver not in CGROUP_DRIVERS:
+        raise ConfigError(source, "cgroups.driver", "must be cgroupfs, systemd or empty (detect)")
+    slice_ = config.cgroups.default_slice
+    if not slice_.endswith(".slice") or "/" in slice_ or not _UNIT_NAME.match(slice_):
+        raise ConfigError(source, "cgroups.default_slice", "must be a systemd slice name")
+    for i, directory in enumerate(config.cdi.spec_dirs):
+        if not os.path.isabs(directory):
+            raise ConfigError(source, f"cdi.spec_dirs[{i}]", "must be an absolute path")
+    for name, handler in config.runtimes.items():
+        # A RuntimeClass's handler is a DNS label (Kubernetes validates it so).
+        if name and not _DNS_LABEL.fullmatch(name):
+            raise ConfigError(source, f"runtimes.{name}", "a handler name must be a DNS label")
+        _validate_handler(handler, source, f"runtimes.{name}")
     for host, registry in config.registries.items():
         for i, mirror in enumerate(registry.mirrors):
             url = urlsplit(mirror)
@@ -249,6 +338,29 @@ def _validate(config: Config, source: str) -> None:
                 )
         if registry.ca_file and not os.path.isabs(registry.ca_file):
             raise ConfigError(source, f"registries.{host}.ca_file", "must be an absolute path")
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def _validate_handler(handler: RuntimeHandlerConfig, source: str, key: str) -> None:
+    seccomp = handler.default_seccomp_profile
+    if seccomp not in HANDLER_SECCOMP_DEFAULTS:
+        rest = seccomp.removeprefix("localhost/")
+        path = "/" + rest.lstrip("/")
+        if rest == seccomp or path == "/" or os.path.normpath(path) != path:
+            raise ConfigError(
+                source,
+                f"{key}.default_seccomp_profile",
+                'must be "", "unconfined", "runtime/default" or "localhost/<path of a profile>"',
+            )
+    for i, name in enumerate(handler.default_capabilities):
+        if is_all(name):
+            raise ConfigError(source, f"{key}.default_capabilities[{i}]", "list them one by one")
+        try:
+            capability_name(name)
+        except InvalidArgument as e:
+            raise ConfigError(source, f"{key}.default_capabilities[{i}]", str(e)) from None
 
 
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,13 +18,22 @@ import threading
 import time
 from collections.abc import Mapping
 
+from cri_py.cdi.edits import apply_injection
+from cri_py.cdi.registry import CdiRegistry
 from cri_py.errors import DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound
 from cri_py.images.service import ImageRootfs, ImageService
 from cri_py.linux import features
 from cri_py.log import get_logger
 from cri_py.model.container import ContainerConfig, ContainerRecord, ContainerState, ExitRecord
 from cri_py.model.sandbox import NamespaceMode, SandboxState
-from cri_py.runtime import oom
+from cri_py.runtime import handlers, oom
+from cri_py.runtime.container_hooks import (
+    check_hooks,
+    create_call_seconds,
+    read_hooks,
+    run_poststop,
+    start_call_seconds,
+)
 from cri_py.runtime.container_resources import ContainerResources
 from cri_py.runtime.container_rules import (
     check_image_sub_paths,
@@ -40,7 +49,8 @@ from cri_py.runtime.container_table import ContainerTable
 from cri_py.runtime.events import EventType
 from cri_py.runtime.propagation import check_host_propagation
 from cri_py.shim import messages
-from cri_py.shim.client import ShimError
+from cri_py.shim.client import CALL_TIMEOUT_SECONDS, CREATE_TIMEOUT_SECONDS, ShimError
+from cri_py.shim.protocol import HOOKS_VERSION
 from cri_py.spec.build import SpecInputs, build_spec
 from cri_py.spec.devices import devices_unconfined
 from cri_py.spec.mounts import PodFiles
@@ -56,8 +66,14 @@ KILL_WAIT_SECONDS = 10.0
 
 class ContainerLifecycle:
     def __init__(
-        self, table: ContainerTable, resources: ContainerResources, images: ImageService
+        self,
+        table: ContainerTable,
+        resources: ContainerResources,
+        images: ImageService,
+        cdi: CdiRegistry | None = None,
     ) -> None:
+        # The node's CDI specs (none: CDI devices are refused as unknown).
+        self._cdi = cdi or CdiRegistry(())
         self._table = table
         self._registry = table.registry
         self._store = table.store
@@ -135,12 +151,17 @@ class ContainerLifecycle:
                 raise FailedPrecondition(f"target container {config.target_id} is not running")
             target_pid_path = f"/proc/{target.pid}/ns/pid"
         cgroup = self._resources.cgroup_path(sandbox, container_id)
+        handler_name = sandbox.runtime_handler
+        handler = self._sandboxes.handlers.of_pod(handler_name, sandbox_id)
+        # What the spec is built from; the record keeps the request as it came.
+        spec_config = handlers.container_config(handler, handler_name, config)
+        cdi = self._cdi.inject(config)
         host_paths = resolve_host_paths(config)
         check_host_propagation(config.mounts, host_paths)
         inputs = SpecInputs(
             container_id=container_id,
             sandbox_id=sandbox_id,
-            config=config,
+            config=spec_config,
             sandbox=sandbox.config,
             image=rootfs.config,
             image_name=config.image,
@@ -155,18 +176,29 @@ class ContainerLifecycle:
             ),
             resolved_mounts=host_paths,
             target_pid_path=target_pid_path,
-            seccomp_localhost=read_seccomp_localhost(config),
+            seccomp_localhost=read_seccomp_localhost(spec_config),
             cgroups_path=cgroup,
             cgroup_support=self._resources.support_for(config.resources, container_id),
             image_volumes={
                 path: tuple(str(p) for p in volume.layers) for path, volume in volumes.items()
             },
             empty_dir=str(directory / "empty"),
-            devices=resolve_devices(config),
+            devices=resolve_devices(
+                config, host_devices=not handler.privileged_without_host_devices
+            )
+            + cdi.device_nodes,
             device_rules_problem=self._resources.device_rules_problem(),
             selinux_enabled=features.selinux_enabled(),
+            default_capabilities=handler.default_capabilities,
+            privileged_without_host_devices=handler.privileged_without_host_devices,
+            pod_annotation_prefixes=handler.pod_annotations,
+            container_annotation_prefixes=handler.container_annotations,
         )
         spec = build_spec(inputs)
+        # CDI's env, mounts and additional groups (its device nodes were inputs above).
+        apply_injection(spec, cdi)
+        if cdi:
+            log.info("CDI devices injected", container=container_id, devices=",".join(cdi.devices))
         nodev = devices_unconfined(config.privileged, inputs.device_rules_problem)
         if nodev:
             log.warning(
@@ -189,7 +221,16 @@ class ContainerLifecycle:
             cgroup=cgroup,
             image_name=image_name(config, rootfs.image_id, rootfs.repo_tags),
         )
+        # Extensions (NRI) see the container before anything of it exists and may adjust its
+        # spec: the cgroup and the OOM score are then the adjusted spec's.
+        spec = self._table.hooks.create_container(sandbox, record, spec)
+        oci_hooks = check_hooks(spec)
+        if spec.get("linux", {}).get("cgroupsPath", cgroup) != cgroup:
+            cgroup = spec["linux"]["cgroupsPath"]
+            record = dataclasses.replace(record, cgroup=cgroup)
+        oom_score_adj = int(spec["process"].get("oomScoreAdj", config.oom_score_adj))
         with contextlib.ExitStack() as undo:
+            undo.callback(self._table.hooks.undo_create_container, sandbox, record, spec)
             undo.callback(self._store.delete, container_id)
             self._store.save(record)
             for name in ("upper", "work", "rootfs", "empty"):
@@ -212,7 +253,7 @@ class ContainerLifecycle:
                 log_path=log_path,
                 stdin=config.stdin,
                 stdin_once=config.stdin_once,
-                oom_score_adj=config.oom_score_adj,
+                oom_score_adj=oom_score_adj,
             )
             if self._resources.enabled:
                 # config.json's linux.resources, limits and device rules: what it says is set.
@@ -221,20 +262,30 @@ class ContainerLifecycle:
                 request = self._resources.in_cgroup(request, cgroup)
             self._table.ensure_subscribed(sandbox_id)
             shim = self._table.shim(sandbox_id)
+            if oci_hooks and shim.version() < HOOKS_VERSION:
+                raise FailedPrecondition(
+                    f"container {config.metadata.name}: it has OCI hooks, which the shim of pod "
+                    f"{sandbox_id} (an older cri-py's) does not run; recreate the pod"
+                )
             try:
-                result = shim.create(request)
+                result = shim.create(
+                    request, create_call_seconds(CREATE_TIMEOUT_SECONDS, oci_hooks)
+                )
             except ShimError as e:
+                if e.kind == "hook_failed":
+                    raise FailedPrecondition(f"container {config.metadata.name}: {e}") from e
                 if e.kind in ("invalid", "failed"):
                     raise InvalidArgument(f"container {config.metadata.name}: {e}") from e
                 raise Internal(f"container {config.metadata.name}: {e}") from e
             undo.callback(self._forget_in_shim, sandbox_id, container_id)
             if result.oom_score_adj is not None:
-                oom.clamps.note(config.oom_score_adj, result.oom_score_adj)
+                oom.clamps.note(oom_score_adj, result.oom_score_adj)
             record = dataclasses.replace(record, pid=result.pid, user=container_user(result))
             self._store.save(record)
             self._registry.put(record)
             undo.pop_all()
         self._table.publish(EventType.CREATED, container_id, sandbox_id)
+        self._table.hooks.post_create_container(record)
         log.info(
             "container created",
             container=container_id,
@@ -260,8 +311,11 @@ class ContainerLifecycle:
                 raise FailedPrecondition(
                     f"container {full} is {record.state.name}, only CREATED can be started"
                 )
+            self._table.hooks.start_container(record)
+            oci_hooks, _ = read_hooks(self._store.dir_of(full))
             try:
-                result = self._table.shim(record.sandbox_id).start(full)
+                shim = self._table.shim(record.sandbox_id)
+                result = shim.start(full, start_call_seconds(CALL_TIMEOUT_SECONDS, oci_hooks))
             except ShimError as e:
                 if e.kind == "start_failed":
                     message = str(e).removeprefix("shim start: ")
@@ -290,6 +344,7 @@ class ContainerLifecycle:
             if changed is not None:
                 record = changed[1]
             self._table.publish(EventType.STARTED, full, record.sandbox_id)
+            self._table.hooks.post_start_container(record)
             if record.exit is not None:
                 # Its exit was published before this start: say it again, in order.
                 self._table.publish(EventType.STOPPED, full, record.sandbox_id)
@@ -342,6 +397,9 @@ class ContainerLifecycle:
                     self._table.wait_exit(container_id, KILL_WAIT_SECONDS)
                 shim.remove(container_id)
             self._resources.remove(container_id, record.cgroup)
+            # The OCI delete is done: poststop, before the bundle goes.
+            run_poststop(container_id, self._store.dir_of(container_id))
+            self._table.hooks.remove_container(self._registry.get(container_id) or record)
             self._store.delete(container_id)
             self._table.forget(container_id)
             self._table.publish(EventType.DELETED, container_id, record.sandbox_id)

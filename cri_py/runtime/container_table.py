@@ -21,6 +21,7 @@ from cri_py.model.container import ContainerFilter, ContainerRecord, ContainerSt
 from cri_py.model.sandbox import SandboxView
 from cri_py.runtime.container_rules import NameKey, matches, name_conflict, name_key
 from cri_py.runtime.events import ContainerEvent, EventHub, EventType
+from cri_py.runtime.lifecycle_hooks import NO_HOOKS, LifecycleHooks
 from cri_py.runtime.registry import Registry
 from cri_py.runtime.sandboxes import SandboxService
 from cri_py.shim import messages
@@ -48,6 +49,8 @@ class ContainerTable:
         # GetContainerEvents' source: every container (and, through the sandbox service's
         # hook, every sandbox) change is published here.
         self.events = EventHub()
+        # Extensions (NRI) told of each container event; set by the daemon.
+        self.hooks: LifecycleHooks = NO_HOOKS
 
     # --- queries: memory only -------------------------------------------------------------
 
@@ -126,6 +129,8 @@ class ContainerTable:
         if changed is None:
             return
         record = changed[1]
+        # Before the waiters wake: a stop or remove waiting for this exit is told after it.
+        self.hooks.container_stopped(record)
         with self._exits_lock:
             event = self._exits.setdefault(container_id, threading.Event())
         event.set()

@@ -20,6 +20,7 @@ import builtins
 from pathlib import Path
 from typing import Any
 
+from cri_py.cdi.registry import CdiRegistry
 from cri_py.config import Config
 from cri_py.images.service import ImageService
 from cri_py.model.container import ContainerConfig, ContainerFilter, ContainerRecord
@@ -52,7 +53,9 @@ class ContainerService:
         self.resources = ContainerResources(
             self.table, cgroups, usage, config.cgroups.default_parent
         )
-        self.lifecycle = ContainerLifecycle(self.table, self.resources, images)
+        self.lifecycle = ContainerLifecycle(
+            self.table, self.resources, images, CdiRegistry(config.cdi.spec_dirs)
+        )
         self.io = ContainerIO(self.table)
         self.stats = ContainerStats(self.table, usage, config.root_dir)
         self.recovery = ContainerRecovery(self.table, self.lifecycle, self.resources, images, loop)
@@ -107,8 +110,8 @@ class ContainerService:
     async def attach_stream(self, container_id: str, outputs: dict[str, int], stdin: bool) -> int:
         return await self.io.attach_stream(container_id, outputs, stdin)
 
-    async def close_stdin_once(self, container_id: str) -> None:
-        await self.io.close_stdin_once(container_id)
+    async def close_stdin_once(self, container_id: str) -> bool:
+        return await self.io.close_stdin_once(container_id)
 
     def reopen_log(self, container_id: str) -> None:
         self.io.reopen_log(container_id)
@@ -116,7 +119,12 @@ class ContainerService:
     # --- resources and usage --------------------------------------------------------------
 
     def update_resources(self, container_id: str, resources: Resources) -> None:
+        """UpdateContainerResources; extensions (NRI) may change the resources first.
+        Updates an extension asks for itself go to `self.resources.update` directly."""
+        hooks = self.table.hooks
+        resources = hooks.update_container(self.table.status(container_id), resources)
         self.resources.update(container_id, resources)
+        hooks.post_update_container(self.table.status(container_id))
 
     def usage(self, record: ContainerRecord, detailed: bool = False) -> ContainerUsage:
         return self.stats.usage(record, detailed)

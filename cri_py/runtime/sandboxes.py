@@ -44,8 +44,10 @@ from cri_py.model.sandbox import (
 from cri_py.network.hostports import HostPorts
 from cri_py.network.selector import BUILTIN, NetworkSelector
 from cri_py.runtime import pod_files
-from cri_py.runtime.cgroups import CgroupManager, pod_cgroup
+from cri_py.runtime.cgroups import CgroupManager
 from cri_py.runtime.events import EventType
+from cri_py.runtime.handlers import RuntimeHandlers, check_pod
+from cri_py.runtime.lifecycle_hooks import NO_HOOKS, LifecycleHooks
 from cri_py.runtime.registry import Registry
 from cri_py.runtime.sandbox_host import (
     kill_unrecorded_shim,
@@ -85,6 +87,8 @@ class SandboxService:
     ) -> None:
         self._cgroups = cgroups
         self._root_dir = config.root_dir
+        # RuntimeClass handlers: RunPodSandbox picks one, the container service reads it.
+        self.handlers = RuntimeHandlers(config)
         self._cgroup_config = config.cgroups
         # Shims are forked from a template process, born in the shims' cgroup.
         self._template = ShimTemplate(
@@ -111,6 +115,8 @@ class SandboxService:
         # Told of the sandbox's own lifecycle events (GetContainerEvents; containerd sends
         # them too and kubelet's Evented PLEG drops a pod from its cache on DELETED).
         self.on_event: Callable[[EventType, SandboxView], None] = lambda kind, view: None
+        # Extensions (NRI) told of each pod event; set by the daemon.
+        self.hooks: LifecycleHooks = NO_HOOKS
 
     def shim_bundle(self, sandbox_id: str) -> Path:
         """The sandbox's run dir: the shim's socket, spec and log."""
@@ -152,11 +158,9 @@ class SandboxService:
     # --- commands -------------------------------------------------------------------------
 
     def run(self, config: SandboxConfig, runtime_handler: str) -> str:
-        if runtime_handler:
-            raise InvalidArgument(
-                f'runtime handler {runtime_handler!r} is not configured (cri-py has only "")'
-            )
+        handler = self.handlers.get(runtime_handler)
         validate_config(config)
+        check_pod(handler, runtime_handler, config.namespaces.user.mode == NamespaceMode.POD)
         if config.namespaces.user.mode == NamespaceMode.POD:
             problem = features.user_namespaces_problem(self._root_dir)
             if problem:
@@ -308,6 +312,8 @@ class SandboxService:
                 if network_kind == BUILTIN and self._hostports and ips:
                     undo.callback(self._hostports.close, sandbox_id)
                     self._hostports.open(sandbox_id, ips[0], config.port_mappings)
+            # Plugins see the pod set up but not yet visible; a refusal undoes it all.
+            self.hooks.run_pod_sandbox(record)
             record = dataclasses.replace(record, phase=Phase.CREATED)
             self._store.save(record)
             undo.pop_all()
@@ -342,6 +348,9 @@ class SandboxService:
                 return
             full = record.id
             self.before_stop(full)
+            if record.phase != Phase.STOPPED:
+                # Its containers are stopped, the sandbox not yet torn down (as containerd).
+                self.hooks.stop_pod_sandbox(record)
             self._release(record)
             self.after_stop(full)
             if record.phase != Phase.STOPPED:
@@ -358,6 +367,8 @@ class SandboxService:
                 return
             full = record.id
             self.before_stop(full)
+            if record.phase == Phase.CREATED:
+                self.hooks.stop_pod_sandbox(record)
             self._release(record)
             self.after_stop(full)
             self.before_remove(full)
@@ -365,6 +376,7 @@ class SandboxService:
             shutil.rmtree(self._bundle(full), ignore_errors=True)
             self._store.delete(full)
             self._registry.forget(full)
+            self.hooks.remove_pod_sandbox(record)
             log.info("sandbox removed", sandbox=full)
             self.on_event(EventType.DELETED, SandboxView(record, SandboxState.NOTREADY))
 
@@ -383,6 +395,7 @@ class SandboxService:
         validate_resources(resources)
         validate_resources(overhead)
         with self._registry.operation_on(sandbox_id) as record:
+            self.hooks.update_pod_sandbox(record, resources, overhead)
             if record.cgroup and record.phase != Phase.STOPPED and self._cgroups is not None:
                 try:
                     limits = pod_resources(resources, overhead)
@@ -395,14 +408,18 @@ class SandboxService:
             record = dataclasses.replace(record, config=config)
             self._store.save(record)
             self._registry.put(record)
+        self.hooks.post_update_pod_sandbox(record)
         log.info("pod resources updated", sandbox=record.id, cgroup=record.cgroup or "(kubelet's)")
 
     # --- cgroups --------------------------------------------------------------------------
 
     def _pod_cgroup_path(self, sandbox_id: str, config: SandboxConfig) -> str:
-        if self._cgroups is None or config.cgroup_parent:
+        if self._cgroups is None:
             return ""
-        return pod_cgroup(self._cgroup_config.default_parent, sandbox_id)
+        if config.cgroup_parent:
+            self._cgroups.check_parent(config.cgroup_parent)  # e.g. a slice for systemd
+            return ""
+        return self._cgroups.pod_cgroup(self._cgroup_config.default_parent, sandbox_id)
 
     def _create_pod_cgroup(self, record: SandboxRecord) -> None:
         assert self._cgroups is not None
@@ -450,6 +467,13 @@ class SandboxService:
                 self._store.delete(record.id)
                 continue
             self._registry.restore(record)
+            if record.runtime_handler not in self.handlers.names():
+                # Its containers are refused until the handler is configured again.
+                log.warning(
+                    "sandbox's runtime handler no longer configured",
+                    sandbox=record.id,
+                    handler=record.runtime_handler,
+                )
             if record.phase != Phase.CREATED or record.shim is None:
                 continue
             if self._watcher.watch(record.id, shim_process(record.shim)):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
@@ -23,17 +24,22 @@ import cri_py
 from cri_py.api import api_pb2 as pb
 from cri_py.config import Config
 from cri_py.errors import StartupError
+from cri_py.images.admin import socket_path as admin_socket_path
 from cri_py.images.service import ImageService
 from cri_py.linux import features
 from cri_py.linux.cgroupfs import Cgroupfs
+from cri_py.linux.systemd import SystemdClient, SystemdError, systemd_is_init
 from cri_py.log import get_logger
 from cri_py.network.bridge import BuiltinNetwork
 from cri_py.network.hostports import HostPorts
 from cri_py.network.selector import NetworkSelector
+from cri_py.nri.hooks import start_nri
 from cri_py.runtime.cgroups import CgroupManager
 from cri_py.runtime.containers import ContainerService
 from cri_py.runtime.node import NodeState
 from cri_py.runtime.sandboxes import SandboxService
+from cri_py.runtime.systemd_cgroups import SystemdCgroupManager
+from cri_py.server.admin import AdminServer
 from cri_py.server.guard import Observer, service_handler
 from cri_py.server.images import ImageServicer
 from cri_py.server.prometheus import start_metrics
@@ -122,7 +128,7 @@ def build_server(
             service_handler(
                 services["ImageService"],
                 pb,
-                ImageServicer(images or ImageService(config)),
+                ImageServicer(images or ImageService(config), sandboxes.handlers.names()),
                 observe,
             ),
         ]
@@ -138,12 +144,17 @@ def start_sandboxes(
     The built-in bridge is made even when a CNI config exists: it is cheap, and the node stays
     ready for new pods if that config is removed later."""
     network = BuiltinNetwork(config.network, Path(config.root_dir) / "network")
-    try:
-        state = network.ensure_bridge()
-    except OSError as e:
-        log.error("built-in network unusable", bridge=config.network.bridge, error=str(e))
+    if not config.network.builtin:
+        log.info(
+            "built-in network off: pods wait for a CNI config", dir=config.network.cni_conf_dir
+        )
     else:
-        log.info("built-in network", bridge=config.network.bridge, ready=state.ready)
+        try:
+            state = network.ensure_bridge()
+        except OSError as e:
+            log.error("built-in network unusable", bridge=config.network.bridge, error=str(e))
+        else:
+            log.info("built-in network", bridge=config.network.bridge, ready=state.ready)
     sandboxes = SandboxService(config, NetworkSelector(config.network, network), hostports, cgroups)
     sandboxes.recover()
     sandboxes.start_template()
@@ -164,8 +175,46 @@ def start_cgroups(config: Config) -> CgroupManager | None:
     except OSError as e:
         log.error("no cgroup hierarchy; containers get no limits", error=str(e))
         return None
-    log.info("cgroups", mode=fs.mode.value, default_parent=config.cgroups.default_parent)
+    driver = config.cgroups.driver
+    if driver in ("", "systemd"):
+        client, problem = connect_systemd()
+        if client is not None:
+            manager = SystemdCgroupManager(
+                fs, client, config.cgroups.pids_limit, config.cgroups.default_slice
+            )
+            log.info(
+                "cgroups",
+                driver="systemd",
+                chosen="configured" if driver else "detected",
+                mode=fs.mode.value,
+                systemd=manager.version,
+                default_slice=config.cgroups.default_slice,
+            )
+            return manager
+        if driver == "systemd":
+            raise StartupError(f"cgroups.driver is systemd, but {problem}")
+        log.info("cgroups: systemd driver not usable", reason=problem)
+    log.info(
+        "cgroups",
+        driver="cgroupfs",
+        chosen="configured" if driver else "detected",
+        mode=fs.mode.value,
+        default_parent=config.cgroups.default_parent,
+    )
     return CgroupManager(fs, config.cgroups.pids_limit)
+
+
+def connect_systemd() -> tuple[SystemdClient | None, str]:
+    """A client of systemd when PID 1 is systemd and answers on the system bus, else why not."""
+    if not systemd_is_init():
+        return None, "PID 1 is not systemd"
+    client = SystemdClient()
+    try:
+        client.version()
+    except SystemdError as e:
+        client.close()
+        return None, f"systemd does not answer on the system bus ({e})"
+    return client, ""
 
 
 # At most this many CRI calls block at once (execs, stops, pulls' disk work...); more wait.
@@ -195,6 +244,12 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> Non
         node = NodeState(root_dir)
         hostports = HostPorts(asyncio.get_running_loop(), config.network.hostport_max_connections)
         cgroups = start_cgroups(config)
+        loaded = config  # what a SIGHUP's reload compares the files with
+        if cgroups is not None:
+            # The driver in use, for RuntimeConfig (kubelet's cgroupDriver follows it).
+            config = dataclasses.replace(
+                config, cgroups=dataclasses.replace(config.cgroups, driver=cgroups.driver)
+            )
         sandboxes = await asyncio.to_thread(start_sandboxes, config, hostports, cgroups)
         images = ImageService(config)
         containers = ContainerService(
@@ -205,6 +260,12 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> Non
         sandboxes.before_remove = containers.remove_sandbox_containers
         sandboxes.on_event = containers.sandbox_event
         await asyncio.to_thread(containers.recover)
+        # NRI plugins, when enabled: after recovery, so they synchronize with every pod.
+        nri = None
+        if config.nri.enable:
+            nri = await asyncio.to_thread(
+                start_nri, config.nri, sandboxes, containers, cri_py.__version__
+            )
         streams = StreamServer(config.stream, containers)
         await streams.start()
         metrics = start_metrics(config, sandboxes, containers, images)
@@ -212,6 +273,9 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> Non
         server = build_server(config, node, sandboxes, images, containers, streams, observe)
         server.add_insecure_port(f"unix://{sock}")
         await server.start()
+        # `cri-py images import|export|tag` and the `ctr` stand-in reach the image service here.
+        admin = AdminServer(admin_socket_path(run_dir), images, asyncio.get_running_loop())
+        admin.start()
         try:
             os.chown(sock, 0, 0)
             os.chmod(sock, SOCKET_MODE)
@@ -221,7 +285,7 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> Non
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, stop.set)
             if load is not None:
-                reloader = Reloader(config, load, images, sandboxes.network)
+                reloader = Reloader(loaded, load, images, sandboxes.network)
                 loop.add_signal_handler(signal.SIGHUP, reloader.reload)
             await stop.wait()
             log.info("stopping", grace_seconds=STOP_GRACE_SECONDS)
@@ -229,10 +293,13 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> Non
             # Event streams end first, cleanly: the grace below is for unary calls.
             containers.events.close()
             await server.stop(STOP_GRACE_SECONDS)
+            await asyncio.to_thread(admin.close)
             if metrics:
                 await asyncio.to_thread(metrics[1].close)
             await streams.close()
             # Shims (and so pods) keep running: they are not the daemon's to stop.
+            if nri is not None:
+                nri.adaptation.stop()
             containers.close()
             sandboxes.close()
             sock.unlink(missing_ok=True)

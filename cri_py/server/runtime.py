@@ -13,7 +13,6 @@ import cri_py
 from cri_py.api import api_pb2 as pb
 from cri_py.config import Config, to_data
 from cri_py.errors import FailedPrecondition, InvalidArgument, Unimplemented
-from cri_py.linux import features
 from cri_py.model.container import ContainerFilter, ContainerRecord
 from cri_py.model.sandbox import SandboxFilter, SandboxState, SandboxView
 from cri_py.runtime.containers import ContainerService
@@ -98,12 +97,13 @@ class RuntimeServicer:
             info=info,
             runtime_handlers=[
                 pb.RuntimeHandler(
-                    name="",
+                    name=handler.name,
                     features=pb.RuntimeHandlerFeatures(
-                        recursive_read_only_mounts=features.recursive_read_only_mounts(),
-                        user_namespaces=not features.user_namespaces_problem(self._config.root_dir),
+                        recursive_read_only_mounts=handler.recursive_read_only_mounts,
+                        user_namespaces=handler.user_namespaces,
                     ),
                 )
+                for handler in self._sandboxes.handlers.features()
             ],
             # Merge and Strict both hold (the launcher resolves groups in the image).
             features=pb.RuntimeFeatures(supplemental_groups_policy=True),
@@ -113,7 +113,11 @@ class RuntimeServicer:
         self, request: pb.RuntimeConfigRequest, context: Context
     ) -> pb.RuntimeConfigResponse:
         return pb.RuntimeConfigResponse(
-            linux=pb.LinuxRuntimeConfiguration(cgroup_driver=pb.CgroupDriver.CGROUPFS)
+            linux=pb.LinuxRuntimeConfiguration(
+                cgroup_driver=pb.CgroupDriver.SYSTEMD
+                if self._config.cgroups.driver == "systemd"
+                else pb.CgroupDriver.CGROUPFS
+            )
         )
 
     async def UpdateRuntimeConfig(

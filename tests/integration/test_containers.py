@@ -202,6 +202,7 @@ def open_lab(
             with contextlib.suppress(grpc.RpcError):
                 lab.remove_pod(sandbox_id)
         daemon.stop()
+        lab.daemon.stop()  # a test may have restarted it
         remove_cgroup_parent(cgroup_parent)
 
 

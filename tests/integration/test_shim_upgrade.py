@@ -41,11 +41,23 @@ pytestmark = needs_root
 
 # The previous release: its shims speak protocol version 1 and report no version.
 PREVIOUS_RELEASE = "26f9c6f"
-CONFIG = (
-    (ROOT / "e2e" / "lab-config.yaml").read_text()
-    + "network:\n  bridge: cri-pytu\n  subnet: 10.74.0.0/24\n  cni_conf_dir: /nonexistent\n"
-    + f"cgroups:\n  default_parent: {CGROUP_PARENT}\n"
-)
+
+
+def lab_config() -> str:
+    """The previous release's lab config (an older daemon refuses keys added since), with this
+    test's network and cgroup parent; both daemons read it."""
+    shown = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{PREVIOUS_RELEASE}:e2e/lab-config.yaml"],
+        capture_output=True,
+        check=False,
+    )
+    if shown.returncode != 0:
+        pytest.fail(f"e2e/lab-config.yaml of {PREVIOUS_RELEASE}: {shown.stderr!r}", pytrace=False)
+    return (
+        shown.stdout.decode()
+        + "network:\n  bridge: cri-pytu\n  subnet: 10.74.0.0/24\n  cni_conf_dir: /nonexistent\n"
+        + f"cgroups:\n  default_parent: {CGROUP_PARENT}\n"
+    )
 
 
 def extract_previous_release(into: Path) -> Path:
@@ -99,11 +111,12 @@ class Upgraded:
 def upgraded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upgraded]:
     base = tmp_path_factory.mktemp("upgrade")
     old_tree = extract_previous_release(base / "previous")
+    config = lab_config()
     if not registry_up():
         pytest.skip("the lab registry on 127.0.0.1:5000 is not running (make registry images)")
     # `python -m` puts the working dir first on sys.path: there, the old cri_py is imported.
     with mock.patch.dict(os.environ, {"PYTHONPATH": str(old_tree)}), contextlib.chdir(old_tree):
-        old = start_daemon(base / "daemon", CONFIG)
+        old = start_daemon(base / "daemon", config)
     lab = Lab(old, base / "logs")
     try:
         old.images().PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=BUSYBOX)), timeout=120)
@@ -121,7 +134,7 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upgraded]:
         assert old.stop() == 0
         assert process_start_time(shim_pid) == started, "the shim must outlive the old daemon"
         assert "PYTHONPATH" not in os.environ
-        lab.daemon = start_daemon(base / "daemon", CONFIG)
+        lab.daemon = start_daemon(base / "daemon", config)
         assert "PYTHONPATH" not in environ(lab.daemon.process.pid)
         yield Upgraded(lab, pod, sleeper, shell, shim_pid, bundle)
     finally:

@@ -139,3 +139,78 @@ def test_resource_bounds_default_to_what_their_modules_use_without_a_config() ->
     assert config.network.hostport_max_connections == DEFAULT_MAX_CONNECTIONS
     assert config.stream.max_streams_per_session == DEFAULT_MAX_STREAMS
     assert config.stream.max_pending_port_forward_streams == DEFAULT_MAX_PENDING
+
+
+def test_runtime_handlers_merge_per_handler_across_files(tmp_path: Path) -> None:
+    main = tmp_path / "config.yaml"
+    main.write_text(
+        "runtimes:\n  test-handler:\n    default_seccomp_profile: runtime/default\n"
+        "cdi:\n  spec_dirs: [/etc/cdi]\n"
+    )
+    drop_ins = tmp_path / "config.d"
+    drop_ins.mkdir()
+    (drop_ins / "10.yaml").write_text(
+        "runtimes:\n  test-handler:\n    default_capabilities: [chown, CAP_KILL]\n"
+        "  '':\n    privileged_without_host_devices: true\n"
+    )
+    config = load(main, drop_ins)
+    handler = config.runtimes["test-handler"]
+    assert handler.default_seccomp_profile == "runtime/default"
+    assert handler.default_capabilities == ("chown", "CAP_KILL")
+    assert config.runtimes[""].privileged_without_host_devices
+    assert config.cdi.spec_dirs == ("/etc/cdi",)
+    assert Config().cdi.spec_dirs == ("/etc/cdi", "/var/run/cdi")
+    assert Config().runtimes == {}
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "reason"),
+    [
+        ({"runtimes": {"Test_Handler": {}}}, "runtimes.Test_Handler", "DNS label"),
+        (
+            {"runtimes": {"h": {"default_seccomp_profile": "docker/default"}}},
+            "runtimes.h.default_seccomp_profile",
+            "must be",
+        ),
+        (
+            {"runtimes": {"h": {"default_seccomp_profile": "localhost/../etc/x"}}},
+            "runtimes.h.default_seccomp_profile",
+            "must be",
+        ),
+        (
+            {"runtimes": {"h": {"default_capabilities": ["CAP_FLY"]}}},
+            "runtimes.h.default_capabilities[0]",
+            "unknown capability",
+        ),
+        (
+            {"runtimes": {"h": {"default_capabilities": ["ALL"]}}},
+            "runtimes.h.default_capabilities[0]",
+            "one by one",
+        ),
+        ({"runtimes": {"h": {"user_namespaces": "yes"}}}, "runtimes.h.user_namespaces", "true"),
+        ({"runtimes": {"h": {"typo": 1}}}, "runtimes.h.typo", "unknown key"),
+        ({"cdi": {"spec_dirs": ["etc/cdi"]}}, "cdi.spec_dirs[0]", "absolute"),
+    ],
+)
+def test_bad_runtime_handlers_and_cdi_dirs_name_the_key(
+    data: object, key: str, reason: str
+) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        parse_layers([("f.yaml", data)])
+    assert excinfo.value.key == key
+    assert reason in str(excinfo.value)
+
+
+def test_nri_is_off_by_default_with_containerds_timeouts_and_checked_when_set() -> None:
+    nri = parse_layers([]).nri
+    assert (nri.enable, nri.socket_path) == (False, "/var/run/nri/nri.sock")
+    assert (nri.registration_timeout_seconds, nri.request_timeout_seconds) == (5.0, 2.0)
+    on = parse_layers([("f.yaml", {"nri": {"enable": True, "request_timeout_seconds": 10}})])
+    assert on.nri.enable and on.nri.request_timeout_seconds == 10
+    for bad, key in (
+        ({"socket_path": "nri.sock"}, "nri.socket_path"),
+        ({"request_timeout_seconds": 0}, "nri.request_timeout_seconds"),
+        ({"registration_timeout_seconds": -1}, "nri.registration_timeout_seconds"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            parse_layers([("f.yaml", {"nri": bad})])
