@@ -318,11 +318,11 @@ async def attach(
             # its outputs are followed to its exit (`echo data | kubectl attach -i` sees the
             # answer to its input, as with containerd and CRI-O).
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if "stdin" in streams and tasks[-1].done():
-                if await runtime.close_stdin_once(request.container_id):
-                    outputs = tasks[:-1]
-                    if outputs:
-                        await asyncio.wait(outputs)
+            stdin_ended = "stdin" in streams and tasks[-1].done()
+            if stdin_ended and await runtime.close_stdin_once(request.container_id):
+                outputs = tasks[:-1]
+                if outputs:
+                    await asyncio.wait(outputs)
         error = streams["error"]
         if protocol in STATUS_PROTOCOLS:
             await error.write(json.dumps(status).encode())
