@@ -3,7 +3,10 @@
 # cgroup driver, checked by what systemd and the cgroup files say. A pod under a slice kubelet
 # would name and a pod without a parent, each with a limited container: units and limits while
 # they run (properties and files), after `systemctl daemon-reload`, after
-# UpdateContainerResources, across a daemon restart, and nothing left after removal.
+# UpdateContainerResources, across a daemon restart, and nothing left after removal. The pod
+# slice kubelet would name is made beforehand (as kubelet does) and outlives the pod; two pods
+# whose parent slice does not exist get it made by cri-py with the pod's limits, and the last
+# one removed takes it away.
 # Usage: e2e/systemd_checks.sh  (PYTHON, TOOLS_DIR, RESULTS_DIR as for e2e/critest.sh)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,6 +14,7 @@ tools=${TOOLS_DIR:-/var/cache/cri-py/tools}/bin
 python=${PYTHON:-$top/.venv/bin/python}
 results=${RESULTS_DIR:-$top/results/systemd-checks}
 mkdir -p "$results"
+: >"$results/cri-py.log"  # this run's only: the checks count its lines
 state=$(mktemp -d /tmp/cri-py-systemd.XXXXXX)
 sock=$state/run/cri-py.sock
 mkdir -p "$state/config.d"
@@ -21,7 +25,7 @@ start_daemon() {
     "$python" -m cri_py.cli serve --config "$top/e2e/lab-config.yaml" --config-dir "$state/config.d" \
         --root-dir "$state/root" --run-dir "$state/run" --socket "$sock" >>"$results/cri-py.log" 2>&1 &
     daemon=$!
-    for _ in $(seq 100); do
+    for _ in $(seq 600); do  # 60 s: the node compiles every module at each start (read-only, no .pyc)
         [ -S "$sock" ] && crictl version >/dev/null 2>&1 && return
         kill -0 "$daemon" 2>/dev/null || { tail -n 30 "$results/cri-py.log"; exit 1; }
         sleep 0.1
@@ -32,6 +36,9 @@ start_daemon() {
 stop_daemon() {
     kill -TERM "$daemon" 2>/dev/null && wait "$daemon" || true
 }
+# The slice kubelet would make before RunPodSandbox, and one no one makes (cri-py does).
+kubelet_slice=kubepods-burstable-pod5d0c_0001.slice
+made_slice=e2emade.slice
 cleanup() {
     if kill -0 "$daemon" 2>/dev/null; then
         for pod in $(crictl pods -q 2>/dev/null); do
@@ -40,6 +47,7 @@ cleanup() {
         done
     fi
     stop_daemon
+    systemctl stop "$kubelet_slice" "$made_slice" >/dev/null 2>&1 || true
     rm -rf "$state"
 }
 trap cleanup EXIT
@@ -83,6 +91,14 @@ cat >"$state/ctr.json" <<'EOF'
                          "memory_limit_in_bytes": 67108864}}}
 EOF
 
+# kubelet's part: its pod slice, with the pod's limits, before RunPodSandbox.
+busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager \
+    StartTransientUnit 'ssa(sv)a(sa(sv))' "$kubelet_slice" fail \
+    2 Description s "kubelet stand-in pod slice" MemoryLimit t 536870912 0 >/dev/null
+for _ in $(seq 50); do
+    [ "$(show "$kubelet_slice" ActiveState)" = active ] && break
+    sleep 0.1
+done
 pod=$(crictl runp "$state/pod.json")
 ctr=$(crictl create "$pod" "$state/ctr.json" "$state/pod.json")
 crictl start "$ctr" >/dev/null
@@ -129,8 +145,87 @@ check "pod without parent: its slice" "active" "$(show "cri-py-pod_$nopod.slice"
 check "pod without parent: scope in it" \
     "/cri.slice/cri-py.slice/cri-py-pod_$nopod.slice/cri-py-$noctr.scope" \
     "$(show "cri-py-$noctr.scope" ControlGroup)"
+check "pod without parent: scope active" "active" "$(show "cri-py-$noctr.scope" ActiveState)"
 echo "--- cri-py units while both pods run:"
 systemctl list-units --no-pager --plain --no-legend 'cri-py-*' 'kubepods*'
+# What `systemctl status` shows of each pod slice: active, with its container's scope (and the
+# scope's processes) in its cgroup tree.
+status_shows() {  # status_shows <unit> <text>: yes when `systemctl status <unit>` shows <text>
+    local out
+    out=$(systemctl status --no-pager --full --lines=0 "$1" 2>&1 || true)
+    if grep -qF -- "$2" <<<"$out"; then echo yes; else echo no; fi
+}
+check "systemctl status: kubelet-named pod slice active" "yes" \
+    "$(status_shows "$kubelet_slice" "Active: active")"
+check "systemctl status: kubelet-named pod slice shows its scope" "yes" \
+    "$(status_shows "$kubelet_slice" "$scope")"
+check "systemctl status: own pod slice active" "yes" \
+    "$(status_shows "cri-py-pod_$nopod.slice" "Active: active")"
+check "systemctl status: own pod slice shows its scope" "yes" \
+    "$(status_shows "cri-py-pod_$nopod.slice" "cri-py-$noctr.scope")"
+check "kubelet's slice: its own limit kept" "536870912" "$(show "$kubelet_slice" MemoryLimit)"
+check "kubelet's slice: not described as cri-py's" "kubelet stand-in pod slice" \
+    "$(show "$kubelet_slice" Description)"
+
+# Two pods (as critest makes them) naming a parent slice that does not exist: the first one's
+# RunPodSandbox makes it with its limits (resources plus overhead), the second one uses it.
+check "made parent: absent before" "inactive" "$(show "$made_slice" ActiveState)"
+for n in 1 2; do
+    cat >"$state/pod-made-$n.json" <<JSON
+{"metadata": {"name": "sd-made-parent-$n", "namespace": "default", "uid": "sd-3$n"},
+ "linux": {"cgroup_parent": "$made_slice",
+           "resources": {"cpu_period": 100000, "cpu_quota": 50000, "cpu_shares": 512,
+                         "memory_limit_in_bytes": 268435456},
+           "overhead": {"cpu_period": 100000, "cpu_quota": 10000, "cpu_shares": 128,
+                        "memory_limit_in_bytes": 16777216}}}
+JSON
+done
+made1=$(crictl runp "$state/pod-made-1.json")
+madectr=$(crictl create "$made1" "$state/ctr.json" "$state/pod-made-1.json")
+crictl start "$madectr" >/dev/null
+made2=$(crictl runp "$state/pod-made-2.json")
+echo "--- the parent slice cri-py made:"
+systemctl status --no-pager --full --lines=0 "$made_slice" | head -n 12 || true
+check "made parent: active" "active" "$(show "$made_slice" ActiveState)"
+check "made parent: transient" "yes" "$(show "$made_slice" Transient)"
+check "made parent: described as cri-py's" "cri-py pod parent slice $made_slice" \
+    "$(show "$made_slice" Description)"
+check "made parent: unit MemoryLimit" "285212672" "$(show "$made_slice" MemoryLimit)"
+check "made parent: unit CPUQuotaPerSecUSec" "600ms" "$(show "$made_slice" CPUQuotaPerSecUSec)"
+check "made parent: unit CPUShares" "640" "$(show "$made_slice" CPUShares)"
+check "made parent: memory.limit_in_bytes" "285212672" \
+    "$(file memory "/$made_slice" memory.limit_in_bytes)"
+check "made parent: cpu.cfs_quota_us" "60000" "$(file cpu "/$made_slice" cpu.cfs_quota_us)"
+check "made parent: cpu.shares" "640" "$(file cpu "/$made_slice" cpu.shares)"
+check "made parent: the container's scope in it" "/$made_slice/cri-py-$madectr.scope" \
+    "$(show "cri-py-$madectr.scope" ControlGroup)"
+check "made parent: systemctl status shows the scope" "yes" \
+    "$(status_shows "$made_slice" "cri-py-$madectr.scope")"
+# UpdatePodSandboxResources (kubelet's pod resize; crictl has no command for it) sizes it.
+"$python" - "$sock" "$made1" <<'PY'
+import sys
+
+import grpc
+
+from cri_py.api import api_pb2 as pb
+from cri_py.api import api_pb2_grpc as rpc
+
+sock, pod = sys.argv[1:]
+limits = {"cpu_period": 100000, "cpu_quota": 50000, "cpu_shares": 512}
+overhead = {"cpu_period": 100000, "cpu_quota": 10000, "cpu_shares": 128}
+with grpc.insecure_channel(f"unix://{sock}") as channel:
+    rpc.RuntimeServiceStub(channel).UpdatePodSandboxResources(
+        pb.UpdatePodSandboxResourcesRequest(
+            pod_sandbox_id=pod,
+            resources=pb.LinuxContainerResources(memory_limit_in_bytes=335544320, **limits),
+            overhead=pb.LinuxContainerResources(memory_limit_in_bytes=16777216, **overhead),
+        ),
+        timeout=30,
+    )
+PY
+check "made parent, pod resized: unit MemoryLimit" "352321536" "$(show "$made_slice" MemoryLimit)"
+check "made parent, pod resized: memory.limit_in_bytes" "352321536" \
+    "$(file memory "/$made_slice" memory.limit_in_bytes)"
 
 stop_daemon
 check "daemon stopped: scope still active" "active" "$(show "$scope" ActiveState)"
@@ -152,6 +247,24 @@ check "stopped container: only the holder left" "cri-py-scope-holder" \
 crictl rm "$ctr" >/dev/null
 check "removed container: scope gone" "inactive" "$(show "$scope" ActiveState)"
 check "removed container: its cgroup gone" "no" "$([ -d "/sys/fs/cgroup/memory$path" ] && echo yes || echo no)"
+# After the restart: the users of the slice cri-py made are known from the sandbox records.
+crictl stop "$madectr" >/dev/null
+crictl rm "$madectr" >/dev/null
+crictl stopp "$made1" >/dev/null
+crictl rmp "$made1" >/dev/null
+check "made parent, first pod removed: kept for the second" "active" \
+    "$(show "$made_slice" ActiveState)"
+crictl stopp "$made2" >/dev/null
+crictl rmp "$made2" >/dev/null
+check "made parent, last pod removed: systemctl status says not active" "no" \
+    "$(status_shows "$made_slice" "Active: active")"
+check "made parent, last pod removed: unit inactive" "inactive" "$(show "$made_slice" ActiveState)"
+# (systemctl loads any slice name it is asked about: what it shows now is a plain slice, not
+# the transient unit cri-py made.)
+check "made parent, last pod removed: transient unit gone" "no" "$(show "$made_slice" Transient)"
+check "made parent, last pod removed: no limit left" "infinity" "$(show "$made_slice" MemoryLimit)"
+check "made parent, last pod removed: cgroup gone" "no" \
+    "$([ -d "/sys/fs/cgroup/memory/$made_slice" ] && echo yes || echo no)"
 for p in "$pod" "$nopod"; do
     crictl stopp "$p" >/dev/null
     crictl rmp "$p" >/dev/null
@@ -159,6 +272,17 @@ done
 echo "--- after removal:"
 systemctl list-units --all --no-pager --plain --no-legend 'cri-py-*'
 check "after removal: cri-py units" "" "$(our_units | tr '\n' ' ')"
+check "after removal: systemctl status of the own pod slice" "no" \
+    "$(status_shows "cri-py-pod_$nopod.slice" "Active: active")"
+# The slice kubelet named is kubelet's: kubelet stops it when it removes the pod (containerd and
+# CRI-O leave it too); what cri-py put in it must be gone.
+check "after removal: systemctl status of the kubelet-named slice shows no scope" "no" \
+    "$(status_shows "$kubelet_slice" "cri-py-")"
+check "after removal: kubelet's slice untouched (active)" "active" \
+    "$(show "$kubelet_slice" ActiveState)"
+check "after removal: kubelet's slice untouched (limit)" "536870912" \
+    "$(show "$kubelet_slice" MemoryLimit)"
+systemctl stop "$kubelet_slice"
 check "after removal: cgroup dirs" "" \
     "$(find /sys/fs/cgroup -name 'cri-py-*' -not -name 'cri-py-shims.scope' -not -path '*/cri-py-shims.scope/*' -type d | tr '\n' ' ')"
 echo "systemd checks: $passed passed, $failed failed"

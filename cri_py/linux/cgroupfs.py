@@ -177,6 +177,10 @@ class Cgroupfs:
             return [int(p) for p in (directory / "cgroup.procs").read_text().split()]
         except FileNotFoundError:
             return []
+        except OSError as e:
+            if e.errno == errno.ENODEV:  # being removed (systemd ends an empty scope): none
+                return []
+            raise
 
     def exists(self, cgroup: str) -> bool:
         return any(d.is_dir() for d in self.dirs(cgroup))
@@ -192,6 +196,8 @@ class Cgroupfs:
                 except FileNotFoundError:
                     break
                 except OSError as e:
+                    if e.errno == errno.ENODEV:  # someone else is removing it (systemd)
+                        break
                     if e.errno != errno.EBUSY or time.monotonic() > deadline:
                         raise OSError(
                             e.errno, f"removing cgroup {directory}: {e.strerror}"

@@ -221,6 +221,11 @@ class SystemdClient:
         (units,) = self._call("ListUnitsByPatterns", "asas", ([], list(patterns)))
         return [(str(u[0]), str(u[3])) for u in units]
 
+    def list_unit_descriptions(self, patterns: Sequence[str]) -> list[tuple[str, str]]:
+        """(name, description) of the loaded units matching the glob patterns."""
+        (units,) = self._call("ListUnitsByPatterns", "asas", ([], list(patterns)))
+        return [(str(u[0]), str(u[1])) for u in units]
+
 
 def _check(reply: Message) -> Any:
     if reply.header.message_type == MessageType.error:

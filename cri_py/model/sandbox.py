@@ -140,6 +140,9 @@ class SandboxRecord:
     # The pod cgroup cri-py made (and limits) when the CRI gave no cgroup_parent; the pod's
     # containers go under it. "" when kubelet's parent is used (kubelet sizes that one).
     cgroup: str = ""
+    # The parent cri-py made (systemd driver: the slice `cgroup_parent` names, when systemd
+    # had none) with the pod's limits; the last of the pods that record it removes it.
+    made_parent: str = ""
 
 
 @dataclass(frozen=True)

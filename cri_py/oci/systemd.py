@@ -35,6 +35,9 @@ SCOPE_PREFIX = "cri-py-"
 # A separator no ID contains: the leak checker finds the 64-hex ID in the name.
 POD_SLICE_PREFIX = "pod_"
 SHIM_SCOPE = "cri-py-shims.scope"
+# The description of a pod parent slice cri-py made (a `cgroup_parent` that did not exist):
+# how the leak checker tells it from kubelet's.
+PARENT_SLICE_DESCRIPTION = "cri-py pod parent slice"
 DEFAULT_SLICE = "cri-py.slice"
 # The characters systemd allows in a unit name (unit_name_is_valid), and its length limit.
 _UNIT_CHARS = re.compile(r"^[A-Za-z0-9:_.\\-]+$")

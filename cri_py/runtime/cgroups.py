@@ -103,6 +103,23 @@ class CgroupManager:
         """Refuses a CRI `cgroup_parent` this driver cannot use (cgroupfs: at container create,
         where the path is cleaned)."""
 
+    def make_parent(self, parent: str, resources: Mapping[str, Any], owner: str) -> str:
+        """Makes the pod cgroup a CRI `cgroup_parent` names when it does not exist, with the
+        pod's limits, for sandbox `owner`; the name to record, "" when nothing was made
+        (cgroupfs: the parent is made as a plain directory with the first container)."""
+        return ""
+
+    def adopt_parent(self, made: str, owner: str) -> None:
+        """Recovery: sandbox `owner` recorded that it uses the parent `make_parent` made."""
+
+    def release_parent(self, made: str, owner: str) -> None:
+        """Sandbox `owner` no longer uses the parent `make_parent` made; the last one out
+        removes it."""
+
+    def parent_cgroup(self, made: str) -> str:
+        """The cgroup path of a parent `make_parent` made."""
+        return made
+
     @property
     def mode(self) -> CgroupMode:
         return self.fs.mode

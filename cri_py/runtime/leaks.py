@@ -27,7 +27,7 @@ from cri_py.linux.systemd import SystemdClient, SystemdError, systemd_is_init
 from cri_py.model.container import ContainerRecord
 from cri_py.model.sandbox import Phase, SandboxRecord
 from cri_py.network.bridge import LINK_PREFIX
-from cri_py.oci.systemd import SHIM_SCOPE, expand_slice, slice_name
+from cri_py.oci.systemd import PARENT_SLICE_DESCRIPTION, SHIM_SCOPE, expand_slice, slice_name
 from cri_py.oci.systemd import is_ours as systemd_is_ours
 from cri_py.runtime.cgroups import LEAF_PREFIX
 from cri_py.store.atomic import read_json
@@ -60,6 +60,8 @@ class HostSnapshot:
     veths: frozenset[str] = frozenset()  # links enslaved to cri-py's bridge
     cgroups: frozenset[str] = frozenset()  # cri-py-named cgroups under the parents looked at
     units: frozenset[str] = frozenset()  # systemd driver: loaded cri-py scopes and pod slices
+    # systemd driver: the loaded pod parent slices cri-py made (by their description).
+    parent_slices: frozenset[str] = frozenset()
     shims: Mapping[int, str] = field(default_factory=dict)  # PID -> sandbox ID of its bundle
     parents: Mapping[int, int] = field(default_factory=dict)  # PID -> parent PID, of `shims`
     run_dirs: frozenset[str] = frozenset()  # sandbox IDs with a dir under <run_dir>/sandboxes
@@ -109,6 +111,10 @@ def compare(host: HostSnapshot, store: StoreSnapshot) -> list[Leak]:
         owners = _ID_IN_NAME.findall(unit)
         if owners and not any(o in known for o in owners):
             leaks.append(Leak("unit", unit, "a systemd unit no container or sandbox record names"))
+
+    made_parents = {r.made_parent for r in store.sandboxes.values()}
+    for unit in host.parent_slices - made_parents:
+        leaks.append(Leak("unit", unit, "a pod parent slice cri-py made; no sandbox records it"))
 
     for pid, sandbox_id in host.shims.items():
         shim_owner = holding.get(sandbox_id)
@@ -254,17 +260,23 @@ def _slice_path(parent: str) -> str:
         return ""
 
 
-def _systemd_units() -> frozenset[str]:
+def _systemd_units() -> tuple[frozenset[str], frozenset[str]]:
     """The loaded units named as cri-py names its scopes and pod slices (the shims' scope
-    aside); none when systemd does not answer."""
+    aside), and the slices described as pod parents cri-py made; none when systemd does not
+    answer."""
     client = SystemdClient()
     try:
         listed = client.list_units(["cri-py-*.scope", "*-pod*.slice"])
+        slices = client.list_unit_descriptions(["*.slice"])
     except SystemdError:
-        return frozenset()
+        return frozenset(), frozenset()
     finally:
         client.close()
-    return frozenset(name for name, _ in listed if name != SHIM_SCOPE and systemd_is_ours(name))
+    made = frozenset(
+        name for name, description in slices if description == f"{PARENT_SLICE_DESCRIPTION} {name}"
+    )
+    units = frozenset(name for name, _ in listed if name != SHIM_SCOPE and systemd_is_ours(name))
+    return units, made
 
 
 def _parent_pid(pid: int) -> int:
@@ -284,8 +296,9 @@ def read_host(config: Config, store: StoreSnapshot) -> HostSnapshot:
     parents = {config.cgroups.default_parent}
     parents.update(r.config.cgroup_parent for r in store.sandboxes.values())
     units: frozenset[str] = frozenset()
+    parent_slices: frozenset[str] = frozenset()
     if config.cgroups.driver == "systemd" or (not config.cgroups.driver and systemd_is_init()):
-        units = _systemd_units()
+        units, parent_slices = _systemd_units()
         parents.add(config.cgroups.default_slice)
         # Slice names (kubelet's parents under this driver) as the paths systemd gives them.
         parents = {_slice_path(p) for p in parents}
@@ -296,6 +309,7 @@ def read_host(config: Config, store: StoreSnapshot) -> HostSnapshot:
         veths=_bridge_ports(config.network.bridge),
         cgroups=_cgroups(sorted(p for p in parents if p)),
         units=units,
+        parent_slices=parent_slices,
         shims=shims,
         parents={pid: _parent_pid(pid) for pid in shims},
         run_dirs=_ids_in(Path(config.run_dir) / "sandboxes"),

@@ -251,6 +251,12 @@ class SandboxService:
             if record.cgroup:
                 undo.callback(self._remove_pod_cgroup, record)
                 self._create_pod_cgroup(record)
+            elif config.cgroup_parent and self._cgroups is not None:
+                made = self._make_parent(record)
+                if made:
+                    record = dataclasses.replace(record, made_parent=made)
+                    undo.callback(self._release_parent, record)
+                    self._store.save(record)
             files = self._store.dir_of(sandbox_id)
             undo.callback(shutil.rmtree, bundle, ignore_errors=True)
             (bundle / "ns").mkdir(mode=0o700, parents=True)
@@ -373,6 +379,7 @@ class SandboxService:
             self.after_stop(full)
             self.before_remove(full)
             self._remove_pod_cgroup(record)
+            self._release_parent(record)
             shutil.rmtree(self._bundle(full), ignore_errors=True)
             self._store.delete(full)
             self._registry.forget(full)
@@ -396,20 +403,21 @@ class SandboxService:
         validate_resources(overhead)
         with self._registry.operation_on(sandbox_id) as record:
             self.hooks.update_pod_sandbox(record, resources, overhead)
-            if record.cgroup and record.phase != Phase.STOPPED and self._cgroups is not None:
+            cgroup = record.cgroup
+            if record.made_parent and self._cgroups is not None:
+                cgroup = self._cgroups.parent_cgroup(record.made_parent)
+            if cgroup and record.phase != Phase.STOPPED and self._cgroups is not None:
                 try:
                     limits = pod_resources(resources, overhead)
-                    self._cgroups.update(
-                        record.cgroup, self._cgroups.linux_resources(limits, record.id)
-                    )
+                    self._cgroups.update(cgroup, self._cgroups.linux_resources(limits, record.id))
                 except OSError as e:
-                    raise Internal(f"pod cgroup {record.cgroup}: {e}") from None
+                    raise Internal(f"pod cgroup {cgroup}: {e}") from None
             config = dataclasses.replace(record.config, resources=resources, overhead=overhead)
             record = dataclasses.replace(record, config=config)
             self._store.save(record)
             self._registry.put(record)
         self.hooks.post_update_pod_sandbox(record)
-        log.info("pod resources updated", sandbox=record.id, cgroup=record.cgroup or "(kubelet's)")
+        log.info("pod resources updated", sandbox=record.id, cgroup=cgroup or "(kubelet's)")
 
     # --- cgroups --------------------------------------------------------------------------
 
@@ -433,6 +441,29 @@ class SandboxService:
                 raise InvalidArgument(f"pod cgroup {record.cgroup}: {e.strerror}") from None
             raise
 
+    def _make_parent(self, record: SandboxRecord) -> str:
+        """The systemd driver makes the slice `cgroup_parent` names when there is none, with
+        the pod's limits as `_create_pod_cgroup` gives them; "" when it exists (kubelet's)."""
+        assert self._cgroups is not None
+        limits = pod_resources(record.config.resources, record.config.overhead)
+        resources = self._cgroups.linux_resources(limits, record.id)
+        try:
+            return self._cgroups.make_parent(record.config.cgroup_parent, resources, record.id)
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.ERANGE, errno.EBUSY):
+                raise InvalidArgument(
+                    f"pod cgroup parent {record.config.cgroup_parent}: {e.strerror}"
+                ) from None
+            raise
+
+    def _release_parent(self, record: SandboxRecord) -> None:
+        if not record.made_parent or self._cgroups is None:
+            return
+        try:
+            self._cgroups.release_parent(record.made_parent, record.id)
+        except (OSError, CriError) as e:
+            log.error("cannot remove a pod parent", cgroup=record.made_parent, error=str(e))
+
     def _remove_pod_cgroup(self, record: SandboxRecord) -> None:
         if not record.cgroup or self._cgroups is None:
             return
@@ -454,7 +485,14 @@ class SandboxService:
 
     def recover(self) -> None:
         """Rebuilds the index from the store and the live shims; rolls back half-built pods."""
-        for record in self._store.load_all():
+        records = self._store.load_all()
+        if self._cgroups is not None:
+            # Every user of a parent cri-py made first, so that a rollback below does not
+            # take it away from a pod that shares it.
+            for record in records:
+                if record.made_parent:
+                    self._cgroups.adopt_parent(record.made_parent, record.id)
+        for record in records:
             if record.phase == Phase.CREATING:
                 log.warning("rolling back a sandbox left half-built", sandbox=record.id)
                 try:
@@ -463,6 +501,7 @@ class SandboxService:
                     log.error("rollback failed", exc_info=True, sandbox=record.id)
                     continue
                 self._remove_pod_cgroup(record)
+                self._release_parent(record)
                 shutil.rmtree(self._bundle(record.id), ignore_errors=True)
                 self._store.delete(record.id)
                 continue

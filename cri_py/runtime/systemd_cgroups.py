@@ -5,7 +5,10 @@ what others write behind its back.
 A container's cgroup is `<its pod's slice path>/cri-py-<id>.scope` (`Delegate=yes`): kubelet
 sends the pod slice's name as `cgroup_parent` (`kubepods-burstable-pod<uid>.slice`); a pod
 without one gets `cri-py-pod_<id>.slice` under `cgroups.default_slice`, made here as a transient
-slice with the pod's limits and stopped with the pod.
+slice with the pod's limits and stopped with the pod. kubelet makes its pod slices before
+RunPodSandbox, and cri-py never touches them; a named slice systemd does not have (critest's,
+crictl's) is made here as a transient slice with the first pod's limits, recorded by the pods
+that use it, and stopped by the last of them to go (`make_parent`, `release_parent`).
 
 A scope cannot start without a process and ends (its cgroup removed) as soon as it is empty,
 while a container's init joins its cgroup itself (writing cgroup.procs before it touches the
@@ -22,6 +25,7 @@ property for, the properties make systemd keep them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import posixpath
 import shutil
@@ -39,6 +43,7 @@ from cri_py.linux.systemd import NO_SUCH_UNIT, UNIT_EXISTS, SystemdClient, Syste
 from cri_py.log import get_logger
 from cri_py.oci.cgroups import v2_controllers
 from cri_py.oci.systemd import (
+    PARENT_SLICE_DESCRIPTION,
     SHIM_SCOPE,
     Property,
     accounting_properties,
@@ -61,6 +66,9 @@ log = get_logger("cri_py.cgroups")
 # The holder of a container's scope (see the module docstring): coreutils' sleep, the smallest
 # program every node has; a site-less Python that waits for a signal where there is none.
 HOLDER_NAME = "cri-py-scope-holder"
+
+
+_ACTIVE = ("active", "activating", "reloading")
 
 
 def _holder_command() -> tuple[str, list[str]]:
@@ -100,6 +108,10 @@ class SystemdCgroupManager(CgroupManager):
         self.version = client.version()
         self._holders: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
+        # The parent slices cri-py made (`make_parent`) -> the sandboxes that use them; the
+        # lock makes "make or join" and "last one out" one step each.
+        self._made: dict[str, set[str]] = {}
+        self._parents_lock = threading.Lock()
         # Hybrid nodes: systemd tracks a unit's processes in the (controller-less) cgroup2
         # mount too, and a scope whose cgroup there is empty is over. The init joins it there.
         self._unified: Path | None = None
@@ -133,6 +145,99 @@ class SystemdCgroupManager(CgroupManager):
 
     def check_parent(self, parent: str) -> None:
         slice_name(parent)
+
+    # --- parents cri-py makes -------------------------------------------------------------
+
+    def make_parent(self, parent: str, resources: Mapping[str, Any], owner: str) -> str:
+        """The slice `parent` names, made as a transient slice with the pod's limits when
+        systemd has none active (kubelet makes its pod slices first; critest and crictl name
+        ones that may not exist). A slice cri-py made and still uses is shared: the pods that
+        recorded it are its users, and the last one out stops it. A slice someone else made
+        (kubelet's) is never touched: "" is returned."""
+        name = slice_name(parent)
+        if name == "-.slice" or is_ours(name):
+            return ""
+        try:
+            return self._make_parent(name, resources, owner)
+        except SystemdError as e:
+            raise _cri_error(name, e) from None
+
+    def _make_parent(self, name: str, resources: Mapping[str, Any], owner: str) -> str:
+        with self._parents_lock:
+            state = self.client.active_state(name)
+            users = self._made.get(name)
+            if state in _ACTIVE:
+                if users is None:
+                    return ""  # kubelet's, or anyone's but ours
+                users.add(owner)
+                return name
+            if state:  # failed, or inactive and still loaded
+                self.client.reset_failed_unit(name)
+            cgroup = expand_slice(name)
+            writes = self.plan(resources)
+            properties = slice_properties(f"{PARENT_SLICE_DESCRIPTION} {name}")
+            properties += self._properties(resources, name) + accounting_properties(self._v2)
+            try:
+                self.client.start_transient_unit(name, properties)
+            except SystemdError as e:
+                if e.name != UNIT_EXISTS:
+                    raise _cri_error(name, e) from None
+                # A unit file of that name, not started: systemd starts it with the first
+                # container, as it is; not cri-py's to size or to stop.
+                log.warning("pod parent slice has a unit file; not made by cri-py", unit=name)
+                return ""
+            self._fill(cgroup, name, resources, writes)
+            self._made.setdefault(name, set()).add(owner)
+            log.info("pod parent slice made", unit=name, sandbox=owner)
+            return name
+
+    def adopt_parent(self, made: str, owner: str) -> None:
+        with self._parents_lock:
+            self._made.setdefault(made, set()).add(owner)
+
+    def release_parent(self, made: str, owner: str) -> None:
+        """Stops the slice when `owner` was its last user and nothing else is in it (a unit
+        another client started there keeps it, logged)."""
+        with self._parents_lock:
+            users = self._made.get(made)
+            if users is None:
+                return  # released already (a repeated RemovePodSandbox)
+            users.discard(owner)
+            if users:
+                return
+            del self._made[made]
+            cgroup = expand_slice(made)
+            # What systemd removes after a scope's stop job ended may still be listed a moment.
+            deadline = time.monotonic() + 2.0
+            while (children := self._children(cgroup)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if children:
+                log.warning(
+                    "pod parent slice cri-py made still holds units; left",
+                    unit=made,
+                    children=",".join(sorted(children)),
+                )
+                return
+            self._remove_unit(cgroup, made, time.monotonic() + 5.0)
+            log.info("pod parent slice stopped", unit=made, sandbox=owner)
+
+    def parent_cgroup(self, made: str) -> str:
+        return expand_slice(made)
+
+    def _children(self, cgroup: str) -> set[str]:
+        """The cgroups below `cgroup` in any hierarchy (units in a slice, or their leftovers)."""
+        found: set[str] = set()
+        for directory in self.fs.dirs(cgroup):
+            try:
+                found.update(c.name for c in directory.iterdir() if c.is_dir())
+            except FileNotFoundError:
+                continue
+        if self._unified is not None:
+            with contextlib.suppress(FileNotFoundError):
+                found.update(
+                    c.name for c in (self._unified / cgroup.lstrip("/")).iterdir() if c.is_dir()
+                )
+        return found
 
     # --- units ----------------------------------------------------------------------------
 
@@ -208,6 +313,13 @@ class SystemdCgroupManager(CgroupManager):
         except BaseException:
             self._end_holder(cgroup)
             raise
+        self._fill(cgroup, unit, resources, writes)
+
+    def _fill(
+        self, cgroup: str, unit: str, resources: Mapping[str, Any], writes: list[Any]
+    ) -> None:
+        """After the unit started: its files, as the cgroupfs translation writes them; the
+        unit stopped and its cgroup removed if that fails."""
         try:
             # v1: the hierarchies systemd does not manage (cpuset, freezer, hugetlb...) get
             # the unit's path too, as runc does; v2: controllers systemd does not know

@@ -143,3 +143,39 @@ def test_create_fills_a_cpuset_parent_a_concurrent_create_has_not_filled_yet(
     for directory in (tmp_path / "shared", tmp_path / "shared" / "cri-py-a"):
         assert (directory / "cpuset.cpus").read_text().strip() == "0-3"
         assert (directory / "cpuset.mems").read_text().strip() == "0"
+
+
+def test_a_cgroup_someone_else_is_removing_is_empty_and_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENODEV (kernfs: the directory is being removed, as systemd does with a scope that
+    emptied) is no process left and nothing to rmdir, in every hierarchy: the removal goes on
+    with the next hierarchies instead of leaving them."""
+    import errno
+    import os
+
+    hierarchies = [
+        Hierarchy(str(tmp_path / name), "/", frozenset({name}), 1) for name in ("cpu", "cpuset")
+    ]
+    fs = Cgroupfs(hierarchies)
+    for directory in fs.dirs("/a/b"):
+        directory.mkdir(parents=True)
+    dying = fs.dirs("/a/b")[0]
+    (dying / "cgroup.procs").mkdir()  # reading it fails; ENODEV stands in below
+    real_read, real_rmdir = Path.read_text, os.rmdir
+
+    def read_text(path: Path, *args: object, **kwargs: object) -> str:
+        if path.parent == dying:
+            raise OSError(errno.ENODEV, "No such device")
+        return real_read(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    def rmdir(path: object) -> None:
+        if Path(str(path)) == dying:
+            raise OSError(errno.ENODEV, "No such device")
+        real_rmdir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    monkeypatch.setattr(os, "rmdir", rmdir)
+    assert fs.pids("/a/b") == []
+    fs.remove("/a/b")
+    assert not fs.dirs("/a/b")[1].exists()

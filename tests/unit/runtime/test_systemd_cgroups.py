@@ -5,19 +5,35 @@ or nothing, removal leaving nothing, the shims' scope. No root, no D-Bus."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
+from cri_py.config import parse_layers
 from cri_py.errors import InvalidArgument
 from cri_py.linux.cgroupfs import Cgroupfs, Hierarchy
 from cri_py.linux.systemd import NO_SUCH_UNIT, UNIT_EXISTS, SystemdError
+from cri_py.model.resources import Resources
+from cri_py.model.sandbox import (
+    NamespaceMode,
+    NamespaceOptions,
+    Phase,
+    PodMetadata,
+    SandboxConfig,
+    SandboxRecord,
+)
+from cri_py.network.selector import NetworkSelector
 from cri_py.oci.systemd import INFINITY, SHIM_SCOPE, Property, expand_slice
 from cri_py.runtime.leaks import HostSnapshot, StoreSnapshot, compare
+from cri_py.runtime.sandboxes import SandboxService
 from cri_py.runtime.systemd_cgroups import SystemdCgroupManager, own_slice
+from cri_py.store.sandboxes import SandboxStore
 
 CID = "c0" * 32
 SID = "5a" * 32
@@ -33,6 +49,8 @@ class FakeSystemd:
         self.calls: list[tuple[str, str]] = []
         self.alive_at_start: list[bool] = []
         self.refuse_properties = False
+        # Slices systemd loaded by itself for a unit started in them: active, and left so.
+        self.implicit: set[str] = set()
 
     def version(self) -> int:
         return 252
@@ -47,6 +65,8 @@ class FakeSystemd:
         if name in self.units:
             raise SystemdError("exists", UNIT_EXISTS)
         values = {p.name: p.value for p in properties}
+        if "Slice" in values and values["Slice"] not in self.units:
+            self.implicit.add(values["Slice"])
         for pid in values.get("PIDs", []):
             self.alive_at_start.append(Path(f"/proc/{pid}").exists())
         path = self._path(name, values)
@@ -86,7 +106,7 @@ class FakeSystemd:
         return self.units[name].get(prop, INFINITY)
 
     def active_state(self, name: str) -> str:
-        return "active" if name in self.units else ""
+        return "active" if name in self.units or name in self.implicit else ""
 
     def attach_processes(self, name: str, pids: Sequence[int]) -> None:
         self.calls.append(("attach", name))
@@ -94,6 +114,9 @@ class FakeSystemd:
 
     def list_units(self, patterns: Sequence[str]) -> list[tuple[str, str]]:
         return [(name, "active") for name in self.units]
+
+    def list_unit_descriptions(self, patterns: Sequence[str]) -> list[tuple[str, str]]:
+        return [(name, str(unit.get("Description", ""))) for name, unit in self.units.items()]
 
 
 @pytest.fixture
@@ -259,3 +282,192 @@ def test_a_unit_no_record_names_is_a_leak() -> None:
         ("unit", f"cri-py-pod_{SID}.slice"),
         ("unit", f"cri-py-{CID}.scope"),
     }
+
+
+# --- the parent slice a sandbox names, when systemd has none --------------------------------
+
+SID2 = "6b" * 32
+
+
+def _starts_and_stops(systemd: FakeSystemd, unit: str) -> list[str]:
+    return [kind for kind, name in systemd.calls if name == unit and kind in ("start", "stop")]
+
+
+def test_a_missing_parent_slice_is_made_with_the_pods_limits_and_removed_by_its_pod(
+    fake: Any,
+) -> None:
+    manager, systemd = fake
+    assert manager.make_parent("/test.slice", LIMITS, SID) == "test.slice"
+    unit = systemd.units["test.slice"]
+    assert unit["Description"] == "cri-py pod parent slice test.slice"
+    assert "PIDs" not in unit and "Slice" not in unit
+    assert unit["MemoryMax"] == 1 << 26 and unit["CPUWeight"] == 20
+    assert unit["CPUQuotaPerSecUSec"] == 500_000
+    directory = systemd.root / "test.slice"
+    assert (directory / "cpu.max").read_text() == "50000 100000"
+    assert (directory / "memory.max").read_text() == str(1 << 26)
+    # Its containers' scopes go in it; once they and the pod are gone, so is the slice.
+    scope = manager.container_cgroup("/test.slice", CID, "")
+    manager.create(scope, {})
+    manager.remove(scope)
+    manager.release_parent("test.slice", SID)
+    assert systemd.units == {} and not directory.exists()
+    assert _starts_and_stops(systemd, "test.slice") == ["start", "stop"]
+
+
+def test_a_slice_that_exists_is_kubelets_and_never_touched(fake: Any) -> None:
+    manager, systemd = fake
+    # kubelet made its pod slice with the pod's limits before RunPodSandbox.
+    kubelet = "kubepods-besteffort-pod12_34.slice"
+    systemd.start_transient_unit(kubelet, [Property("MemoryMax", "t", 1 << 30)])
+    # And a slice systemd loaded by itself when a unit started in it (someone else's).
+    systemd.start_transient_unit(
+        "other.scope", [Property("Slice", "s", "implicit.slice"), Property("PIDs", "au", [])]
+    )
+    systemd.calls.clear()
+    assert manager.make_parent(kubelet, LIMITS, SID) == ""
+    assert manager.make_parent("implicit.slice", LIMITS, SID) == ""
+    assert systemd.calls == []
+    assert systemd.units[kubelet]["MemoryMax"] == 1 << 30
+    # A slice named by a record that cri-py did not make is never released either: the
+    # sandbox service records only what make_parent returned; system slices are refused.
+    assert manager.make_parent("-.slice", LIMITS, SID) == ""
+    assert manager.make_parent(f"cri-py-pod_{SID}.slice", LIMITS, SID) == ""
+
+
+@pytest.mark.parametrize("first", [SID, SID2])
+def test_a_made_slice_shared_by_two_pods_goes_with_the_last_one(fake: Any, first: str) -> None:
+    manager, systemd = fake
+    assert manager.make_parent("/test.slice", LIMITS, SID) == "test.slice"
+    # critest gives every pod the same parent: the second pod uses the slice made for the first.
+    assert manager.make_parent("/test.slice", {"memory": {"limit": 1 << 20}}, SID2) == "test.slice"
+    assert _starts_and_stops(systemd, "test.slice") == ["start"]
+    assert systemd.units["test.slice"]["MemoryMax"] == 1 << 26
+    second = SID2 if first == SID else SID
+    manager.release_parent("test.slice", first)
+    assert "test.slice" in systemd.units
+    manager.release_parent("test.slice", second)
+    assert "test.slice" not in systemd.units
+    assert not (systemd.root / "test.slice").exists()
+    manager.release_parent("test.slice", second)  # a repeated RemovePodSandbox
+    assert _starts_and_stops(systemd, "test.slice") == ["start", "stop"]
+
+
+def test_a_made_slice_with_someone_elses_unit_in_it_is_left(fake: Any) -> None:
+    manager, systemd = fake
+    manager.make_parent("/test.slice", LIMITS, SID)
+    systemd.start_transient_unit(
+        "foreign.scope", [Property("Slice", "s", "test.slice"), Property("PIDs", "au", [])]
+    )
+    manager.release_parent("test.slice", SID)
+    assert "test.slice" in systemd.units and "foreign.scope" in systemd.units
+    assert _starts_and_stops(systemd, "test.slice") == ["start"]
+
+
+def test_a_made_slice_takes_the_pods_new_limits(fake: Any) -> None:
+    manager, systemd = fake
+    made = manager.make_parent("/test.slice", LIMITS, SID)
+    manager.update(manager.parent_cgroup(made), {"memory": {"limit": 1 << 27}})
+    assert systemd.units["test.slice"]["MemoryMax"] == 1 << 27
+    assert (systemd.root / "test.slice" / "memory.max").read_text() == str(1 << 27)
+
+
+def test_a_failed_leftover_is_reset_and_made_again(fake: Any) -> None:
+    manager, systemd = fake
+    systemd.active_state = lambda name: "failed" if name == "test.slice" else ""
+    assert manager.make_parent("/test.slice", LIMITS, SID) == "test.slice"
+    assert ("reset", "test.slice") in systemd.calls
+
+
+def test_a_slice_with_a_unit_file_is_left_to_systemd(fake: Any) -> None:
+    manager, systemd = fake
+
+    def exists(name: str, properties: Sequence[Property]) -> None:
+        raise SystemdError("unit exists", UNIT_EXISTS)
+
+    systemd.start_transient_unit = exists
+    assert manager.make_parent("/test.slice", LIMITS, SID) == ""
+    assert manager._made == {}  # not cri-py's: no pod records it, none releases it
+
+
+def test_after_a_restart_the_recorded_users_keep_the_slice(fake: Any, tmp_path: Path) -> None:
+    manager, systemd = fake
+    manager.make_parent("/test.slice", LIMITS, SID)
+    manager.make_parent("/test.slice", LIMITS, SID2)
+    # The daemon restarts: a new manager learns the users from the sandbox records.
+    fs = Cgroupfs([Hierarchy(str(tmp_path), "/", frozenset(), 2)])
+    again = SystemdCgroupManager(fs, systemd)  # type: ignore[arg-type]
+    again.adopt_parent("test.slice", SID)
+    again.adopt_parent("test.slice", SID2)
+    assert again.make_parent("/test.slice", LIMITS, "7c" * 32) == "test.slice"
+    again.release_parent("test.slice", SID)
+    again.release_parent("test.slice", "7c" * 32)
+    assert "test.slice" in systemd.units
+    again.release_parent("test.slice", SID2)
+    assert "test.slice" not in systemd.units
+
+
+def test_a_made_slice_no_record_names_is_a_leak() -> None:
+    host = HostSnapshot(parent_slices=frozenset({"test.slice", "critest.slice"}))
+    record = SandboxRecord(
+        SID,
+        SandboxConfig(PodMetadata("p", "u", "ns"), cgroup_parent="/test.slice"),
+        0,
+        made_parent="test.slice",
+    )
+    leaks = compare(host, StoreSnapshot(sandboxes={SID: record}))
+    assert [(leak.kind, leak.path) for leak in leaks] == [("unit", "critest.slice")]
+
+
+def test_the_sandbox_service_recovers_updates_and_releases_made_slices(
+    fake: Any, tmp_path: Path
+) -> None:
+    """Through SandboxService: after a restart the records name the users of the slice; a
+    half-built pod rolled back leaves it to the others; the update sizes it; the last
+    RemovePodSandbox stops it."""
+    manager, systemd = fake
+    config = parse_layers(
+        [("test", {"root_dir": str(tmp_path / "root"), "run_dir": str(tmp_path / "run")})]
+    )
+    store = SandboxStore(tmp_path / "root" / "sandboxes")
+    made = manager.make_parent("/test.slice", LIMITS, SID)
+    node = NamespaceOptions(
+        network=NamespaceMode.NODE, pid=NamespaceMode.NODE, ipc=NamespaceMode.NODE
+    )
+    pod = SandboxConfig(PodMetadata("p", "u", "ns"), namespaces=node, cgroup_parent="/test.slice")
+    half = "7c" * 32
+    for sandbox_id, phase in ((SID, Phase.CREATED), (SID2, Phase.STOPPED), (half, Phase.CREATING)):
+        metadata = PodMetadata(sandbox_id[:8], sandbox_id, "ns")
+        record = SandboxRecord(
+            sandbox_id,
+            dataclasses.replace(pod, metadata=metadata),
+            0,
+            phase=phase,
+            network="",
+            made_parent=made,
+        )
+        store.save(record)
+    # The daemon restarts: a new manager, which knows the users from the records only.
+    restarted = SystemdCgroupManager(manager.fs, systemd)  # type: ignore[arg-type]
+    network = SimpleNamespace(allocations=SimpleNamespace(owned=dict))  # host-network pods
+    service = SandboxService(config, cast(NetworkSelector, network), cgroups=restarted)
+    service.recover()
+    assert "test.slice" in systemd.units  # the half-built pod was not its last user
+    service.update_resources(SID, Resources(memory_limit_in_bytes=1 << 27), Resources())
+    assert systemd.units["test.slice"]["MemoryMax"] == 1 << 27
+    assert (systemd.root / "test.slice" / "memory.max").read_text() == str(1 << 27)
+    service.remove(SID)
+    assert "test.slice" in systemd.units
+    service.remove(SID2)
+    assert "test.slice" not in systemd.units
+    assert store.load_all() == []
+
+
+def test_a_child_systemd_is_still_removing_does_not_keep_the_slice(fake: Any) -> None:
+    manager, systemd = fake
+    manager.make_parent("/test.slice", LIMITS, SID)
+    dying = systemd.root / "test.slice" / f"cri-py-{CID}.scope"
+    dying.mkdir()
+    threading.Timer(0.2, dying.rmdir).start()
+    manager.release_parent("test.slice", SID)
+    assert "test.slice" not in systemd.units
