@@ -217,7 +217,11 @@ def test_attach_with_stdin_once_follows_the_output_to_the_exit(
     got = subprocess.run(command, input=b"one\ntwo\n", capture_output=True, timeout=30)
     assert got.returncode == 0, got.stderr
     assert got.stdout == b"echo: one\necho: two\ndone\n"
-    assert lab.status(cid).state == pb.CONTAINER_EXITED
+    # The attach ended with the container's output; its exit is recorded a moment later.
+    deadline = time.monotonic() + 10
+    while lab.status(cid).state != pb.CONTAINER_EXITED:
+        assert time.monotonic() < deadline, "the container did not exit after its stdin closed"
+        time.sleep(0.05)
 
 
 def free_port() -> int:
