@@ -19,10 +19,15 @@
 #   KUBE_TOOLS          kubelet   k8s.io/kubernetes/cmd/* binaries to build (kubectl is added
 #                                 by BUILD_KUBECTL; set but empty: none, as `make tools-cri`);
 #                                 `make tools-cluster` asks for
-#                                 kube-apiserver kube-controller-manager kube-scheduler
+#                                 kube-apiserver kube-controller-manager kube-scheduler,
+#                                 `make kind-image` for kubelet kubeadm (the kind node's)
 #   ETCD_VERSION        (unset)   a go.etcd.io/etcd/server/v3 tag (e.g. v3.6.16): also build etcd
 #   BUILD_NODE_E2E      0         1 also builds e2e_node.test (k8s.io/kubernetes/test/e2e_node)
 #                                 and the ginkgo CLI of the same module graph (`make tools-node-e2e`)
+#   BUILD_E2E           0         1 also builds e2e.test (k8s.io/kubernetes/test/e2e, the cluster
+#                                 and conformance suite) and the same ginkgo CLI (`make tools-e2e`)
+#   KIND_VERSION        (unset)   a sigs.k8s.io/kind tag (e.g. v0.33.0): also build kind
+#                                 (`make tools-kind`)
 #   BUILD_JOBS          nproc     go build -p
 #   BUILD_NICE          10        nice level of the go builds (tools-cluster uses 19)
 #   GO                  go        the Go toolchain to use (GOTOOLCHAIN=local: never downloaded)
@@ -37,7 +42,9 @@ BUILD_KUBECTL=${BUILD_KUBECTL:-1}
 BUILD_CRI_TOOLS=${BUILD_CRI_TOOLS:-1}
 KUBE_TOOLS=${KUBE_TOOLS-kubelet}
 ETCD_VERSION=${ETCD_VERSION:-}
+KIND_VERSION=${KIND_VERSION:-}
 BUILD_NODE_E2E=${BUILD_NODE_E2E:-0}
+BUILD_E2E=${BUILD_E2E:-0}
 BUILD_JOBS=${BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}
 GO=${GO:-go}
 
@@ -299,25 +306,27 @@ build_etcd() {
 # Both come from the kubelet's wrapper module. The suite runs kubelet from the directory of
 # e2e_node.test, so both live in $BIN_DIR next to the kubelet built above.
 # ---------------------------------------------------------------------------------------------
-build_node_e2e() {
-  [[ $BUILD_NODE_E2E == 1 ]] || return 0
+# build_test_suite BINARY PACKAGE: BINARY (`go test -c` of PACKAGE) and the ginkgo CLI, both
+# from one wrapper module; each skipped when its stamp is current.
+build_test_suite() {
+  local bin=$1 pkg=$2
   local want="k8s.io/kubernetes@$KUBERNETES_VERSION"
   local need=()
-  up_to_date e2e_node.test "$want" && log "e2e_node.test: up to date ($want)" || need+=(e2e_node.test)
+  up_to_date "$bin" "$want" && log "$bin: up to date ($want)" || need+=("$bin")
   up_to_date ginkgo "$want" && log "ginkgo: up to date ($want)" || need+=(ginkgo)
   ((${#need[@]})) || return 0
 
-  local wrap=$WORK/node-e2e-wrapper
+  local wrap=$WORK/${bin%.test}-wrapper
   kube_wrapper "$wrap"
-  log "node e2e: resolving dependencies of k8s.io/kubernetes/test/e2e_node (with its tests)"
+  log "$bin: resolving dependencies of $pkg (with its tests)"
   # -t: the package is all _test.go files; without it `go get` records none of their imports.
-  (cd "$wrap" && GOFLAGS=-buildvcs=false "$GO" get -t "k8s.io/kubernetes/test/e2e_node@$KUBERNETES_VERSION") ||
-    die "go get failed for k8s.io/kubernetes/test/e2e_node"
+  (cd "$wrap" && GOFLAGS=-buildvcs=false "$GO" get -t "$pkg@$KUBERNETES_VERSION") ||
+    die "go get failed for $pkg"
   local got ginkgo_version
   got=$(cd "$wrap" && "$GO" list -m -f '{{.Version}}' k8s.io/kubernetes)
   [[ $got == "$KUBERNETES_VERSION" ]] || die "wrapper resolved k8s.io/kubernetes $got, want $KUBERNETES_VERSION"
   ginkgo_version=$(cd "$wrap" && "$GO" list -m -f '{{.Version}}' github.com/onsi/ginkgo/v2)
-  [[ -n $ginkgo_version ]] || die "github.com/onsi/ginkgo/v2 is not in the e2e_node build list"
+  [[ -n $ginkgo_version ]] || die "github.com/onsi/ginkgo/v2 is not in the build list of $pkg"
   # The CLI's own imports (not the library's) join go.sum at the version already selected.
   (cd "$wrap" && GOFLAGS=-buildvcs=false "$GO" get "github.com/onsi/ginkgo/v2/ginkgo@$ginkgo_version") ||
     die "go get failed for the ginkgo CLI $ginkgo_version"
@@ -328,15 +337,15 @@ build_node_e2e() {
   ldflags=$(kube_ldflags)
   for tool in "${need[@]}"; do
     t0=$(date +%s)
-    log "$tool: building from $want (ginkgo $ginkgo_version; e2e_node.test takes a while the first time)"
+    log "$tool: building from $want (ginkgo $ginkgo_version; $bin takes a while the first time)"
     case $tool in
-      e2e_node.test)
-        (cd "$wrap" && CGO_ENABLED=0 gorun test -c -p "$BUILD_JOBS" -trimpath \
-          -tags selinux,notest,grpcnotrace -ldflags "$ldflags" \
-          -o "$WORK/e2e_node.test" k8s.io/kubernetes/test/e2e_node) ;;
       ginkgo)
         (cd "$wrap" && CGO_ENABLED=0 gorun build -p "$BUILD_JOBS" -trimpath -ldflags "-s -w" \
           -o "$WORK/ginkgo" github.com/onsi/ginkgo/v2/ginkgo) ;;
+      *)
+        (cd "$wrap" && CGO_ENABLED=0 gorun test -c -p "$BUILD_JOBS" -trimpath \
+          -tags selinux,notest,grpcnotrace -ldflags "$ldflags" \
+          -o "$WORK/$tool" "$pkg") ;;
     esac
     [[ -x $WORK/$tool ]] || die "$tool: the build produced no binary"
     install_tool "$tool" "$WORK/$tool" "$want"
@@ -344,10 +353,54 @@ build_node_e2e() {
   done
 }
 
+build_node_e2e() {
+  [[ $BUILD_NODE_E2E == 1 ]] || return 0
+  build_test_suite e2e_node.test k8s.io/kubernetes/test/e2e_node
+}
+
+# ---------------------------------------------------------------------------------------------
+# The cluster e2e suite (`make e2e-conformance`): e2e.test is the Go test binary of
+# k8s.io/kubernetes/test/e2e (as kubernetes' `make WHAT=test/e2e/e2e.test` builds it), run by
+# the same ginkgo CLI against a kind cluster. It needs no kubelet: only the API server's address.
+# ---------------------------------------------------------------------------------------------
+build_e2e() {
+  [[ $BUILD_E2E == 1 ]] || return 0
+  build_test_suite e2e.test k8s.io/kubernetes/test/e2e
+}
+
+# ---------------------------------------------------------------------------------------------
+# kind (`make tools-kind`, for `make e2e-kind`): sigs.k8s.io/kind has no replace directives and
+# a complete go.sum, so the proxy's module zip builds as it is, with the flags of kind's own
+# Makefile (no git commit to stamp: the zip has none).
+# ---------------------------------------------------------------------------------------------
+build_kind() {
+  [[ -n $KIND_VERSION ]] || return 0
+  [[ $KIND_VERSION == v0.* ]] || die "KIND_VERSION must be a tag like v0.33.0, got '$KIND_VERSION'"
+  local want="sigs.k8s.io/kind@$KIND_VERSION"
+  up_to_date kind "$want" && { log "kind: up to date ($want)"; return 0; }
+
+  log "kind: fetching $want from the module proxy"
+  local dir src=$WORK/kind-src
+  dir=$(mod_download "$want" Dir)
+  [[ -n $dir && -d $dir ]] || die "no module directory for $want"
+  cp -R "$dir" "$src"
+  chmod -R u+w "$src"
+  local t0
+  t0=$(date +%s)
+  log "kind: building from $want"
+  (cd "$src" && CGO_ENABLED=0 gorun build -p "$BUILD_JOBS" -trimpath \
+    -ldflags "-buildid= -s -w" -o "$WORK/kind" .)
+  [[ -f $WORK/kind && -x $WORK/kind ]] || die "kind: the build produced no binary"
+  install_tool kind "$WORK/kind" "$want"
+  log "kind: built in $(elapsed "$t0")"
+}
+
 if [[ $BUILD_CRI_TOOLS == 1 ]]; then build_cri_tools; fi
 build_kubernetes
 build_etcd
 build_node_e2e
+build_e2e
+build_kind
 
 log "versions:"
 # (both warn on stderr about a missing /etc/crictl.yaml)
@@ -355,8 +408,14 @@ if [[ $BUILD_CRI_TOOLS == 1 ]]; then
   "$BIN_DIR/crictl" --version 2>/dev/null
   "$BIN_DIR/critest" --version 2>/dev/null | grep -i version
 fi
-for tool in $KUBE_TOOLS; do "$BIN_DIR/$tool" --version; done
+for tool in $KUBE_TOOLS; do
+  case $tool in
+    kubeadm) "$BIN_DIR/kubeadm" version -o short ;;   # kubeadm has no --version flag
+    *) "$BIN_DIR/$tool" --version ;;
+  esac
+done
 if [[ $BUILD_KUBECTL == 1 && -x $BIN_DIR/kubectl ]]; then "$BIN_DIR/kubectl" version --client 2>/dev/null | sed -n 1p; fi
 if [[ -n $ETCD_VERSION ]]; then "$BIN_DIR/etcd" --version | sed -n 1p; fi
-if [[ $BUILD_NODE_E2E == 1 ]]; then "$BIN_DIR/ginkgo" version; fi
+if [[ $BUILD_NODE_E2E == 1 || $BUILD_E2E == 1 ]]; then "$BIN_DIR/ginkgo" version; fi
+if [[ -n $KIND_VERSION ]]; then "$BIN_DIR/kind" version; fi
 log "done: binaries in $BIN_DIR"
