@@ -10,7 +10,7 @@ CRI_TOOLS_VERSION ?= v1.37.0
 KUBERNETES_VERSION ?= v1.37.2
 SOCKET ?= /run/cri-py/cri-py.sock
 
-.PHONY: all venv run test test-fuzz lint typecheck protos protos-check tools tools-cri tools-cluster tools-node-e2e e2e-node e2e-cluster e2e-all registry registry-stop images critest e2e-critest e2e-kubelet bench install uninstall clean test-faults
+.PHONY: all venv run test test-fuzz lint typecheck protos protos-check tools tools-cri tools-cluster tools-node-e2e tools-e2e tools-kind docker docker-stop e2e-kind e2e-conformance e2e-node e2e-cluster e2e-all registry registry-stop images kind-images kind-image critest e2e-critest e2e-kubelet e2e-systemd bench install uninstall clean test-faults
 
 all: test
 
@@ -52,13 +52,17 @@ lint: venv
 typecheck: venv
 	$(PY) -m mypy --strict cri_py
 
-# Vendor api.proto from the k8s.io/cri-api Go module and regenerate the committed stubs.
+# Vendor api.proto from the k8s.io/cri-api Go module, and NRI's api.proto from
+# github.com/containerd/nri (the version critest links), and regenerate the committed stubs.
+NRI_VERSION ?= v0.12.2
 protos: venv
 	CRI_API_VERSION=$(CRI_API_VERSION) PYTHON=$(PY) ./protos/update.sh
+	NRI_VERSION=$(NRI_VERSION) PYTHON=$(PY) ./protos/nri/update.sh
 
 # Fails when the committed stubs differ from what `make protos` would produce.
 protos-check: protos
-	git diff --exit-code -- protos cri_py/api
+	git diff --exit-code -- protos cri_py/api cri_py/nri/api_pb2.py cri_py/nri/api_pb2.pyi \
+	  cri_py/nri/ttrpc_pb2.py cri_py/nri/ttrpc_pb2.pyi
 
 # crictl, critest and kubelet (and kubectl unless BUILD_KUBECTL=0), built from the Go module
 # proxy into $(TOOLS_DIR).
@@ -85,6 +89,28 @@ tools-node-e2e:
 	  BUILD_CRI_TOOLS=0 BUILD_KUBECTL=0 BUILD_NODE_E2E=1 BUILD_NICE=19 KUBE_TOOLS=kubelet \
 	  ./e2e/build-tools.sh
 
+# The Kubernetes cluster e2e suite for `make e2e-conformance`: e2e.test and the ginkgo CLI, from
+# the module proxy at nice 19 (time in e2e/README.md, section "conformance"), a no-op when up to date.
+tools-e2e:
+	TOOLS_DIR=$(TOOLS_DIR) KUBERNETES_VERSION=$(KUBERNETES_VERSION) \
+	  BUILD_CRI_TOOLS=0 BUILD_KUBECTL=0 BUILD_E2E=1 BUILD_NICE=19 KUBE_TOOLS= \
+	  ./e2e/build-tools.sh
+
+# kind for `make e2e-kind`, from the module proxy (a minute; a no-op when up to date).
+KIND_VERSION ?= v0.33.0
+tools-kind:
+	TOOLS_DIR=$(TOOLS_DIR) KIND_VERSION=$(KIND_VERSION) BUILD_CRI_TOOLS=0 BUILD_KUBECTL=0 \
+	  KUBE_TOOLS= BUILD_NICE=19 ./e2e/build-tools.sh
+
+# The lab's Docker (dockerd on its own socket, roots and `kind` network, with a runc wrapper
+# for this machine's capability bounding set) and a read-only copy of the lab registry on the
+# `kind` network's gateway: see e2e/README.md, section "kind". Stopped by PID, host restored.
+docker:
+	./e2e/docker.sh start
+
+docker-stop:
+	./e2e/docker.sh stop
+
 # Debian's docker-registry on 127.0.0.1:5000, storage outside the repo.
 registry:
 	./e2e/registry.sh start
@@ -95,6 +121,24 @@ registry-stop:
 # The images critest needs, built from Debian packages and pushed to the local registry.
 images: venv registry
 	$(PY) e2e/build_images.py
+
+# The images a kind cluster of cri-py nodes runs (control plane, kube-proxy, etcd, CoreDNS, the
+# kindnet stand-in, local-path-provisioner; e2e/images/kind-catalog.toml), built from their Go
+# modules and Debian packages and pushed to the lab registry; cached, a re-run only checks.
+# `build_images.py --catalog e2e/images/kind-catalog.toml --smoke` runs each image (root).
+kind-images: venv registry
+	BUILD_NICE=19 $(PY) e2e/build_images.py --catalog e2e/images/kind-catalog.toml
+
+# The kind node image cri-py/kind-node:$(KUBERNETES_VERSION), built offline into the lab's Docker
+# (DOCKER_HOST, default the socket `make docker` starts): a Debian bookworm base by debootstrap
+# (e2e/kind/build-base.sh, cached under /var/lib/cri-py-lab/kind), kubelet, kubeadm, kubectl
+# and crictl from the Go module proxy, cri-py with its unit and node config; its nodes pull
+# through the lab registry on the `kind` network (REGISTRY_MIRROR). See kind-config/README.md.
+# RUNTIME=containerd: the baseline image cri-py/kind-node-containerd:$(KUBERNETES_VERSION) instead,
+# Debian's containerd + runc in place of cri-py (kind-config/containerd/).
+kind-image: venv
+	DOCKER_HOST=$${DOCKER_HOST:-unix:///run/cri-py-docker/docker.sock} TOOLS_DIR=$(TOOLS_DIR) \
+	  KUBERNETES_VERSION=$(KUBERNETES_VERSION) PYTHON=$(PY) RUNTIME=$(RUNTIME) ./e2e/kind/build-node.sh
 
 # critest against a throw-away cri-py using the lab registry: `make critest FOCUS='Runtime info'`.
 critest: venv
@@ -109,6 +153,15 @@ e2e-critest: venv
 # registry and images. EVENTED_PLEG=1 turns kubelet's EventedPLEG feature gate on.
 e2e-kubelet: venv
 	EVENTED_PLEG=$(EVENTED_PLEG) PYTHON=$(PY) TOOLS_DIR=$(TOOLS_DIR) $(PY) e2e/kubelet_e2e.py
+
+# The systemd cgroup driver in a throw-away node of the lab Docker whose PID 1 is systemd
+# (cri-py/kind-base:bookworm, `make docker` and the kind base image first): units, limits,
+# update, restart and removal checks, the kubelet scenario, then critest there, judged by name
+# as `make e2e-critest` (GATE= for critest's raw result). DRIVER=cgroupfs: the same node's
+# baseline with the cgroupfs driver.
+e2e-systemd: GATE ?= 1
+e2e-systemd: venv
+	GATE=$(GATE) FOCUS="$(FOCUS)" SKIP="$(SKIP)" TOOLS_DIR=$(TOOLS_DIR) ./e2e/systemd_node.sh
 
 # The Kubernetes node e2e suite (NodeConformance, without Serial/Slow/Disruptive/Flaky/Feature)
 # on a throw-away cri-py: needs `make tools-node-e2e tools-cri registry images`. FOCUS/SKIP
@@ -125,6 +178,22 @@ e2e-node: venv
 # kubectl: needs `make tools tools-cluster images`. See e2e/README.md.
 e2e-cluster: venv
 	PYTHON=$(PY) TOOLS_DIR=$(TOOLS_DIR) ./e2e/cluster.sh
+
+# A kind cluster of cri-py nodes (one control-plane node, two workers: kind-config/cluster.yaml)
+# tested end to end with kubectl, then deleted; nothing left on the host. Needs `make docker
+# tools-kind tools kind-image` and the lab registry with `make images kind-images`. See
+# e2e/README.md, section "kind". KEEP=1 keeps a failed run's cluster.
+e2e-kind:
+	TOOLS_DIR=$(TOOLS_DIR) KEEP=$(KEEP) ./e2e/kind_e2e.sh
+
+# The Kubernetes conformance suite (e2e.test, focus \[Conformance\]) on a 3-node kind cluster of
+# cri-py nodes, or RUNTIME=containerd on the baseline nodes; gated by name against
+# e2e/conformance-expected-failures.txt and the containerd run. Needs `make docker tools-kind
+# tools tools-e2e kind-image [RUNTIME=containerd]` and the lab registry with `make images
+# kind-images`. See e2e/README.md, section "conformance". FOCUS/SKIP/NODES narrow it.
+e2e-conformance: venv
+	RUNTIME=$(RUNTIME) FOCUS='$(FOCUS)' SKIP='$(SKIP)' NODES=$(NODES) KEEP=$(KEEP) PYTHON=$(PY) \
+	  TOOLS_DIR=$(TOOLS_DIR) ./e2e/conformance.sh
 
 # Every end-to-end scenario, the cluster included (CI runs only the first two).
 e2e-all: e2e-critest e2e-kubelet e2e-cluster
