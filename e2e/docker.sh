@@ -2,7 +2,8 @@
 # The lab's Docker: a dockerd of its own for kind and for privileged test containers.
 #
 #   e2e/docker.sh start    install docker.io if missing, start containerd + dockerd, the `kind`
-#                          network and the read-only registry on its gateway (idempotent)
+#                          network, the read-only registry and the DNS stub on its gateway
+#                          (idempotent)
 #   e2e/docker.sh stop     stop them by their recorded PIDs and undo what start did to the host
 #   e2e/docker.sh status   exit 0 when dockerd answers, 3 otherwise
 #   e2e/docker.sh env      print `export DOCKER_HOST=...` (eval "$(e2e/docker.sh env)")
@@ -36,6 +37,11 @@
 #   serves the lab registry's storage read-only (its maintenance.readonly mode: pushes and
 #   deletes refused, upload purging off) on 172.29.0.1:5000, the address the nodes' cri-py
 #   mirrors name: http://172.29.0.1:5000/<original registry host>.
+# - "dns": ["172.29.0.1"]: Docker's embedded DNS (127.0.0.11 in every kind node) forwards names
+#   it does not know to e2e/kind/dns_stub.py on the gateway, not to the host's resolv.conf
+#   nameserver, which is off the machine: the lab stays off the network, and the answer,
+#   NXDOMAIN, is immediate (Docker drops a query its upstream does not answer: 10-20 s for
+#   every unknown name a node or pod looked up).
 # - kind bind-mounts the host's /lib/modules into every node; where the host has none (this
 #   machine), start creates the empty directory (docker would otherwise) and stop removes it.
 set -euo pipefail
@@ -69,6 +75,9 @@ REGISTRY_STORAGE="$LAB_DIR/registry/storage"
 REGISTRY_CONFIG="$STATE/registry-kind.yml"
 REGISTRY_PIDFILE="$STATE/registry-kind.pid"
 REGISTRY_LOG="$STATE/registry-kind.log"
+DNS_STUB="$STATE/dns-stub"
+DNS_PIDFILE="$STATE/dns-stub.pid"
+DNS_LOG="$STATE/dns-stub.log"
 # What start created on the host and stop must remove (one line each: "link NAME", "dir PATH").
 CREATED="$STATE/created"
 START_TIMEOUT_S=60
@@ -98,9 +107,11 @@ pid_of() {
 dockerd_pid() { pid_of "$DOCKERD_PIDFILE" /usr/sbin/dockerd "--config-file=$DAEMON_JSON"; }
 containerd_pid() { pid_of "$CONTAINERD_PIDFILE" /usr/bin/containerd "$CONTAINERD_CONFIG"; }
 registry_pid() { pid_of "$REGISTRY_PIDFILE" "$REGISTRY_BIN" "$REGISTRY_CONFIG"; }
+dns_pid() { pid_of "$DNS_PIDFILE" /usr/bin/python3 "$DNS_STUB"; }
 
 docker_answers() { /usr/bin/docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 registry_answers() { curl --silent --fail --output /dev/null --max-time 2 "http://$REGISTRY_ADDR/v2/"; }
+dns_answers() { grep -q NXDOMAIN "$DNS_LOG" 2>/dev/null; }
 
 remember() { grep -qxF "$1" "$CREATED" 2>/dev/null || echo "$1" >>"$CREATED"; }
 
@@ -180,6 +191,7 @@ daemon_json() {
   "iptables": false,
   "ip-forward": false,
   "ip-masq": false,
+  "dns": ["172.29.0.1"],
   "userland-proxy": true,
   "live-restore": false,
   "log-driver": "json-file",
@@ -200,6 +212,8 @@ write_configs() {
     # The wrapper is copied out of the checkout: dockerd runs it as root long after start.
     install -m 0755 "$REPO_DIR/e2e/kind/runc_wrapper.py" "$WRAPPER.tmp"
     mv -f "$WRAPPER.tmp" "$WRAPPER"
+    install -m 0755 "$REPO_DIR/e2e/kind/dns_stub.py" "$DNS_STUB.tmp"
+    mv -f "$DNS_STUB.tmp" "$DNS_STUB"
     write_file "$CONTAINERD_CONFIG" containerd_toml
     write_file "$DAEMON_JSON" daemon_json
 }
@@ -306,6 +320,23 @@ start_registry() {
     log "registry (read-only) started (pid $pid) on http://$REGISTRY_ADDR, storage $REGISTRY_STORAGE"
 }
 
+# The upstream of Docker's embedded DNS ("dns" in daemon.json): NXDOMAIN for every name, on the
+# kind network's gateway (which exists once the network does).
+start_dns() {
+    local pid
+    if pid="$(dns_pid)"; then
+        log "dns stub already running (pid $pid) on $KIND_GATEWAY:53"
+        return 0
+    fi
+    : >"$DNS_LOG"
+    set +m
+    setsid /usr/bin/python3 "$DNS_STUB" "$KIND_GATEWAY" >>"$DNS_LOG" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$DNS_PIDFILE"
+    wait_for "dns stub" "$pid" 10 "$DNS_LOG" dns_answers
+    log "dns stub started (pid $pid) on $KIND_GATEWAY:53: NXDOMAIN for every name"
+}
+
 start() {
     [[ $EUID -eq 0 ]] || die "must run as root"
     install_docker
@@ -318,6 +349,7 @@ start() {
     start_containerd
     start_dockerd
     ensure_network
+    start_dns
     start_registry
     echo "export DOCKER_HOST=$DOCKER_HOST"
 }
@@ -355,6 +387,8 @@ stop() {
     local pid bridges=()
     if pid="$(registry_pid)"; then stop_pid "registry (read-only)" "$pid" 10; fi
     rm -f "$REGISTRY_PIDFILE"
+    if pid="$(dns_pid)"; then stop_pid "dns stub" "$pid" 10; fi
+    rm -f "$DNS_PIDFILE"
     if pid="$(dockerd_pid)"; then
         mapfile -t bridges < <(docker_bridges)
         stop_pid dockerd "$pid" "$STOP_TIMEOUT_S"
