@@ -51,8 +51,17 @@ CGROUP_FS = Path("/sys/fs/cgroup")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+# The bridge plugin turns the host's IPv4 forwarding on for a gateway bridge; the bench puts it
+# back. The value before the first run is kept in RUN, so cleanup after a crashed run restores it.
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+IP_FORWARD_SAVED = RUN / "host-ip_forward"
+
+
 def write_cni_conflist() -> None:
     """One conflist for both runtimes: the bridge plugin, host-local IPAM, no iptables."""
+    RUN.mkdir(parents=True, exist_ok=True)
+    if not IP_FORWARD_SAVED.exists():
+        IP_FORWARD_SAVED.write_text(IP_FORWARD.read_text())
     CNI_DIR.mkdir(parents=True, exist_ok=True)
     conflist = cni_conflist("cri-py-bench", BRIDGE, SUBNET, str(RUN / "cni-ipam"))
     (CNI_DIR / "10-cri-py-bench.conflist").write_text(json.dumps(conflist, indent=2) + "\n")
@@ -412,6 +421,10 @@ def cleanup_host(netns_before: set[str] | None = None) -> list[str]:
         subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
     problems += remove_cgroup_tree(CGROUP_ROOT)
+    with contextlib.suppress(FileNotFoundError):
+        saved = IP_FORWARD_SAVED.read_text()
+        if IP_FORWARD.read_text() != saved:
+            IP_FORWARD.write_text(saved)
     for d in (RUN, STATE):
         try:
             shutil.rmtree(d)
