@@ -190,9 +190,11 @@ e2e-kind:
 # cri-py nodes, or RUNTIME=containerd on the baseline nodes; gated by name against
 # e2e/conformance-expected-failures.txt and the containerd run. Needs `make docker tools-kind
 # tools tools-e2e kind-image [RUNTIME=containerd]` and the lab registry with `make images
-# kind-images`. See e2e/README.md, section "conformance". FOCUS/SKIP/NODES narrow it.
+# kind-images`. See e2e/README.md, section "conformance". FOCUS/SKIP narrow it; NODES ginkgo
+# processes (8 here unless given: most specs wait on the cluster, not on the CPU).
 e2e-conformance: venv
-	RUNTIME=$(RUNTIME) FOCUS='$(FOCUS)' SKIP='$(SKIP)' NODES=$(NODES) KEEP=$(KEEP) PYTHON=$(PY) \
+	RUNTIME=$(RUNTIME) FOCUS='$(FOCUS)' SKIP='$(SKIP)' KEEP=$(KEEP) PYTHON=$(PY) \
+	  NODES=$(if $(filter file,$(origin NODES)),8,$(NODES)) \
 	  TOOLS_DIR=$(TOOLS_DIR) ./e2e/conformance.sh
 
 # Every end-to-end scenario, the cluster included (CI runs only the first two).
@@ -213,7 +215,8 @@ KILLS ?= 20
 test-faults: venv
 	$(PY) e2e/faults.py --lifecycles $(LIFECYCLES) --min-kills $(KILLS) $(if $(SEED),--seed $(SEED))
 
-# Benchmarks (numbers, not pass/fail), as root. Needs the lab: make registry images.
+# Benchmarks (numbers, not pass/fail), as root. Needs the lab: make registry images (and
+# critest, for critest's own benchmarks: built here by tools-cri when missing).
 # `make bench COMPARE=containerd` (or `make bench -- --compare containerd`: make rejects an
 # unknown option before `--`) also runs containerd, installed from bench/apt-packages.txt.
 # ROUNDS=n alternating rounds (default 4, 2-4 min with containerd). Results: bench/results/.
@@ -227,7 +230,7 @@ $(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[bench]'
 	touch $@
 
-bench: venv $(VENV)/.bench-installed
+bench: venv $(VENV)/.bench-installed tools-cri
 	$(PY) bench/compare.py --rounds $(ROUNDS) $(if $(COMPARE),--compare $(COMPARE))
 
 clean:

@@ -15,14 +15,17 @@ latency as min / p50 / p90 / max; the cri-py/containerd ratio is of p50):
   (shims and what they forked, e.g. pause; cri-py's shim template) per running pod; the
   containers' own processes are not counted;
 - CPU time of the daemon and its shims (and what they ran: runc, CNI plugins) per pod life,
-  from cpuacct cgroups the bench puts them in.
+  from cpuacct cgroups the bench puts them in;
+- critest's own benchmarks (`critest -benchmark`, bench/critest_bench.py), once per round:
+  pod, container and image lifecycles call by call, image listing, a pod with a running
+  container from scratch.
 
 Writes <out>/results.json, results.md and latency.png; prints the markdown table.
 
 Usage (as root): .venv/bin/python bench/compare.py [--compare containerd] [--rounds N]
-Needs the lab registry (`make registry images`); for containerd, `apt-get install containerd
-runc` (bench/apt-packages.txt). Every process it starts is stopped by PID at the end, and its
-mounts, netns, bridge, cgroups and state dirs are removed.
+Needs the lab registry (`make registry images`) and critest (`make tools-cri`); for containerd,
+`apt-get install containerd runc` (bench/apt-packages.txt). Every process it starts is stopped
+by PID at the end, and its mounts, netns, bridge, cgroups and state dirs are removed.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import critest_bench
 import report
 from runtimes import (
     PAUSE_IMAGE,
@@ -89,7 +93,7 @@ def wait_trap(marker: str, timeout: float = 10.0) -> None:
 TIMEOUT = 120
 
 Samples = dict[str, dict[str, list[float]]]  # measure -> runtime -> values
-SCENARIOS = ("life", "exec", "pull", "parallel", "lists")
+SCENARIOS = ("life", "exec", "pull", "parallel", "lists", "critest")
 
 
 class Bench:
@@ -230,6 +234,14 @@ class Bench:
         self.record(f"PullImage {PULL_IMAGE} (cold)", rt, (time.perf_counter() - t0) * 1000)
         images.RemoveImage(pb.RemoveImageRequest(image=spec), timeout=TIMEOUT)
 
+    def critest(self, rt: Runtime, samples: int) -> None:
+        """One `critest -benchmark` run (bench/critest_bench.py). Its image benchmark pulls
+        and removes PULL_IMAGE, as pull_cold does, never the images the other scenarios use."""
+        measures = critest_bench.run(rt.socket, samples, PULL_IMAGE, [BUSYBOX, PAUSE_IMAGE])
+        for measure, values in measures.items():
+            for value in values:
+                self.record(measure, rt, value)
+
     def parallel(self, rt: Runtime, size: int, memory: bool) -> None:
         stub = rt.runtime_stub()
         t0 = time.perf_counter()
@@ -348,6 +360,10 @@ def run(args: argparse.Namespace, out: Path) -> int:
         if "lists" in only:
             print(f"{args.list_pods} pods present: List* / ContainerStatus", flush=True)
             bench.lists(args.list_pods, args.list_runs)
+        for r in range(args.rounds if "critest" in only else 0):
+            print(f"critest -benchmark, round {r + 1}/{args.rounds}", flush=True)
+            for rt in bench.order(r):
+                bench.critest(rt, args.pods_per_round)
     finally:
         for rt in started:
             with contextlib.suppress(Exception):

@@ -3,9 +3,16 @@ starts (the shims, from their interpreter start on) while a client runs pod life
 
 Runs the same throw-away cri-py as bench/compare.py (own state, the bench CNI conflist,
 cgroups under /cri-py-bench), then writes to <out>: `profile.txt` (py-spy's collapsed stacks),
-`flame.svg`, and prints the functions with the most samples, inclusive, per process kind.
+`flame.svg`, and prints the functions with the most samples, inclusive, per process kind, then
+the breakdown of each call: milliseconds per call under each step of RunPodSandbox,
+CreateContainer, RemoveContainer, StopPodSandbox and RemovePodSandbox (with --idle, so that
+waits count: fsync, a shim's reply, a CNI plugin).
 
-Usage (as root): .venv/bin/python bench/profile.py [--pods N] [--rate HZ] [--out DIR]
+--shim samples the other side: one pod's shim (and the setup processes it forks, up to their
+execve) while N containers are created, started, stopped and removed in that pod.
+
+Usage (as root): .venv/bin/python bench/profile.py [--pods N] [--rate HZ] [--idle] [--shim]
+                 [--out DIR]
 py-spy comes with the `bench` extra (`make bench` installs it).
 """
 
@@ -20,12 +27,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import BUSYBOX, Bench, pull
-from runtimes import PAUSE_IMAGE, CriPy, cleanup_host, write_cni_conflist
+from compare import BUSYBOX, TIMEOUT, Bench, pull
+from runtimes import PAUSE_IMAGE, CriPy, cleanup_host, processes, write_cni_conflist
+
+from cri_py.api import api_pb2 as pb
 
 
 def top_frames(collapsed: Path, limit: int) -> str:
@@ -50,11 +60,87 @@ def top_frames(collapsed: Path, limit: int) -> str:
     return "\n".join(out)
 
 
+# Where each call's time goes: its entry frame in the daemon (or the shim, --shim) and the
+# frames one and two levels under it that the breakdown groups by.
+CALLS = {
+    "RunPodSandbox": "SandboxService._create ",
+    "CreateContainer": "ContainerLifecycle._create ",
+    "RemoveContainer": "ContainerLifecycle.remove_now ",
+    "StopPodSandbox": "SandboxService.stop ",
+    "RemovePodSandbox": "SandboxService.remove ",
+    "shim: create": "Containers.create ",
+    "shim: setup process": "Containers.create.<locals>.<lambda> ",
+    "shim: start": "Containers.start ",
+    "shim: remove": "Containers.remove ",
+}
+
+
+def short(frame: str) -> str:
+    """`name (path/file.py:123)` -> `name:123`."""
+    name, _, where = frame.partition(" (")
+    return f"{name}:{where.rstrip(')').rpartition(':')[2]}" if where else name
+
+
+def breakdown(collapsed: Path, calls: int, rate: int, depth: int = 2, limit: int = 12) -> str:
+    """Milliseconds per call under each step of every entry frame of CALLS. A sample counts
+    for the deepest entry frame in its stack: a setup process forked by the shim's create shows
+    the create's frames above its own, and is counted as the setup process only."""
+    per_sample_ms = 1000.0 / rate
+    steps: dict[str, collections.Counter[str]] = {call: collections.Counter() for call in CALLS}
+    for line in collapsed.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        frames = stack.split(";")
+        deepest = None
+        for i, frame in enumerate(frames):
+            for call, root in CALLS.items():
+                if frame.startswith(root):
+                    deepest = (call, i)
+        if deepest is None:
+            continue
+        call, at = deepest
+        below = frames[at + 1 : at + 1 + depth]
+        steps[call][" > ".join(short(f) for f in below) or "(itself)"] += int(count_text)
+    out = []
+    for call, root in CALLS.items():
+        total = sum(steps[call].values())
+        if not total:
+            continue
+        out.append(f"== {call}: {total * per_sample_ms / calls:.1f} ms per call ({root.strip()})")
+        for step, count in steps[call].most_common(limit):
+            out.append(f"{count * per_sample_ms / calls:6.2f} ms  {step}")
+    return "\n".join(out)
+
+
+def shim_lifecycles(rt: CriPy, bench: Bench, count: int, spy: Callable[[int], None]) -> None:
+    """N containers through their life in one pod; `spy(shim_pid)` starts sampling the pod's
+    shim once the pod runs."""
+    stub = rt.runtime_stub()
+    before = set(rt.shim_pids(processes()))
+    sandbox_id, first, _ = bench.start_pod(rt, stub)
+    pod, container = bench.configs(rt)
+    spy(min(set(rt.shim_pids(processes())) - before))  # the shim, older than its pod's init
+    for n in range(count):
+        container.metadata.name = f"c{n}"
+        cid = stub.CreateContainer(
+            pb.CreateContainerRequest(
+                pod_sandbox_id=sandbox_id, config=container, sandbox_config=pod
+            ),
+            timeout=TIMEOUT,
+        ).container_id
+        stub.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=TIMEOUT)
+        stub.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=TIMEOUT)
+        stub.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=TIMEOUT)
+    bench.stop_pod(stub, sandbox_id, first)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, default=20, help="pod lifecycles to sample")
     parser.add_argument(
         "--lists", type=int, default=0, help="instead: N pods present, sample List*/Status calls"
+    )
+    parser.add_argument(
+        "--shim", action="store_true", help="instead: one pod's shim, --pods containers in it"
     )
     parser.add_argument("--rate", type=int, default=250, help="samples per second")
     parser.add_argument("--top", type=int, default=40)
@@ -68,6 +154,16 @@ def main() -> int:
     cleanup_host()
     rt = CriPy()
     bench = Bench([rt], 1, "prof")
+    spies: list[subprocess.Popen[bytes]] = []
+
+    def spy(pid: int) -> None:
+        common = ["--pid", str(pid), "--subprocesses", "--rate", str(args.rate), "--nonblocking"]
+        common += ["--idle"] if args.idle else []
+        for fmt, name in (("raw", "profile.txt"), ("flamegraph", "flame.svg")):
+            command = [py_spy, "record", *common, "--format", fmt, "-o", str(out / name)]
+            spies.append(subprocess.Popen(command))
+        time.sleep(1.5)  # py-spy attached
+
     try:
         write_cni_conflist()
         rt.start()
@@ -75,29 +171,32 @@ def main() -> int:
             pull(rt, image)
         bench.lifecycles(rt, 2)  # warm-up
         bench.samples.clear()
-        common = ["--pid", str(rt.pid), "--subprocesses", "--rate", str(args.rate), "--nonblocking"]
-        common += ["--idle"] if args.idle else []
-        spies = [
-            subprocess.Popen([py_spy, "record", *common, "--format", fmt, "-o", str(out / name)])
-            for fmt, name in (("raw", "profile.txt"), ("flamegraph", "flame.svg"))
-        ]
-        time.sleep(1.5)  # py-spy attached
-        if args.lists:
-            bench.lists(args.lists, args.pods)
+        if args.shim:
+            shim_lifecycles(rt, bench, args.pods, spy)
         else:
-            bench.lifecycles(rt, args.pods)
-        for spy in spies:
-            spy.send_signal(signal.SIGINT)
-        for spy in spies:
+            spy(rt.pid)
+            if args.lists:
+                bench.lists(args.lists, args.pods)
+            else:
+                bench.lifecycles(rt, args.pods)
+        for process in spies:
+            process.send_signal(signal.SIGINT)
+        for process in spies:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                spy.wait(30)
+                process.wait(30)
     finally:
+        for process in spies:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
         rt.stop()
         cleanup_host()
     for measure, by_runtime in bench.samples.items():
         values = sorted(by_runtime["cri-py"])
         print(f"{measure}: p50 {values[len(values) // 2]:.1f} (under the profiler)")
     print(top_frames(out / "profile.txt", args.top))
+    if not args.lists:
+        print(breakdown(out / "profile.txt", args.pods, args.rate))
     print(f"profile: {out}")
     return 0
 
