@@ -11,7 +11,7 @@ import os
 import stat
 from collections.abc import Callable, Sequence
 
-from cri_py.linux import rootfs, syscalls
+from cri_py.linux import mountinfo, rootfs, syscalls
 from cri_py.linux.rootfs import closing
 from cri_py.oci.plan import (
     DeviceStep,
@@ -216,16 +216,9 @@ def _bind_cgroup(source: str, root_fd: int, path: str, target: int, readonly: bo
 
 
 def _mount_point_of(path: str) -> str:
-    """The mount point `path` lives on (the longest mount point that is a prefix of it)."""
-    best = "/"
+    """The mount point `path` lives on (the deepest mount point containing it)."""
     with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = line.split(" ")[4].encode().decode("unicode_escape")
-            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) > len(
-                best
-            ):
-                best = point
-    return best
+        return mountinfo.mount_of(mountinfo.parse(f.read()), path).mount_point
 
 
 def populate_dev(root_fd: int) -> None:

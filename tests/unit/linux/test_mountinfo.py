@@ -54,3 +54,10 @@ def test_malformed_lines_are_skipped_and_nothing_contains_a_path_without_root() 
     assert [e.mount_point for e in entries] == ["/tmp/with space"]
     with pytest.raises(ValueError):
         mount_of(entries, "/etc")
+
+
+def test_a_mount_point_with_non_ascii_and_escaped_characters_is_found() -> None:
+    # The kernel escapes only space, tab, newline and backslash; other bytes (UTF-8 here) are
+    # as they are. Decoding them as unicode_escape would have turned "ü" into "Ã¼".
+    text = MOUNTINFO + "50 22 0:60 / /var/lib/crï\\040py rw - tmpfs tmpfs rw\n"
+    assert mount_of(parse(text), "/var/lib/crï py/containers/x/rootfs").mount_id == 50

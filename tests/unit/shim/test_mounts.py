@@ -86,3 +86,8 @@ def test_a_device_through_an_image_link_is_made_inside_the_root(tmp_path: Path) 
     assert stat.S_ISCHR(made.st_mode) and made.st_rdev == os.makedev(1, 3)
     assert (stat.S_IMODE(made.st_mode), made.st_uid, made.st_gid) == (0o620, 1000, 1001)
     assert stat.S_ISCHR(os.lstat(root / "dev" / "ptmx").st_mode)
+
+
+def test_the_mount_point_of_a_path_is_read_from_this_process_mountinfo() -> None:
+    assert mounts._mount_point_of("/proc/self/fd") == "/proc"
+    assert mounts._mount_point_of("/") == "/"
