@@ -12,11 +12,10 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from pyroute2 import IPRoute
-
 from cri_py.config import NetworkConfig
 from cri_py.errors import InvalidArgument, Unavailable
 from cri_py.linux.namespaces import run_in_netns
+from cri_py.linux.netdev import set_link_up
 from cri_py.log import get_logger
 from cri_py.model.network import NetworkState
 from cri_py.model.sandbox import SandboxConfig
@@ -191,12 +190,6 @@ class NetworkSelector:
 
 
 def set_loopback_up(netns: Path) -> None:
-    """Sets `lo` up in the pod's network namespace."""
-
-    def up() -> None:
-        with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname="lo")
-            if found:
-                ipr.link("set", index=found[0], state="up")
-
-    run_in_netns(netns, up)
+    """Sets `lo` up in the pod's network namespace: two ioctls on a socket made there (a
+    netlink session through pyroute2 cost ~1.5 ms more per pod)."""
+    run_in_netns(netns, lambda: set_link_up("lo"))
