@@ -299,7 +299,9 @@ class CriPy(Runtime):
         # Versions with `cgroups.shim_cgroup` move shims out of the daemon's cgroup once they
         # run: into one under ours, counted too.
         self.shim_cgroup = ""
-        if "shim_cgroup:" in (source / "cri_py" / "config.py").read_text():
+        config_py = (source / "cri_py" / "config.py").read_text()
+        self.builtin_switch = "builtin:" in config_py
+        if "shim_cgroup:" in config_py:
             self.shim_cgroup = f"{CGROUP_ROOT}/{name}-shims"
             self.extra_cgroups.append(self.shim_cgroup)
 
@@ -311,6 +313,9 @@ class CriPy(Runtime):
             lines += [f"  {host}:", f'    mirrors: ["{REGISTRY}/{host}"]']
         lines += [
             "network:",
+            # CNI only, as containerd: the built-in bridge (cri-py0) would be made at start and
+            # outlive the bench on the host (an older tree without the switch still makes it).
+            *(["  builtin: false"] if self.builtin_switch else []),
             f"  cni_conf_dir: {CNI_DIR}",
             f"  cni_bin_dirs: [{CNI_BIN_DIR}]",
             "cgroups:",
