@@ -16,6 +16,9 @@ latency as min / p50 / p90 / max; the cri-py/containerd ratio is of p50):
   containers' own processes are not counted;
 - CPU time of the daemon and its shims (and what they ran: runc, CNI plugins) per pod life,
   from cpuacct cgroups the bench puts them in;
+- scale: pods grow to 1, 10, 50, 100, 250, 500 in each runtime (one runtime at a time); at
+  each N, RunPodSandbox of a pod more, ListPodSandbox / ListContainers, daemon RSS and PSS per
+  pod (plotted against N in scale.png);
 - critest's own benchmarks (`critest -benchmark`, bench/critest_bench.py), once per round:
   pod, container and image lifecycles call by call, image listing, a pod with a running
   container from scratch.
@@ -93,7 +96,9 @@ def wait_trap(marker: str, timeout: float = 10.0) -> None:
 TIMEOUT = 120
 
 Samples = dict[str, dict[str, list[float]]]  # measure -> runtime -> values
-SCENARIOS = ("life", "exec", "pull", "parallel", "lists", "critest")
+SCENARIOS = ("life", "exec", "pull", "parallel", "lists", "critest", "scale")
+# Pods present at each step of the scale scenario (kubelet's maxPods is 110, 250 on big nodes).
+SCALE_LEVELS = (1, 10, 50, 100, 250, 500)
 
 
 class Bench:
@@ -282,6 +287,37 @@ class Bench:
             for rt in self.runtimes:
                 self.stop_all(rt, started.get(rt.name, []))
 
+    def scale(self, rt: Runtime, levels: tuple[int, ...], probes: int, runs: int) -> None:
+        """Pods grow through `levels` (10 started at a time); at each level, `probes` pods
+        more are started and stopped one by one (RunPodSandbox with N present), List* are
+        called `runs` times, and the daemon's RSS and the runtime's PSS per pod are read.
+        Measures are named "scale N=<n>: ..." (report.py plots them against N)."""
+        stub = rt.runtime_stub()
+        pods: list[tuple[str, str, dict[str, float]]] = []
+        try:
+            for level in levels:
+                with ThreadPoolExecutor(max_workers=10) as pool:
+                    pods += pool.map(lambda _: self.start_pod(rt, stub), range(level - len(pods)))
+                time.sleep(1)
+                prefix = f"scale N={level}:"
+                for _ in range(probes):
+                    sandbox_id, cid, times = self.start_pod(rt, stub)
+                    self.record(f"{prefix} RunPodSandbox", rt, times["RunPodSandbox"] * 1000)
+                    self.stop_pod(stub, sandbox_id, cid)
+                for _ in range(runs):
+                    t0 = time.perf_counter()
+                    stub.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=TIMEOUT)
+                    t1 = time.perf_counter()
+                    stub.ListContainers(pb.ListContainersRequest(), timeout=TIMEOUT)
+                    t2 = time.perf_counter()
+                    self.record(f"{prefix} ListPodSandbox", rt, (t1 - t0) * 1000)
+                    self.record(f"{prefix} ListContainers", rt, (t2 - t1) * 1000)
+                self.record(f"{prefix} daemon RSS (MiB)", rt, rss_kb(rt.pid) / 1024)
+                pss_mib = sum(smaps_kb(pid, "Pss") for pid in rt.pod_processes()) / 1024
+                self.record(f"{prefix} PSS of runtime processes per pod (MiB)", rt, pss_mib / level)
+        finally:
+            self.stop_all(rt, pods)
+
     def stop_all(self, rt: Runtime, pods: list[tuple[str, str, dict[str, float]]]) -> None:
         stub = rt.runtime_stub()
         with ThreadPoolExecutor(max_workers=10) as pool:
@@ -360,6 +396,11 @@ def run(args: argparse.Namespace, out: Path) -> int:
         if "lists" in only:
             print(f"{args.list_pods} pods present: List* / ContainerStatus", flush=True)
             bench.lists(args.list_pods, args.list_runs)
+        if "scale" in only:
+            levels = tuple(sorted(int(n) for n in args.scale_levels.split(",")))
+            for rt in runtimes:
+                print(f"scale {rt.name}: {', '.join(map(str, levels))} pods", flush=True)
+                bench.scale(rt, levels, args.scale_probes, args.scale_runs)
         for r in range(args.rounds if "critest" in only else 0):
             print(f"critest -benchmark, round {r + 1}/{args.rounds}", flush=True)
             for rt in bench.order(r):
@@ -406,6 +447,13 @@ def main() -> int:
     parser.add_argument("--parallel-rounds", type=int, default=2)
     parser.add_argument("--list-pods", type=int, default=100)
     parser.add_argument("--list-runs", type=int, default=50)
+    parser.add_argument(
+        "--scale-levels",
+        default=",".join(map(str, SCALE_LEVELS)),
+        help="pods present at each step of the scale scenario",
+    )
+    parser.add_argument("--scale-probes", type=int, default=5, help="RunPodSandbox per level")
+    parser.add_argument("--scale-runs", type=int, default=10, help="List* calls per level")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--only", default="", help=f"comma-separated subset of: {','.join(SCENARIOS)}"

@@ -84,7 +84,11 @@ def plot(samples: Samples, runtimes: list[str], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    measures = [m for m in samples if "MiB" not in m and "CPU" not in m]
+    measures = [
+        m for m in samples if "MiB" not in m and "CPU" not in m and not m.startswith("scale ")
+    ]
+    if not measures:
+        return True  # nothing to draw (a scale-only run): not a missing matplotlib
     cols = 4
     rows = math.ceil(len(measures) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
@@ -109,6 +113,54 @@ def plot(samples: Samples, runtimes: list[str], path: Path) -> bool:
     return True
 
 
+def scale_series(samples: Samples) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """The scale scenario's measures as series: what -> runtime -> [(N, p50)], N ascending."""
+    series: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for measure, by_runtime in samples.items():
+        if not measure.startswith("scale N="):
+            continue
+        level_text, _, what = measure[len("scale N=") :].partition(": ")
+        for runtime, values in by_runtime.items():
+            if values:
+                point = (int(level_text), percentile(values, 0.5))
+                series.setdefault(what, {}).setdefault(runtime, []).append(point)
+    for by_runtime in series.values():
+        for points in by_runtime.values():
+            points.sort()
+    return series
+
+
+def plot_scale(samples: Samples, runtimes: list[str], path: Path) -> bool:
+    """One panel per scale measure: p50 against the number of pods, a line per runtime."""
+    series = scale_series(samples)
+    if not series:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3.4), squeeze=False)
+    for ax, (what, by_runtime) in zip(axes.flat, series.items(), strict=True):
+        for runtime in runtimes:
+            points = by_runtime.get(runtime, [])
+            ax.plot([n for n, _ in points], [v for _, v in points], marker="o", label=runtime)
+        ax.set_xscale("log")
+        ax.set_xlabel("pods present", fontsize=8)
+        ax.set_ylabel("MiB" if "MiB" in what else "ms (p50)", fontsize=8)
+        ax.set_title(what, fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    fig.suptitle("Scale: " + " vs ".join(runtimes) + " (same run)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def write(out: Path, samples: Samples, meta: dict[str, object]) -> str:
     out.mkdir(parents=True, exist_ok=True)
     runtimes = [str(r) for r in meta["runtimes"]]  # type: ignore[attr-defined]
@@ -122,4 +174,5 @@ def write(out: Path, samples: Samples, meta: dict[str, object]) -> str:
     (out / "results.json").write_text(json.dumps(data, indent=2) + "\n")
     if not plot(samples, runtimes, out / "latency.png"):
         print("matplotlib missing: no plot (pip install -e '.[bench]')")
+    plot_scale(samples, runtimes, out / "scale.png")
     return table

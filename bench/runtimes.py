@@ -1,7 +1,7 @@
 """The runtimes under test: start, find their processes, measure them, stop and clean up.
 
 Each runtime runs with state of its own (root, run dir, socket) under /var/lib/cri-py-bench and
-/run/cri-py-bench, the same CNI conflist (the bridge plugin on `ctrb0`, 10.84.0.0/24) and the
+/run/cri-py-bench, the same CNI conflist (the bridge plugin on `ctrb0`, 10.84.0.0/22) and the
 lab registry as mirror. Each daemon is put in a cpuacct cgroup of its own under /cri-py-bench
 so that the CPU time it and its shims spend is counted even after a shim has exited; pods use
 cgroup parents under /cri-py-bench too. Everything is stopped by PID and removed at the end.
@@ -46,7 +46,7 @@ RUN = Path("/run/cri-py-bench")
 CGROUP_ROOT = "/cri-py-bench"
 CNI_DIR = STATE / "cni"
 BRIDGE = "ctrb0"
-SUBNET = "10.84.0.0/24"
+SUBNET = "10.84.0.0/22"  # 1022 addresses: the scale scenario runs 500 pods and 5 more
 CGROUP_FS = Path("/sys/fs/cgroup")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -118,3 +118,19 @@ def test_breakdown_counts_each_sample_once_for_its_deepest_call(tmp_path: Path) 
     assert "== shim: setup process: 50.0 ms per call" in text
     assert "== RemoveContainer: 20.0 ms per call" in text
     assert "(itself)" in text
+
+
+def test_scale_measures_become_p50_series_against_the_number_of_pods() -> None:
+    import report
+
+    samples = {
+        "scale N=10: RunPodSandbox": {"cri-py": [30.0, 32.0, 40.0], "containerd": [80.0]},
+        "scale N=1: RunPodSandbox": {"cri-py": [28.0], "containerd": []},
+        "scale N=1: daemon RSS (MiB)": {"cri-py": [76.5]},
+        "RunPodSandbox": {"cri-py": [1.0]},
+    }
+    series = report.scale_series(samples)
+    assert series == {
+        "RunPodSandbox": {"cri-py": [(1, 28.0), (10, 32.0)], "containerd": [(10, 80.0)]},
+        "daemon RSS (MiB)": {"cri-py": [(1, 76.5)]},
+    }
