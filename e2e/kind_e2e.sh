@@ -99,12 +99,13 @@ run() {
 kubectl() { "$tools/kubectl" --kubeconfig "$KUBECONFIG" "$@"; }
 k() { kubectl -n "$ns" "$@"; }
 
-# Host sysctls a node can change: every key outside the per-network-namespace trees and the
-# counters the kernel moves by itself. A privileged node writes /proc/sys; kubelet sets
+# Host sysctls a node can change: every key outside the per-network-namespace trees (which
+# include net.ipv4.ip_forward) and the counters the kernel moves by itself. A privileged node writes /proc/sys; kubelet sets
 # vm.overcommit_memory, vm.panic_on_oom, kernel.panic, kernel.panic_on_oops, kernel.keys.*.
 host_sysctls() {
     sysctl -a 2>/dev/null | grep -v -E \
         -e '^net\.(ipv4|ipv6)\.(conf|neigh)\.' -e '^net\.ipv6\.route\.' \
+        -e '^net\.ipv4\.ip_forward ' \
         -e '^kernel\.random\.' -e '^kernel\.(ns_last_pid|pty\.nr|tainted|core_modes) ' \
         -e '^fs\.(dentry-state|file-nr|inode-nr|inode-state|aio-nr|quota\.)' \
         -e '^net\.netfilter\.nf_conntrack_count ' -e '^vm\.stat_refresh' \
