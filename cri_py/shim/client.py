@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
 import cri_py
+from cri_py.linux.poll import wait_readable
 from cri_py.shim import messages, protocol
 from cri_py.shim.spec import (
     LOG_FILE,
@@ -273,8 +273,7 @@ def _read_line(fd: int, timeout: float) -> bytes:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise ShimError(f"shim did not report within {timeout}s")
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if not ready:
+        if not wait_readable(fd, remaining):
             continue
         chunk = os.read(fd, 4096)
         if not chunk:
@@ -453,20 +452,15 @@ def stop_shim(bundle: Path, shim: ShimProcess, timeout: float = CALL_TIMEOUT_SEC
             return
         with contextlib.suppress(ShimError):
             ShimClient(bundle).shutdown(timeout)
-        if _wait_readable(pidfd, timeout):
+        if wait_readable(pidfd, timeout):
             return
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        if not _wait_readable(pidfd, timeout):
+        if not wait_readable(pidfd, timeout):
             raise ShimError(f"shim {shim.pid} did not die within {timeout}s of SIGKILL")
     except ProcessLookupError:
         return
     finally:
         os.close(pidfd)
-
-
-def _wait_readable(fd: int, timeout: float) -> bool:
-    ready, _, _ = select.select([fd], [], [], timeout)
-    return bool(ready)
 
 
 def _wake(future: asyncio.Future[None]) -> None:

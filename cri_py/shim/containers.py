@@ -14,7 +14,6 @@ import functools
 import json
 import os
 import pty
-import select
 import signal
 import socket
 import sys
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cri_py.linux.poll import wait_readable
 from cri_py.oci import hooks as oci_hooks
 from cri_py.oci.plan import LaunchPlan, User, build_plan, mount_step
 from cri_py.shim import launcher, messages
@@ -282,7 +282,7 @@ class Containers:
         timeout = SYNC_TIMEOUT_SECONDS + oci_hooks.budget(hooks.start_container)
         try:
             sync.send(go)
-            ready, _, _ = select.select([sync], [], [], timeout)
+            ready = wait_readable(sync, timeout)
             data = sync.recv(65536) if ready else b"Etimed out waiting for execve"
         except OSError as e:
             data = f"E{e}".encode()

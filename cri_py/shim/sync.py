@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import signal
 import socket
 import struct
@@ -17,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cri_py.linux.poll import wait_readable
 from cri_py.shim import launcher
 
 SYNC_TIMEOUT_SECONDS = 10.0
@@ -78,8 +78,7 @@ def receive_ready(
     deadline = time.monotonic() + timeout
     size = socket.CMSG_SPACE(struct.calcsize("iII"))
     while True:
-        ready, _, _ = select.select([sync], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
+        if not wait_readable(sync, max(0.0, deadline - time.monotonic())):
             raise ContainerError("failed", f"the child did not get ready within {timeout}s")
         data, ancillary, _, _ = sync.recvmsg(65536, size)
         if data.startswith(b"E"):

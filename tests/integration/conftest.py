@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,9 +79,11 @@ def start_daemon(
     *extra: str,
     wait: bool = True,
     log_level: str | None = "debug",
+    pass_fds: Sequence[int] = (),
 ) -> Daemon:
     """Starts `cri-py serve` with state under `base`; waits until it answers Version.
-    `log_level=None` gives no --log-level flag, so the config files decide."""
+    `log_level=None` gives no --log-level flag, so the config files decide. `pass_fds`: open
+    descriptors the daemon inherits (the descriptors it opens itself get higher numbers)."""
     base.mkdir(parents=True, exist_ok=True)
     config = base / "config.yaml"
     config.write_text(with_test_cgroups(config_yaml))
@@ -107,7 +109,9 @@ def start_daemon(
         *extra,
     ]
     with log_file.open("wb") as out:
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, pass_fds=tuple(pass_fds)
+        )
     daemon = Daemon(process, sock, base / "root", run_dir, log_file)
     if wait:
         wait_serving(daemon)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import resource
 import secrets
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
@@ -183,6 +184,7 @@ def open_lab(
     config: str,
     env: Mapping[str, str] | None = None,
     cgroup_parent: str = CGROUP_PARENT,
+    pass_fds: Sequence[int] = (),
 ) -> Iterator[Lab]:
     """A daemon with busybox pulled (its environment plus `env`); on the way out every pod
     the tests made is removed, the daemon stopped and `cgroup_parent` (the config's) cleared,
@@ -190,7 +192,7 @@ def open_lab(
     if not registry_up():
         pytest.skip("the lab registry on 127.0.0.1:5000 is not running (make registry images)")
     with mock.patch.dict(os.environ, env or {}):
-        daemon = start_daemon(base / "daemon", config)
+        daemon = start_daemon(base / "daemon", config, pass_fds=pass_fds)
     lab = Lab(daemon, base / "logs")
     try:
         daemon.images().PullImage(
@@ -307,6 +309,31 @@ def test_long_execs_do_not_hold_up_other_calls(lab: Lab) -> None:
         for e in execs:
             e.exception()  # ended with their container
         lab.remove_pod(pod)
+
+
+def test_a_daemon_holding_more_than_1024_descriptors_runs_a_pods_life(tmp_path: Path) -> None:
+    """select() takes descriptors below 1024 only; with ~500 pods the daemon holds more, and
+    RunPodSandbox failed with "filedescriptor out of range in select()" (make bench's scale
+    scenario). Here the daemon inherits 1100 open descriptors, so every one it opens is past
+    1024: a pod's whole life, an exec and the shim's stop must still work."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        assert max(held) >= 1100
+        with open_lab(tmp_path, CONFIG, pass_fds=held) as many:
+            sandbox_id = many.run_pod("many-fds")
+            container_id = many.create(sandbox_id, "c", ["sh", "-c", "echo up; sleep 1000"])
+            many.start(container_id)
+            assert many.status(container_id).state == pb.CONTAINER_RUNNING
+            assert many.exec(container_id, "true").exit_code == 0
+            many.remove_pod(sandbox_id)
+            many.pods.remove(sandbox_id)
+            assert many.leftovers() == []
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_missing_binary_fails_start_with_start_error(lab: Lab) -> None:
