@@ -151,12 +151,7 @@ class Bench:
         t0 = time.perf_counter()
         sandbox_id = s.RunPodSandbox(pb.RunPodSandboxRequest(config=pod), timeout=TIMEOUT)
         t1 = time.perf_counter()
-        cid = s.CreateContainer(
-            pb.CreateContainerRequest(
-                pod_sandbox_id=sandbox_id.pod_sandbox_id, config=container, sandbox_config=pod
-            ),
-            timeout=TIMEOUT,
-        ).container_id
+        cid = create_container(s, sandbox_id.pod_sandbox_id, pod, container)
         t2 = time.perf_counter()
         s.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=TIMEOUT)
         t3 = time.perf_counter()
@@ -348,6 +343,18 @@ class Bench:
             t0 = time.perf_counter()
             calls[name]()
             self.record(name, rt, (time.perf_counter() - t0) * 1000)
+
+
+def create_container(
+    stub: pb_grpc.RuntimeServiceStub,
+    sandbox_id: str,
+    pod: pb.PodSandboxConfig,
+    container: pb.ContainerConfig,
+) -> str:
+    request = pb.CreateContainerRequest(
+        pod_sandbox_id=sandbox_id, config=container, sandbox_config=pod
+    )
+    return str(stub.CreateContainer(request, timeout=TIMEOUT).container_id)
 
 
 def pull(rt: Runtime, image: str) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import BUSYBOX, TIMEOUT, Bench, pull
+from compare import BUSYBOX, TIMEOUT, Bench, create_container, pull
 from runtimes import PAUSE_IMAGE, CriPy, cleanup_host, processes, write_cni_conflist
 
 from cri_py.api import api_pb2 as pb
@@ -121,12 +121,7 @@ def shim_lifecycles(rt: CriPy, bench: Bench, count: int, spy: Callable[[int], No
     spy(min(set(rt.shim_pids(processes())) - before))  # the shim, older than its pod's init
     for n in range(count):
         container.metadata.name = f"c{n}"
-        cid = stub.CreateContainer(
-            pb.CreateContainerRequest(
-                pod_sandbox_id=sandbox_id, config=container, sandbox_config=pod
-            ),
-            timeout=TIMEOUT,
-        ).container_id
+        cid = create_container(stub, sandbox_id, pod, container)
         stub.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=TIMEOUT)
         stub.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=TIMEOUT)
         stub.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=TIMEOUT)

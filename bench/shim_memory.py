@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import BUSYBOX, TIMEOUT, Bench, pull
+from compare import BUSYBOX, TIMEOUT, Bench, create_container, pull
 from runtimes import PAUSE_IMAGE, CriPy, cleanup_host, processes, write_cni_conflist
 
 from cri_py.api import api_pb2 as pb
@@ -80,12 +80,7 @@ def main() -> int:
         show("shim after RunPodSandbox", shim)
         for n in range(args.containers):
             container.metadata.name = f"c{n}"
-            cid = stub.CreateContainer(
-                pb.CreateContainerRequest(
-                    pod_sandbox_id=sandbox_id, config=container, sandbox_config=pod
-                ),
-                timeout=TIMEOUT,
-            ).container_id
+            cid = create_container(stub, sandbox_id, pod, container)
             time.sleep(0.3)
             show(f"shim after CreateContainer {n + 1}", shim)
             stub.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=TIMEOUT)
