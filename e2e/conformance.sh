@@ -233,7 +233,8 @@ else
         log "the containerd baseline ($baseline, $(date -r "$baseline/junit.xml" '+%F %H:%M')):"
         baseline_report=$baseline/junit.xml
     else
-        log "the containerd baseline: $baseline_file ($(sed -n '4s/^# //p' "$baseline_file"))"
+        header=$(sed -n 's/^# \(make e2e-conformance .*\)/\1/p' "$baseline_file")
+        log "the containerd baseline: $baseline_file ($header)"
         baseline_report=$baseline_file
     fi
     "$python" "$top/e2e/junit_gate.py" "$results/junit.xml" --label cri-py \
