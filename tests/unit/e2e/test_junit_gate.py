@@ -205,3 +205,13 @@ def test_the_script_runs_standalone_with_the_critest_list(tmp_path: Path) -> Non
     assert "junit: 1 passed, 1 failed, 0 skipped" in result.stdout
     assert f"unexpected failure: {EXEC}" in result.stderr
     assert f"not in the report: {DIGEST}" in result.stdout
+
+
+def test_the_committed_conformance_baseline_and_list_agree() -> None:
+    """containerd's whole-suite run (e2e/conformance-containerd-baseline.txt) parses, and what
+    failed there is what the cri-py list expects (a spec failing on both is the lab's)."""
+    baseline = junit_gate.read_baseline((E2E / "conformance-containerd-baseline.txt").read_text())
+    assert (len(baseline.passed), len(baseline.failed)) == (461, 1)
+    listed = junit_gate.read_expected((E2E / "conformance-expected-failures.txt").read_text())
+    assert set(listed) == baseline.failed
+    assert all("containerd fails it too" in reason for reason in listed.values())
