@@ -219,7 +219,8 @@ test-faults: venv
 # critest, for critest's own benchmarks: built here by tools-cri when missing).
 # `make bench COMPARE=containerd` (or `make bench -- --compare containerd`: make rejects an
 # unknown option before `--`) also runs containerd, installed from bench/apt-packages.txt.
-# ROUNDS=n alternating rounds (default 4, 2-4 min with containerd). Results: bench/results/.
+# ROUNDS=n alternating rounds (default 4; ~8 min with containerd, 500 pods each in the scale
+# scenario). Results: bench/results/ (bench/README.md).
 ROUNDS ?= 4
 ifneq ($(filter --compare,$(MAKECMDGOALS)),)
 COMPARE := $(filter-out bench --compare,$(MAKECMDGOALS))
