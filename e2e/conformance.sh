@@ -33,6 +33,8 @@
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=e2e/host_sysctls.sh
+. "$top/e2e/host_sysctls.sh"
 tools=${TOOLS_DIR:-/var/cache/cri-py/tools}/bin
 python=${PYTHON:-$top/.venv/bin/python}
 runtime=${RUNTIME:-cri-py}
@@ -90,7 +92,6 @@ export PATH=$work/bin:$PATH
 cluster_created=0
 fg_pid=""
 suite_pid=""
-declare -A saved_sysctls=()
 
 # run CMD...: CMD in the background, waited for, so that a signal reaches the traps at once.
 run() {
@@ -100,20 +101,6 @@ run() {
     wait "$fg_pid" || rc=$?
     fg_pid=""
     return $rc
-}
-
-# Host sysctls a privileged node could change (as e2e/kind_e2e.sh checks them): every key outside
-# the per-network-namespace trees and the counters the kernel moves by itself. ip_forward is
-# per network namespace too: a node cannot change the host's, so a change there is another
-# program's (a CNI bridge plugin on the host) and putting it "back" would undo theirs.
-host_sysctls() {
-    sysctl -a 2>/dev/null | grep -v -E \
-        -e '^net\.(ipv4|ipv6)\.(conf|neigh)\.' -e '^net\.ipv6\.route\.' \
-        -e '^net\.ipv4\.ip_forward ' \
-        -e '^kernel\.random\.' -e '^kernel\.(ns_last_pid|pty\.nr|tainted|core_modes) ' \
-        -e '^fs\.(dentry-state|file-nr|inode-nr|inode-state|aio-nr|quota\.)' \
-        -e '^net\.netfilter\.nf_conntrack_count ' -e '^vm\.stat_refresh' \
-        -e '^kernel\.sched_domain\.' -e '^net\.ipv4\.tcp_(fastopen_key|mem) ' | sort
 }
 
 cleanup() {
@@ -154,16 +141,8 @@ cleanup() {
             fi
         fi
     fi
-    local key value
-    while read -r key _ value; do
-        [ "${saved_sysctls[$key]+set}" = set ] || continue
-        [ "${saved_sysctls[$key]}" = "$value" ] && continue
-        if sysctl -q -w "$key=${saved_sysctls[$key]}" >/dev/null; then
-            log "restored the host's $key=${saved_sysctls[$key]} (was $value)"
-        else
-            log "could not restore the host's $key=${saved_sysctls[$key]} (is $value)"
-        fi
-    done < <(host_sysctls)
+    local line
+    while read -r line; do log "$line"; done < <(restore_host_sysctls)
     rm -rf "$work"
     log "exit $rc after $(elapsed "$t_start")"
     exit $rc
@@ -172,7 +151,7 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
 
-while read -r key _ value; do saved_sysctls[$key]=$value; done < <(host_sysctls)
+save_host_sysctls
 
 log "kind create cluster $name ($runtime nodes, $node_image, $config)"
 t0=$(date +%s)

@@ -23,6 +23,8 @@
 # and the temp dir of a failed run for a look (`kind delete cluster --name cri-py-e2e` after).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=e2e/host_sysctls.sh
+. "$top/e2e/host_sysctls.sh"
 tools=${TOOLS_DIR:-/var/cache/cri-py/tools}/bin
 results=${RESULTS_DIR:-$top/results/kind}
 name=${KIND_CLUSTER_NAME:-cri-py-e2e}
@@ -83,7 +85,6 @@ forward_pid=""
 fg_pid=""
 cluster_created=0
 passed=0
-declare -A saved_sysctls=()
 
 kind() { "$tools/kind" "$@"; }
 # run CMD...: CMD in the background, waited for, so that SIGTERM/SIGINT reach the traps at once
@@ -98,29 +99,6 @@ run() {
 }
 kubectl() { "$tools/kubectl" --kubeconfig "$KUBECONFIG" "$@"; }
 k() { kubectl -n "$ns" "$@"; }
-
-# Host sysctls a node can change: every key outside the per-network-namespace trees (which
-# include net.ipv4.ip_forward) and the counters the kernel moves by itself. A privileged node writes /proc/sys; kubelet sets
-# vm.overcommit_memory, vm.panic_on_oom, kernel.panic, kernel.panic_on_oops, kernel.keys.*.
-host_sysctls() {
-    sysctl -a 2>/dev/null | grep -v -E \
-        -e '^net\.(ipv4|ipv6)\.(conf|neigh)\.' -e '^net\.ipv6\.route\.' \
-        -e '^net\.ipv4\.ip_forward ' \
-        -e '^kernel\.random\.' -e '^kernel\.(ns_last_pid|pty\.nr|tainted|core_modes) ' \
-        -e '^fs\.(dentry-state|file-nr|inode-nr|inode-state|aio-nr|quota\.)' \
-        -e '^net\.netfilter\.nf_conntrack_count ' -e '^vm\.stat_refresh' \
-        -e '^kernel\.sched_domain\.' -e '^net\.ipv4\.tcp_(fastopen_key|mem) ' | sort
-}
-
-# changed_sysctls: "KEY BEFORE -> AFTER" for each host_sysctls key whose value moved since the
-# snapshot of the preflight.
-changed_sysctls() {
-    local key _ value
-    while read -r key _ value; do
-        [ "${saved_sysctls[$key]+set}" = set ] || continue
-        [ "${saved_sysctls[$key]}" = "$value" ] || printf '%s %s -> %s\n' "$key" "${saved_sysctls[$key]}" "$value"
-    done < <(host_sysctls)
-}
 
 # node_resources: what the cluster's nodes hold on the host, one "KIND WHAT" line each, while
 # they run (only these: other clusters may share the lab's Docker at the same time).
@@ -187,14 +165,8 @@ cleanup() {
     fi
     $docker image inspect "$loaded_image" >/dev/null 2>&1 && $docker rmi -f "$loaded_image" >/dev/null
     # Host sysctls the nodes changed are put back.
-    local key _
-    while read -r key _; do
-        if sysctl -q -w "$key=${saved_sysctls[$key]}" >/dev/null; then
-            log "restored $key=${saved_sysctls[$key]}"
-        else
-            log "could not restore $key=${saved_sysctls[$key]}"
-        fi
-    done < <(changed_sysctls)
+    local line
+    while read -r line; do log "$line"; done < <(restore_host_sysctls)
     if [ $rc -ne 0 ] && [ "${KEEP:-0}" = 1 ]; then
         log "kept $work"
     else
@@ -237,7 +209,7 @@ curl -sf --max-time 5 http://127.0.0.1:5000/v2/docker.io/library/busybox/tags/li
 kind get clusters 2>/dev/null | grep -qxF "$name" &&
     die "a kind cluster named $name exists (an earlier run?): kind delete cluster --name $name"
 if ss -Hltn "sport = :$forward_port" | grep -q .; then die "port $forward_port is in use"; fi
-while read -r key _ value; do saved_sysctls[$key]=$value; done < <(host_sysctls)
+save_host_sysctls
 ok "node image $node_image ($($docker image inspect -f '{{.Size}}' "$node_image" | awk '{printf "%.0f MB", $1/1e6}')), $("$tools/kind" version), $("$tools/kubectl" version --client | sed -n 1p)"
 
 # ------------------------------------------------------------------------------------------
@@ -546,7 +518,7 @@ until [ -z "$(still_there <"$work/host-resources")" ] || ((SECONDS >= deadline))
 left=$(still_there <"$work/host-resources")
 [ -z "$left" ] || die "left on the host after kind delete cluster: $left"
 ok "nothing of the nodes left on the host ($(wc -l <"$work/host-resources") containers, volumes, veths, mounts, cgroups checked)"
-changed=$(changed_sysctls | paste -sd ';' -)
+changed=$(changed_host_sysctls | paste -sd ';' -)
 if [ -n "$changed" ]; then
     # Not namespaced, and written by the privileged nodes (kubelet's kernel tunables): kind
     # does this to every host. Reported and put back by cleanup.
