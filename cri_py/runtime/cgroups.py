@@ -246,9 +246,14 @@ class CgroupManager:
             log.warning("shim left in the daemon's cgroup", cgroup=cgroup, pid=pid, error=str(e))
 
     def procs_files(self, cgroup: str) -> list[str]:
-        """The cgroup.procs file of the cgroup in every hierarchy: writing a PID to each moves
-        that process (and its future children) into the container's cgroup."""
-        return [str(d / "cgroup.procs") for d in self.fs.dirs(cgroup)]
+        """The file of the cgroup in every hierarchy that a setup process writes "0" to, to
+        move itself (and its future children) into the container's cgroup. On v1 `tasks`: it
+        moves the writing thread, and a setup process has only that one. cgroup.procs moves a
+        whole thread group, under the kernel's threadgroup lock, whose first writer after a
+        quiet spell waits an RCU grace period (~10 ms, every CreateContainer); a thread moving
+        itself skips that lock. v2 has cgroup.procs only."""
+        name = "cgroup.procs" if self.fs.mode == CgroupMode.V2 else "tasks"
+        return [str(d / name) for d in self.fs.dirs(cgroup)]
 
     def mount_sources(self, cgroup: str) -> list[tuple[str, str]]:
         """What a container's /sys/fs/cgroup shows: (dir name, host dir) per hierarchy, the

@@ -245,3 +245,15 @@ def test_a_v2_node_without_hugetlb_leaves_kubelets_limits_out(tmp_path: Path) ->
     assert manager.support == CgroupSupport(pids_limit=0, hugetlb=False)
     (tmp_path / "cgroup.controllers").write_text("cpu memory hugetlb pids")
     assert CgroupManager(manager.fs).support.hugetlb
+
+
+def test_a_setup_process_moves_itself_by_the_v1_tasks_files_and_the_v2_procs_file() -> None:
+    # v1: "0" in `tasks` moves the (single-threaded) setup process without the kernel's
+    # threadgroup lock, which made every CreateContainer wait an RCU grace period.
+    hybrid = manager(v1("cpu"), v1("memory"))
+    assert hybrid.procs_files("/kubepods/c1") == [
+        "/sys/fs/cgroup/cpu/kubepods/c1/tasks",
+        "/sys/fs/cgroup/memory/kubepods/c1/tasks",
+    ]
+    unified = manager(Hierarchy("/sys/fs/cgroup", "/", frozenset(), 2))
+    assert unified.procs_files("/kubepods/c1") == ["/sys/fs/cgroup/kubepods/c1/cgroup.procs"]
