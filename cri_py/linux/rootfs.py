@@ -251,7 +251,11 @@ def refuse_symlinked_special_dirs(root_fd: int) -> None:
 
 
 def mount_id(fd: int) -> int:
-    """The id of the mount `fd` is on (its `mnt_id` in /proc/self/fdinfo)."""
+    """The id of the mount `fd` is on (its `mnt_id` in /proc/self/fdinfo). statx says it in
+    one system call; reading fdinfo took six and the io stack, for every mount checked."""
+    found = syscalls.statx_mount_id(fd)
+    if found is not None:
+        return found
     with open(f"/proc/self/fdinfo/{fd}") as f:
         for line in f:
             key, _, value = line.partition(":")

@@ -336,6 +336,38 @@ def fstatfs_type(fd: int) -> int:
     return int(result.f_type) & 0xFFFFFFFF
 
 
+# <linux/stat.h>: statx(2), for the mount a descriptor is on in one system call.
+STATX_MNT_ID = 0x1000
+AT_EMPTY_PATH = 0x1000
+
+
+class _Statx(ctypes.Structure):
+    # struct statx is 256 bytes; read here: stx_mask (first) and stx_mnt_id (at byte 144).
+    _fields_ = [
+        ("stx_mask", ctypes.c_uint32),
+        ("_before_mnt_id", ctypes.c_uint8 * 140),
+        ("stx_mnt_id", ctypes.c_uint64),
+        ("_after_mnt_id", ctypes.c_uint8 * 104),
+    ]
+
+
+def statx_mount_id(fd: int) -> int | None:
+    """The id of the mount `fd` is on (the `mnt_id` of /proc/self/fdinfo and mountinfo's
+    first field), None if the kernel does not report it (before 5.8)."""
+    result = _Statx()
+    _check(
+        _libc.statx(
+            ctypes.c_int(fd),
+            b"",
+            ctypes.c_int(AT_EMPTY_PATH),
+            ctypes.c_uint(STATX_MNT_ID),
+            ctypes.byref(result),
+        ),
+        f"statx(fd={fd})",
+    )
+    return int(result.stx_mnt_id) if result.stx_mask & STATX_MNT_ID else None
+
+
 # <linux/bpf.h>: bpf(2) for cgroup v2 device programs.
 _SYS_BPF_BY_MACHINE = {"x86_64": 321, "aarch64": 280}
 BPF_PROG_LOAD = 5

@@ -447,3 +447,16 @@ def test_masks_under_proc_stay_on_the_verified_procfs(
             assert raised.value.errno == errno.EXDEV
 
     _in_child(body)
+
+
+@pytest.mark.parametrize("path", ["/", "/proc", "/sys", "/dev"])
+def test_the_mount_id_statx_gives_is_the_one_fdinfo_gives(path: str) -> None:
+    # Mount checks compare these ids with each other and with mountinfo's: both sources
+    # must name the same mount.
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            fdinfo = int(next(line for line in f if line.startswith("mnt_id:")).split(":")[1])
+        assert syscalls.statx_mount_id(fd) == fdinfo == rootfs.mount_id(fd)
+    finally:
+        os.close(fd)
