@@ -70,6 +70,10 @@ class ContainerService:
     def list(self, selector: ContainerFilter) -> builtins.list[ContainerRecord]:
         return self.table.list(selector)
 
+    def list_generation(self) -> int:
+        """Equal for two calls of `list` only if every record is the same."""
+        return self.table.registry.generation
+
     def running(self, container_id: str) -> ContainerRecord:
         """The container's record; FailedPrecondition unless it is running."""
         return self.table.running(container_id)

@@ -38,6 +38,8 @@ class Registry(Generic[R, K]):
         self._conflict = conflict
         self._lock = threading.Lock()
         self._records: dict[str, R] = {}
+        # Counts every change of a record: equal generations, the same records.
+        self._generation = 0
         self._names: dict[K, str] = {}
         self._op_locks: dict[str, threading.Lock] = {}
 
@@ -68,6 +70,10 @@ class Registry(Generic[R, K]):
     def get(self, record_id: str) -> R | None:
         with self._lock:
             return self._records.get(record_id)
+
+    @property
+    def generation(self) -> int:
+        return self._generation
 
     def records(self) -> list[R]:
         """A snapshot of every record."""
@@ -115,12 +121,14 @@ class Registry(Generic[R, K]):
         """Adds or replaces a record (its name must have been reserved, or use `restore`)."""
         with self._lock:
             self._records[record.id] = record
+            self._generation += 1
 
     def restore(self, record: R) -> None:
         """A record read back from the store at start: it takes its name without a check."""
         with self._lock:
             self._records[record.id] = record
             self._names[self._name_of(record)] = record.id
+            self._generation += 1
 
     def replace(self, record: R) -> bool:
         """Replaces a record that is still there (False if it was removed meanwhile)."""
@@ -128,6 +136,7 @@ class Registry(Generic[R, K]):
             if record.id not in self._records:
                 return False
             self._records[record.id] = record
+            self._generation += 1
             return True
 
     def update(self, record_id: str, change: Callable[[R], R | None]) -> tuple[R, R] | None:
@@ -141,6 +150,7 @@ class Registry(Generic[R, K]):
             if after is None:
                 return None
             self._records[record_id] = after
+            self._generation += 1
             return before, after
 
     def forget(self, record_id: str) -> R | None:
@@ -149,6 +159,7 @@ class Registry(Generic[R, K]):
             record = self._records.pop(record_id, None)
             self._op_locks.pop(record_id, None)
             if record is not None:
+                self._generation += 1
                 name = self._name_of(record)
                 if self._names.get(name) == record_id:
                     del self._names[name]

@@ -143,6 +143,12 @@ class SandboxService:
             views = [self._view(r) for r in records]
         return [v for v in views if matches(v, selector)]
 
+    def list_generation(self) -> tuple[int, frozenset[str]]:
+        """Equal for two calls of `list` only if every view is the same: the records'
+        generation and which pods' shims are alive (their READY state)."""
+        with self._alive_lock:
+            return self._registry.generation, frozenset(self._alive)
+
     def network_state(self) -> NetworkState:
         return self._network.state()
 

@@ -144,6 +144,24 @@ def _stream(
     return handler
 
 
+class Serialized:
+    """A reply already in wire form (a cached List answer): sent as it is."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def _serializer(message: type[Message]) -> Callable[[Any], bytes]:
+    encode = message.SerializeToString
+
+    def serialize(response: Any) -> bytes:
+        return response.data if type(response) is Serialized else encode(response)
+
+    return serialize
+
+
 def _unimplemented(service: str, rpc: str) -> Callable[[Any, Context], Awaitable[Any]]:
     async def method(request: Any, context: Context) -> Any:
         raise Unimplemented(f"{service}/{rpc} is not implemented by cri-py yet")
@@ -176,7 +194,7 @@ def service_handler(
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for rpc in service.methods:
         decode = _decoder(rpc.name, getattr(messages, rpc.input_type.name))
-        serialize = getattr(messages, rpc.output_type.name).SerializeToString
+        serialize = _serializer(getattr(messages, rpc.output_type.name))
         method: Any = getattr(servicer, rpc.name, None)
         if method is None:
             unimplemented = _unimplemented_stream if rpc.server_streaming else _unimplemented

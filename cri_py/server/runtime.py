@@ -20,9 +20,9 @@ from cri_py.runtime.node import NodeState, conditions
 from cri_py.runtime.sandboxes import SandboxService
 from cri_py.runtime.stats_reader import filesystem_capacity
 from cri_py.server import convert, convert_containers, convert_metrics, convert_stats
-from cri_py.server.guard import Context
+from cri_py.server.guard import Context, Serialized
 from cri_py.server.images import STREAM_CHUNK
-from cri_py.server.summary_cache import SummaryCache
+from cri_py.server.summary_cache import ReplyCache, SummaryCache
 from cri_py.streaming.requests import AttachRequest, ExecRequest, PortForwardRequest
 from cri_py.streaming.server import StreamServer
 
@@ -59,6 +59,9 @@ class RuntimeServicer:
         self._container_summaries: SummaryCache[ContainerRecord, pb.Container] = SummaryCache(
             convert_containers.container_summary, lambda r: (r,)
         )
+        # The last unfiltered List answers, as sent (kubelet's relist asks every second).
+        self._pod_list = ReplyCache()
+        self._container_list = ReplyCache()
 
     @property
     def _containers(self) -> ContainerService:
@@ -170,8 +173,15 @@ class RuntimeServicer:
 
     async def ListPodSandbox(
         self, request: pb.ListPodSandboxRequest, context: Context
-    ) -> pb.ListPodSandboxResponse:
+    ) -> pb.ListPodSandboxResponse | Serialized:
         selector = convert.sandbox_filter(request)
+        if selector == SandboxFilter():
+            return self._pod_list.reply(
+                self._sandboxes.list_generation(), lambda: self._list_pods(selector)
+            )
+        return self._list_pods(selector)
+
+    def _list_pods(self, selector: SandboxFilter) -> pb.ListPodSandboxResponse:
         views = self._sandboxes.list(selector)
         items = self._pod_summaries.summaries(
             ((v.record.id, v) for v in views), complete=selector == SandboxFilter()
@@ -207,8 +217,15 @@ class RuntimeServicer:
 
     async def ListContainers(
         self, request: pb.ListContainersRequest, context: Context
-    ) -> pb.ListContainersResponse:
+    ) -> pb.ListContainersResponse | Serialized:
         selector = convert_containers.container_filter(request)
+        if selector == ContainerFilter():
+            return self._container_list.reply(
+                self._containers.list_generation(), lambda: self._list_containers(selector)
+            )
+        return self._list_containers(selector)
+
+    def _list_containers(self, selector: ContainerFilter) -> pb.ListContainersResponse:
         records = self._containers.list(selector)
         containers = self._container_summaries.summaries(
             ((r.id, r) for r in records), complete=selector == ContainerFilter()
@@ -359,14 +376,18 @@ class RuntimeServicer:
     async def StreamPodSandboxes(
         self, request: pb.StreamPodSandboxesRequest, context: Context
     ) -> AsyncIterator[pb.StreamPodSandboxesResponse]:
-        listed = await self.ListPodSandbox(pb.ListPodSandboxRequest(filter=request.filter), context)
+        listed = self._list_pods(
+            convert.sandbox_filter(pb.ListPodSandboxRequest(filter=request.filter))
+        )
         for chunk in _chunks(listed.items):
             yield pb.StreamPodSandboxesResponse(pod_sandboxes=chunk)
 
     async def StreamContainers(
         self, request: pb.StreamContainersRequest, context: Context
     ) -> AsyncIterator[pb.StreamContainersResponse]:
-        listed = await self.ListContainers(pb.ListContainersRequest(filter=request.filter), context)
+        listed = self._list_containers(
+            convert_containers.container_filter(pb.ListContainersRequest(filter=request.filter))
+        )
         for chunk in _chunks(listed.containers):
             yield pb.StreamContainersResponse(containers=chunk)
 

@@ -10,8 +10,12 @@ never a stale hit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
+
+from google.protobuf.message import Message
+
+from cri_py.server.guard import Serialized
 
 S = TypeVar("S")  # the source: a record or a view
 M = TypeVar("M")  # the message built from it
@@ -48,3 +52,23 @@ class SummaryCache(Generic[S, M]):
         else:
             self._cache.update(fresh)
         return out
+
+
+class ReplyCache:
+    """The last unfiltered List answer, serialized, kept while the state it was built from is
+    the same (`key`: the service's generation of what it lists).
+
+    kubelet's relist asks for every pod and container each second and gets the same answer
+    most of the time: the answer is then the bytes sent last time, without building a list,
+    a response or its encoding again. The key is read before the answer is built, so a change
+    made during the build only makes the next call build again."""
+
+    def __init__(self) -> None:
+        self._key: Hashable = None
+        self._reply = Serialized(b"")
+
+    def reply(self, key: Hashable, build: Callable[[], Message]) -> Serialized:
+        if key != self._key or self._key is None:
+            reply = Serialized(build().SerializeToString())
+            self._key, self._reply = key, reply
+        return self._reply

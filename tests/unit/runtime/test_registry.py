@@ -210,3 +210,27 @@ def test_an_operation_on_a_prefix_holds_the_full_id_or_says_not_found() -> None:
     reg.forget("abc123")
     with reg.operation_if_any("abc123") as gone:
         assert gone is None
+
+
+def test_every_change_of_a_record_moves_the_generation_and_reads_do_not() -> None:
+    # List answers are reused while the generation stays: a change it missed would be a
+    # stale list.
+    reg = added(registry(), Item("a1", "a"))
+    seen = [reg.generation]
+
+    def moved() -> bool:
+        seen.append(reg.generation)
+        return seen[-1] != seen[-2]
+
+    reg.put(Item("a1", "a", 1))
+    assert moved()
+    assert reg.replace(Item("a1", "a", 2)) and moved()
+    assert reg.update("a1", lambda r: replace(r, count=3)) is not None and moved()
+    assert reg.update("a1", lambda r: None) is None and not moved()
+    reg.restore(Item("b1", "b"))
+    assert moved()
+    assert reg.forget("b1") is not None and moved()
+    assert reg.forget("b1") is None and not moved()
+    reg.records()
+    reg.get("a1")
+    assert not moved()

@@ -13,12 +13,19 @@ import pytest
 from cri_py import errors, log
 from cri_py.api import api_pb2 as pb
 from cri_py.api import api_pb2_grpc as pb_grpc
-from cri_py.server.guard import is_hot, service_handler
+from cri_py.server.guard import Serialized, is_hot, service_handler
 
 
 class FakeRuntime:
     async def Version(self, request: pb.VersionRequest, context: object) -> pb.VersionResponse:
         return pb.VersionResponse(runtime_name="fake")
+
+    async def ListPodSandbox(
+        self, request: pb.ListPodSandboxRequest, context: object
+    ) -> Serialized:
+        # An answer cached in wire form (cri_py.server.summary_cache.ReplyCache).
+        reply = pb.ListPodSandboxResponse(items=[pb.PodSandbox(id="cached")])
+        return Serialized(reply.SerializeToString())
 
     async def PodSandboxStatus(self, request: pb.PodSandboxStatusRequest, context: object) -> None:
         raise errors.NotFound(f"pod sandbox {request.pod_sandbox_id} not found")
@@ -53,6 +60,13 @@ async def stub(tmp_path: Path) -> AsyncIterator[pb_grpc.RuntimeServiceStub]:
 async def test_implemented_rpc_answers(stub: pb_grpc.RuntimeServiceStub) -> None:
     response = await stub.Version(pb.VersionRequest())
     assert response.runtime_name == "fake"
+
+
+async def test_an_answer_already_serialized_goes_out_as_it_is(
+    stub: pb_grpc.RuntimeServiceStub,
+) -> None:
+    response = await stub.ListPodSandbox(pb.ListPodSandboxRequest())
+    assert [p.id for p in response.items] == ["cached"]
 
 
 async def test_domain_error_keeps_its_code_and_message(stub: pb_grpc.RuntimeServiceStub) -> None:
