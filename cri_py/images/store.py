@@ -21,7 +21,6 @@ import errno
 import hashlib
 import os
 import secrets
-import shutil
 import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from cri_py.errors import FailedPrecondition, Internal
 from cri_py.images.reference import validate_digest
 from cri_py.log import get_logger
 from cri_py.store.atomic import read_json, write_json_atomic
+from cri_py.store.trash import remove_tree, trash_name
 
 log = get_logger("cri_py.images.store")
 
@@ -124,29 +124,6 @@ def digest_path(digest: str) -> str:
     validate_digest(digest)
     algorithm, _, encoded = digest.partition(":")
     return encoded if algorithm == "sha256" else f"{algorithm}-{encoded}"
-
-
-def _make_traversable(path: str) -> None:
-    os.chmod(path, stat.S_IRWXU)
-    with os.scandir(path) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                _make_traversable(entry.path)
-
-
-def remove_tree(path: Path) -> None:
-    """Removes a file or directory tree, even one whose modes forbid it to its owner (a layer
-    unpacked without root can hold 0555 directories); a missing path is fine."""
-    if not path.is_dir() or path.is_symlink():
-        path.unlink(missing_ok=True)
-        return
-    try:
-        shutil.rmtree(path)
-    except PermissionError:
-        _make_traversable(str(path))
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
 
 
 def measure_tree(path: Path) -> tuple[int, int]:
@@ -362,7 +339,7 @@ class ContentStore:
         victims = [path for digest, path in self._blob_files() if digest not in blobs]
         victims += [path for chain, path in self._layer_dirs() if chain not in layers]
         for path in victims:
-            target = self.trash_dir / f"{path.name}-{secrets.token_hex(4)}"
+            target = self.trash_dir / trash_name(path)
             try:
                 os.rename(path, target)
                 moved += 1

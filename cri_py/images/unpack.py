@@ -58,8 +58,9 @@ from cri_py.images.layer_entries import (
     split_entry_name,
     whited_out_name,
 )
-from cri_py.images.store import fsync_dir, measure_tree, remove_tree, rename_noreplace
+from cri_py.images.store import fsync_dir, measure_tree, rename_noreplace
 from cri_py.log import get_logger
+from cri_py.store.trash import remove_tree
 
 log = get_logger("cri_py.images.unpack")
 

@@ -204,7 +204,7 @@ class CachedAttachment:
     result: Mapping[str, Any] | None  # None: ADD started but never finished
 
 
-def save_cache(state_dir: Path, attachment: CachedAttachment) -> None:
+def save_cache(state_dir: Path, attachment: CachedAttachment, durable: bool = True) -> None:
     inv = attachment.invocation
     write_json_atomic(
         state_dir / CACHE_FILE,
@@ -223,11 +223,15 @@ def save_cache(state_dir: Path, attachment: CachedAttachment) -> None:
             "capabilities": dict(inv.capabilities),
             "result": attachment.result,
         },
+        durable=durable,
     )
 
 
 def load_cache(state_dir: Path) -> CachedAttachment | None:
-    data = read_json(state_dir / CACHE_FILE)
+    path = state_dir / CACHE_FILE
+    # Empty: the intent written before an ADD, lost with the power before it reached the
+    # disk; the netns went with it (libcni caches only results, and without an fsync).
+    data = read_json(path) if path.exists() and path.stat().st_size else None
     if data is None:
         return None
     pod = data["pod"]
@@ -255,7 +259,9 @@ class CniNetwork:
     ) -> Mapping[str, Any]:
         """ADD; the cache is written first, so a failure half-way (or a crash) still leaves
         `teardown` the config to DEL with."""
-        save_cache(state_dir, CachedAttachment(network, invocation, None))
+        # The intent needs no fsync: a crash of the daemon finds it in the page cache, and
+        # a power loss takes the netns with it. The result is durable (DEL needs it).
+        save_cache(state_dir, CachedAttachment(network, invocation, None), durable=False)
         result = self.runner.add(network, invocation)
         save_cache(state_dir, CachedAttachment(network, invocation, result))
         log.info(

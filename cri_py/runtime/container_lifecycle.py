@@ -55,7 +55,7 @@ from cri_py.spec.build import SpecInputs, build_spec
 from cri_py.spec.devices import devices_unconfined
 from cri_py.spec.mounts import PodFiles
 from cri_py.spec.rootfs import overlay_mount
-from cri_py.store.atomic import write_json_atomic
+from cri_py.store.atomic import BackgroundSync, write_json_atomic
 
 log = get_logger("cri_py.containers")
 
@@ -232,13 +232,15 @@ class ContainerLifecycle:
         with contextlib.ExitStack() as undo:
             undo.callback(self._table.hooks.undo_create_container, sandbox, record, spec)
             undo.callback(self._store.delete, container_id)
-            self._store.save(record)
+            # Not durable yet: the save after the shim's create is (a power loss takes the
+            # container's processes with it, a crash of the daemon leaves the page cache).
+            self._store.save(record, durable=False)
             for name in ("upper", "work", "rootfs", "empty"):
                 (directory / name).mkdir()
                 # The overlay's root takes the upper dir's mode: it must not be the daemon's
                 # umask (0700 would lock every non-root user out of the container's "/").
                 (directory / name).chmod(0o755)
-            write_json_atomic(directory / "config.json", spec)
+            write_json_atomic(directory / "config.json", spec, durable=False)
             mount = overlay_mount(
                 [str(p) for p in rootfs.layers],
                 str(directory / "upper"),
@@ -267,6 +269,8 @@ class ContainerLifecycle:
                     f"container {config.metadata.name}: it has OCI hooks, which the shim of pod "
                     f"{sandbox_id} (an older cri-py's) does not run; recreate the pod"
                 )
+            # config.json goes to the disk while the shim creates.
+            config_synced = BackgroundSync(directory / "config.json")
             try:
                 result = shim.create(
                     request, create_call_seconds(CREATE_TIMEOUT_SECONDS, oci_hooks)
@@ -281,7 +285,8 @@ class ContainerLifecycle:
             if result.oom_score_adj is not None:
                 oom.clamps.note(oom_score_adj, result.oom_score_adj)
             record = dataclasses.replace(record, pid=result.pid, user=container_user(result))
-            self._store.save(record)
+            config_synced.wait()
+            self._store.save(record)  # durable: the bundle's directory entries with it
             self._registry.put(record)
             undo.pop_all()
         self._table.publish(EventType.CREATED, container_id, sandbox_id)

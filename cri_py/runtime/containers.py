@@ -158,7 +158,11 @@ class ContainerService:
         self.table.sandbox_event(kind, view)
 
     def recover(self) -> None:
+        # What a crash left in the trash goes first, on the trash's thread.
+        self.table.store.trash.sweep()
         self.recovery.recover()
 
     def close(self) -> None:
         self.table.close()
+        # A clean stop leaves no trash (bounded: the next start deletes what is left).
+        self.table.store.trash.close()

@@ -13,7 +13,6 @@ import dataclasses
 import errno
 import os
 import secrets
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -69,6 +68,7 @@ from cri_py.shim.watcher import ShimWatcher
 from cri_py.spec.resources import pod_resources, validate_resources
 from cri_py.spec.userns import map_file
 from cri_py.store.sandboxes import SandboxStore
+from cri_py.store.trash import Trash
 
 log = get_logger("cri_py.sandboxes")
 
@@ -99,6 +99,8 @@ class SandboxService:
         self._store = SandboxStore(Path(config.root_dir) / "sandboxes")
         self._run_root = Path(config.run_dir) / "sandboxes"
         self._run_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Bundles leave by a rename, beside them on the run dir's filesystem (store.trash).
+        self._bundle_trash = Trash(self._run_root.parent / "trash" / "sandboxes")
         self._network = network
         self._registry: Registry[SandboxRecord, NameKey] = Registry(
             "pod sandbox", lambda r: name_key(r.config), name_conflict
@@ -253,7 +255,9 @@ class SandboxService:
         with contextlib.ExitStack() as undo:
             # The record first: a crash from here on leaves something a restart rolls back.
             undo.callback(self._store.delete, sandbox_id)
-            self._store.save(record)
+            # The records before the last are not durable: a crash of the daemon finds them in
+            # the page cache; a power loss leaves nothing of the pod running.
+            self._store.save(record, durable=False)
             if record.cgroup:
                 undo.callback(self._remove_pod_cgroup, record)
                 self._create_pod_cgroup(record)
@@ -262,9 +266,9 @@ class SandboxService:
                 if made:
                     record = dataclasses.replace(record, made_parent=made)
                     undo.callback(self._release_parent, record)
-                    self._store.save(record)
+                    self._store.save(record, durable=False)
             files = self._store.dir_of(sandbox_id)
-            undo.callback(shutil.rmtree, bundle, ignore_errors=True)
+            undo.callback(self._bundle_trash.discard, bundle)
             (bundle / "ns").mkdir(mode=0o700, parents=True)
             write_pod_file(files / "hostname", pod_files.hostname_file(hostname))
             write_pod_file(files / "hosts", pod_files.hosts_file(hostname, ()))
@@ -306,7 +310,7 @@ class SandboxService:
             record = dataclasses.replace(
                 record, shim=ShimInfo(shim.pid, shim.start_time, shim.init_pid)
             )
-            self._store.save(record)  # now a restart knows which process to stop
+            self._store.save(record, durable=False)  # a restart knows which process to stop
             for kind, path in pins.items():
                 if kind == "user":
                     continue  # the shim's pin
@@ -386,7 +390,7 @@ class SandboxService:
             self.before_remove(full)
             self._remove_pod_cgroup(record)
             self._release_parent(record)
-            shutil.rmtree(self._bundle(full), ignore_errors=True)
+            self._bundle_trash.discard(self._bundle(full))
             self._store.delete(full)
             self._registry.forget(full)
             self.hooks.remove_pod_sandbox(record)
@@ -491,6 +495,9 @@ class SandboxService:
 
     def recover(self) -> None:
         """Rebuilds the index from the store and the live shims; rolls back half-built pods."""
+        # What a crash left in the trash goes first, on the trash's thread.
+        self._store.trash.sweep()
+        self._bundle_trash.sweep()
         records = self._store.load_all()
         if self._cgroups is not None:
             # Every user of a parent cri-py made first, so that a rollback below does not
@@ -508,7 +515,7 @@ class SandboxService:
                     continue
                 self._remove_pod_cgroup(record)
                 self._release_parent(record)
-                shutil.rmtree(self._bundle(record.id), ignore_errors=True)
+                self._bundle_trash.discard(self._bundle(record.id))
                 self._store.delete(record.id)
                 continue
             self._registry.restore(record)
@@ -559,3 +566,6 @@ class SandboxService:
     def close(self) -> None:
         self._watcher.close()
         self._template.close()
+        # A clean stop leaves no trash (bounded: the next start deletes what is left).
+        self._bundle_trash.close()
+        self._store.trash.close()

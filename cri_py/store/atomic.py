@@ -4,32 +4,78 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Writes `data` to `path` via a temp file, fsync and rename, then fsyncs the directory."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Writes `data` to `path` via a temp file and a rename; `durable`: the file and then its
+    directory are fsynced too, so the new content survives a power loss.
+
+    Not durable is for a state that only a crash of the daemon (not of the machine) must
+    find: the page cache keeps it, and after a power loss the processes and mounts it
+    describes are gone anyway (a later durable write, or `sync_files`, makes it stick)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    if durable:
+        sync_directory(path.parent)
+
+
+def sync_directory(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
-    write_atomic(path, json.dumps(value, sort_keys=True).encode())
+def sync_files(*paths: Path) -> None:
+    """Makes files written without `durable` survive a power loss: their data (the
+    directory entries then need a durable write or `sync_directory` in their directory)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class BackgroundSync:
+    """`sync_files` on a thread of its own, so that other work overlaps the disk's; `wait`
+    joins it and raises what it failed with."""
+
+    def __init__(self, *paths: Path) -> None:
+        self._error: OSError | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=paths, name="cri-py-sync", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, *paths: Path) -> None:
+        try:
+            sync_files(*paths)
+        except OSError as e:
+            self._error = e
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def write_json_atomic(path: Path, value: Any, durable: bool = True) -> None:
+    write_atomic(path, json.dumps(value, sort_keys=True).encode(), durable=durable)
 
 
 def read_json(path: Path) -> Any | None:

@@ -2,20 +2,21 @@
 
 Sandboxes and containers are stored the same way; their stores only name the kind and add what
 is theirs. A record is written before its object's first side effect, so a restart finds
-everything that may have left something behind.
+everything that may have left something behind. Deleting a record renames its dir into
+`<root>/../trash/<root name>/` (beside the records, never listed as one), emptied by a thread.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from cri_py.log import get_logger
-from cri_py.store.atomic import read_json, write_json_atomic
+from cri_py.store.atomic import read_json, sync_directory, write_json_atomic
 from cri_py.store.codec import from_data, to_data
+from cri_py.store.trash import Trash
 
 log = get_logger("cri_py.store")
 
@@ -36,16 +37,23 @@ class RecordStore(Generic[R]):
         self._type = record_type
         self._kind = kind
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Same filesystem as the records (a rename), outside `root` (not an ID dir to list).
+        self.trash = Trash(root.parent / "trash" / root.name)
 
     def dir_of(self, object_id: str) -> Path:
         if not _ID.match(object_id):
             raise ValueError(f"not a {self._kind} ID: {object_id!r}")
         return self.root / object_id
 
-    def save(self, record: R) -> None:
+    def save(self, record: R, durable: bool = True) -> None:
+        """`durable=False` for a record that a later durable save replaces before the call
+        that made it returns (`cri_py.store.atomic.write_atomic`)."""
         directory = self.dir_of(record.id)
         directory.mkdir(mode=0o700, exist_ok=True)
-        write_json_atomic(directory / f"{self._kind}.json", to_data(record))
+        write_json_atomic(directory / f"{self._kind}.json", to_data(record), durable=durable)
+        if durable:
+            # The object's directory entry too (usually already committed with the file).
+            sync_directory(self.root)
 
     def load_all(self) -> list[R]:
         """Every readable record; an unreadable one is logged and left for a person to see."""
@@ -54,10 +62,12 @@ class RecordStore(Generic[R]):
             if not _ID.match(directory.name):
                 continue
             try:
-                data: Any = read_json(directory / f"{self._kind}.json")
+                path = directory / f"{self._kind}.json"
+                data: Any = None if _empty(path) else read_json(path)
                 if data is None:
-                    # Crashed between mkdir and the first write: nothing was started yet.
-                    shutil.rmtree(directory, ignore_errors=True)
+                    # Crashed between mkdir and the first write (or lost, with the power, a
+                    # first write that was not durable): nothing of it runs.
+                    self.trash.discard(directory)
                     continue
                 records.append(from_data(self._type, data))
             except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
@@ -65,4 +75,13 @@ class RecordStore(Generic[R]):
         return records
 
     def delete(self, object_id: str) -> None:
-        shutil.rmtree(self.dir_of(object_id), ignore_errors=True)
+        """The object's dir is gone from `root` on return (one rename); the worker deletes
+        its files later. `trash.drain()` waits for that."""
+        self.trash.discard(self.dir_of(object_id))
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except FileNotFoundError:
+        return True

@@ -646,3 +646,47 @@ def test_restart_completes_or_rolls_back_container_records_a_kill_left_behind(la
     assert lab.container(lab.run_container(sandbox_id, "ghost", "sleep 3600")).state == (
         pb.CONTAINER_RUNNING
     )
+
+
+def _trash_entries(lab: Lab) -> list[Path]:
+    dirs = [
+        lab.daemon.root_dir / "trash" / "containers",
+        lab.daemon.root_dir / "trash" / "sandboxes",
+        lab.daemon.run_dir / "trash" / "sandboxes",
+    ]
+    return [entry for directory in dirs if directory.exists() for entry in directory.iterdir()]
+
+
+def test_trash_a_kill_left_goes_at_the_next_start_and_a_clean_stop_empties_it(
+    lab: Lab,
+) -> None:
+    sandbox_id = lab.run_pod("binned")
+    container_id = lab.run_container(sandbox_id, "main", "echo kept > /written; sleep 3600")
+    runtime = lab.daemon.runtime()
+    runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=container_id), timeout=30)
+    # RemoveContainer returns with the container's dir gone from the records (one rename).
+    assert not (lab.daemon.root_dir / "containers" / container_id).exists()
+    lab.daemon.stop(signal.SIGKILL)
+    # As if the kill came before the trash's thread got to them: a tree of each kind, one
+    # with a directory its owner may not enter (an image's 0555 dirs, overlayfs' work dir).
+    left = [
+        lab.daemon.root_dir / "trash" / "containers" / f"{'c' * 64}-0badc0de",
+        lab.daemon.root_dir / "trash" / "sandboxes" / f"{'d' * 64}-0badc0de",
+        lab.daemon.run_dir / "trash" / "sandboxes" / f"{'d' * 64}-0badc0de",
+    ]
+    for path in left:
+        (path / "upper" / "locked").mkdir(parents=True)
+        (path / "upper" / "locked" / "file").write_text("x")
+        (path / "upper" / "locked").chmod(0)
+    lab.daemon = start_daemon(lab.daemon.root_dir.parent, lab.config_yaml)
+    # Nothing in the trash is taken for a record: only the pod comes back.
+    listed = lab.daemon.runtime().ListContainers(pb.ListContainersRequest(), timeout=10)
+    assert list(listed.containers) == []
+    assert lab.pod_status(sandbox_id).status.id == sandbox_id
+    lab.remove_pod(sandbox_id)
+    assert not (lab.daemon.run_dir / "sandboxes" / sandbox_id).exists()
+    assert not (lab.daemon.root_dir / "sandboxes" / sandbox_id).exists()
+    # A clean stop waits for the trash: the kill's leftovers and the pod's dirs are deleted.
+    assert lab.daemon.stop(signal.SIGTERM) == 0
+    assert _trash_entries(lab) == []
+    lab.daemon = start_daemon(lab.daemon.root_dir.parent, lab.config_yaml)

@@ -17,7 +17,6 @@ from cri_py.images.store import (
     StoreState,
     digest_path,
     measure_tree,
-    remove_tree,
 )
 
 from .fakes import sha256
@@ -163,17 +162,3 @@ def test_measure_tree_counts_hard_links_once(tmp_path: Path) -> None:
     os.link(tmp_path / "d" / "f", tmp_path / "g")
     os.symlink("f", tmp_path / "d" / "s")
     assert measure_tree(tmp_path) == (5, 4)  # root, d, f(=g), s
-
-
-def test_remove_tree_handles_read_only_dirs_files_and_missing(tmp_path: Path) -> None:
-    tree = tmp_path / "t"
-    (tree / "ro" / "deep").mkdir(parents=True)
-    (tree / "ro" / "deep" / "f").write_text("x")
-    os.chmod(tree / "ro" / "deep", 0)
-    os.chmod(tree / "ro", 0o500)
-    remove_tree(tree)
-    assert not tree.exists()
-    remove_tree(tree)
-    (tmp_path / "file").write_text("x")
-    remove_tree(tmp_path / "file")
-    assert not (tmp_path / "file").exists()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from cri_py.errors import FailedPrecondition
-from cri_py.images.store import remove_tree
 from cri_py.images.unpack import LayerLimits, sniff_compression, unpack_layer
+from cri_py.store.trash import remove_tree
 
 from .fakes import (
     MTIME,

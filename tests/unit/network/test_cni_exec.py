@@ -219,3 +219,15 @@ def test_config_dir_reader_and_signature(tmp_path: Path) -> None:
     assert unreadable == []
     os.utime(conf_dir / "10-a.conflist", ns=(1, 1))
     assert config_dir_signature(conf_dir) != one
+
+
+def test_an_intent_lost_with_the_power_is_nothing_to_delete(tmp_path: Path, bin_dir: Path) -> None:
+    # The cache written before ADD is not fsynced: after a power loss it may be an empty
+    # file. The pod's netns went with the power; StopPodSandbox must still succeed.
+    log = tmp_path / "calls.log"
+    state_dir = tmp_path / "pod"
+    state_dir.mkdir()
+    (state_dir / CACHE_FILE).write_bytes(b"")
+    assert load_cache(state_dir) is None
+    CniNetwork(PluginRunner([str(bin_dir)], timeout=10)).teardown(state_dir)
+    assert not log.exists()
