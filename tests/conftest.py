@@ -16,6 +16,12 @@ import pytest
 
 from tests.host_kind import host_kind_of
 
+# The unit tests run gRPC servers and fork setup processes in one process; gRPC's fork handlers
+# then find "other threads calling into gRPC", skip, and the forked child dies in setup (which
+# test failed depended on the order). Set before anything imports grpc. The daemon itself
+# never forks with Python's fork: its children start through subprocess.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 SWITCH = "CRI_PY_REQUIRE_LAB"
 _TURNED = pytest.StashKey[list[str]]()
 
