@@ -6,6 +6,10 @@ their digest before they are parsed, blobs are hashed and sized while they strea
 content store's writer (which refuses to commit a mismatch). Which endpoints and credentials
 apply is `endpoints`' (pure); what to fetch, and in which order, is the puller's business;
 where bytes land is the store's.
+
+httpx is imported on the first request, not with this module: with its dependencies it is ~5-10
+MiB of the daemon's memory, which a node that pulls nothing does not need (the first pull pays
+its import, a few tens of milliseconds).
 """
 
 from __future__ import annotations
@@ -13,13 +17,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 from urllib.parse import urlsplit
-
-import httpx
 
 from cri_py.config import ImagesConfig, RegistryHost
 from cri_py.errors import CriError
@@ -36,6 +39,14 @@ from cri_py.images.endpoints import (
 from cri_py.images.manifest import ACCEPTED_TYPES, MAX_MANIFEST_BYTES, Descriptor
 from cri_py.images.reference import Reference
 from cri_py.log import get_logger
+
+if TYPE_CHECKING:
+    import httpx
+
+# httpx's package imports its command line client (rich, click, pygments: ~5 MiB and ~50 ms more
+# for the first pull) whenever those happen to be installed, as in a dev venv. The daemon never
+# runs it; marked absent, it is skipped by httpx's own fallback for when they are missing.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 log = get_logger("cri_py.images.registry")
 
@@ -97,6 +108,8 @@ class RegistryClient:
     def _client(self, endpoint: Endpoint) -> httpx.AsyncClient:
         client = self._clients.get(endpoint.verify)
         if client is None:
+            import httpx
+
             verify: ssl.SSLContext | bool
             if isinstance(endpoint.verify, str):
                 verify = ssl.create_default_context(cafile=endpoint.verify)
@@ -125,6 +138,8 @@ class RegistryClient:
         self, endpoint: Endpoint, ref: Reference, url: str, headers: Mapping[str, str]
     ) -> httpx.Response:
         """GET `url` as a stream, answering one auth challenge; the caller closes the response."""
+        import httpx
+
         client = self._client(endpoint)
         key = self._auth_key(endpoint, ref)
         request_headers = dict(headers)
@@ -242,6 +257,8 @@ class RegistryClient:
     async def _chunks(self, response: httpx.Response) -> AsyncIterator[bytes]:
         """The body's chunks; fails when no byte arrives for the progress timeout (a stalled
         transfer), never because the whole transfer is slow."""
+        import httpx
+
         iterator = response.aiter_bytes().__aiter__()
         while True:
             try:

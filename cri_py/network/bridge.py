@@ -8,6 +8,9 @@ daemon itself (`cri_py.network.hostports`).
 
 pyroute2's sync API runs its own event loop, so every call here must run on a worker thread,
 never on the daemon's event loop thread; netns work runs on a throw-away thread (run_in_netns).
+
+pyroute2 is imported by the methods that talk netlink, not with this module: it is ~12 MiB of the
+daemon's memory, and a node on CNI only (`network.builtin: false`) never needs it.
 """
 
 from __future__ import annotations
@@ -17,9 +20,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from cri_py.config import NetworkConfig
 from cri_py.linux.namespaces import run_in_netns
@@ -74,6 +74,8 @@ class BuiltinNetwork:
         return NetworkState(True)
 
     def _ensure_bridge(self, ipr: Any) -> int:
+        from pyroute2.netlink.exceptions import NetlinkError
+
         index = _link_index(ipr, self.bridge)
         if index is None:
             try:
@@ -100,6 +102,9 @@ class BuiltinNetwork:
 
     def ensure_bridge(self) -> NetworkState:
         """Creates (or repairs) the bridge; returns the resulting readiness."""
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
         try:
             with IPRoute() as ipr:
                 self._ensure_bridge(ipr)
@@ -110,6 +115,8 @@ class BuiltinNetwork:
     def setup(self, sandbox_id: str, netns: Path) -> PodNetwork:
         """Gives the pod in `netns` its address and link. On failure, partial work stays for
         `teardown` (which callers register before calling this) to undo."""
+        from pyroute2 import IPRoute
+
         ip = self.allocations.allocate(sandbox_id)
         host_end = veth_name(sandbox_id)
         prefix = self.gateway.network.prefixlen
@@ -148,6 +155,9 @@ class BuiltinNetwork:
 
     def teardown(self, sandbox_id: str) -> None:
         """Deletes the pod's veth pair (both ends) and releases its address; idempotent."""
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
         host_end = veth_name(sandbox_id)
         with IPRoute() as ipr:
             index = _link_index(ipr, host_end)

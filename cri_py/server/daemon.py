@@ -33,7 +33,6 @@ from cri_py.log import get_logger
 from cri_py.network.bridge import BuiltinNetwork
 from cri_py.network.hostports import HostPorts
 from cri_py.network.selector import NetworkSelector
-from cri_py.nri.hooks import start_nri
 from cri_py.runtime.cgroups import CgroupManager
 from cri_py.runtime.containers import ContainerService
 from cri_py.runtime.node import NodeState
@@ -42,7 +41,6 @@ from cri_py.runtime.systemd_cgroups import SystemdCgroupManager
 from cri_py.server.admin import AdminServer
 from cri_py.server.guard import Observer, service_handler
 from cri_py.server.images import ImageServicer
-from cri_py.server.prometheus import start_metrics
 from cri_py.server.reload import Reloader
 from cri_py.server.runtime import RuntimeServicer
 from cri_py.streaming.server import StreamServer
@@ -261,14 +259,22 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> Non
         sandboxes.on_event = containers.sandbox_event
         await asyncio.to_thread(containers.recover)
         # NRI plugins, when enabled: after recovery, so they synchronize with every pod.
+        # NRI and the metrics endpoint are off by default: their modules (prometheus_client,
+        # ~4 MiB; NRI's protobufs) are imported only when configured on.
         nri = None
         if config.nri.enable:
+            from cri_py.nri.hooks import start_nri
+
             nri = await asyncio.to_thread(
                 start_nri, config.nri, sandboxes, containers, cri_py.__version__
             )
         streams = StreamServer(config.stream, containers)
         await streams.start()
-        metrics = start_metrics(config, sandboxes, containers, images)
+        metrics = None
+        if config.metrics.address:
+            from cri_py.server.prometheus import start_metrics
+
+            metrics = start_metrics(config, sandboxes, containers, images)
         observe = metrics[0].observe_rpc if metrics else None
         server = build_server(config, node, sandboxes, images, containers, streams, observe)
         server.add_insecure_port(f"unix://{sock}")

@@ -17,6 +17,7 @@ from cri_py.errors import FailedPrecondition, InvalidArgument, NotFound, Unavail
 from cri_py.images.endpoints import Credentials
 from cri_py.images.manifest import Platform
 from cri_py.images.service import ImageService
+from cri_py.linux import malloc
 
 from .fakes import (
     Image,
@@ -518,3 +519,30 @@ async def test_release_layers_from_threads_of_a_busy_default_pool_does_not_deadl
         asyncio.gather(*(asyncio.to_thread(release, owner) for owner in owners)), 20
     )
     assert lab.service.lease_owners() == set()
+
+
+async def test_the_heap_is_trimmed_once_the_last_running_pull_ends(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pulls' freed buffers go back to the kernel after the last pull (a failed one too),
+    not while others still run."""
+    trims: list[int] = []
+    monkeypatch.setattr(malloc, "trim", lambda: trims.append(1) or True)
+
+    async def trims_so_far() -> int:  # the trim runs on the store's thread, after the pull
+        await asyncio.wrap_future(lab.service._store_io.submit(lambda: None))
+        return len(trims)
+
+    image = make_image([make_layer([file(f"data{i}", bytes([i]) * 20_000)]) for i in range(3)])
+    lab.push(f"{HOST}/team/app", "v1", image)
+    lab.mirror.chunk_delay = 0.001  # the pulls overlap
+    results = await asyncio.gather(
+        *(lab.service.pull(f"{APP}:v1") for _ in range(5)),
+        lab.service.pull(f"{APP}:missing"),
+        return_exceptions=True,
+    )
+    assert results[:5] == [image.id] * 5 and isinstance(results[5], Unavailable)
+    assert await trims_so_far() == 1
+    with pytest.raises(Unavailable):
+        await lab.service.pull(f"{APP}:missing")
+    assert await trims_so_far() == 2
