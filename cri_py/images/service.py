@@ -294,8 +294,17 @@ class ImageService:
             }
             if len(leases) == len(self._state.leases):
                 return
+            released = {
+                chain
+                for key, chains in self._state.leases.items()
+                if key not in leases
+                for chain in chains
+            }
             await self._save(dataclasses.replace(self._state, leases=leases))
-            await self._collect_garbage()
+            # Layers an image or another container still keeps cannot be garbage: no scan of
+            # every blob and layer on disk then (the usual case, on every RemoveContainer).
+            if released - self._kept()[1]:
+                await self._collect_garbage()
 
     # -- remove --
 

@@ -436,6 +436,32 @@ async def test_leased_layers_outlive_their_image(lab: Lab) -> None:
     assert not any(layer.exists() for layer in rootfs.layers)
 
 
+async def test_a_release_scans_for_garbage_only_when_it_can_have_made_some(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The scan lists every blob and layer on disk: RemoveContainer paid it each time.
+    image = simple_image()
+    lab.push(f"{HOST}/team/app", "v1", image)
+    await lab.service.pull(f"{APP}:v1")
+    rootfs = await lab.service.lease_layers("container-1", f"{APP}:v1")
+    await lab.service.lease_layers("container-2", f"{APP}:v1")
+    scans: list[int] = []
+    real = lab.service._store.move_garbage_to_trash
+
+    def counted(*kept: object) -> int:
+        scans.append(1)
+        return real(*kept)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lab.service._store, "move_garbage_to_trash", counted)
+    await lab.service.release_layers("container-1")  # the image keeps the layers
+    assert scans == [] and all(layer.is_dir() for layer in rootfs.layers)
+    await lab.service.remove(image.id)  # container-2 keeps them now
+    assert all(layer.is_dir() for layer in rootfs.layers)
+    scans.clear()
+    await lab.service.release_layers("container-2")  # the last keeper: collected
+    assert scans == [1] and not any(layer.exists() for layer in rootfs.layers)
+
+
 async def test_credentials_reach_a_registry_that_wants_them(tmp_path: Path) -> None:
     registry = Registry(HOST, auth="bearer", users={"alice": "pw"})
     image = simple_image()
