@@ -80,6 +80,8 @@ class ContainerLifecycle:
         self._sandboxes = table.sandboxes
         self._resources = resources
         self._images = images
+        # Lease releases still running after their RemoveContainer answered (kept referenced).
+        self._releases: set[asyncio.Task[None]] = set()
 
     # --- create ---------------------------------------------------------------------------
 
@@ -385,7 +387,20 @@ class ContainerLifecycle:
         if full is None:
             return
         await asyncio.to_thread(self.remove_now, full)
-        await self._images.release_layers(full)
+        # The image lease goes after the answer (its store write is durable, ~1.5 ms): nothing
+        # waits for it. A daemon that dies first leaves a lease of a container that does not
+        # exist, which recovery releases; image calls queue behind it on the store's lock.
+        release = asyncio.create_task(self._release_layers(full))
+        self._releases.add(release)
+        release.add_done_callback(self._releases.discard)
+
+    async def _release_layers(self, container_id: str) -> None:
+        try:
+            await self._images.release_layers(container_id)
+        except Exception as e:
+            log.error(
+                "layers of a removed container not released", container=container_id, error=str(e)
+            )
 
     def remove_now(self, container_id: str) -> None:
         """Kills a running container, forgets it in the shim, deletes its dir. The log stays."""

@@ -9,6 +9,7 @@ mirror config; the tests skip when that registry does not answer. Pods run on th
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import resource
@@ -277,6 +278,13 @@ def test_exec_stop_and_remove_of_a_long_running_container(lab: Lab) -> None:
         lab.status(cid)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert (Path(lab.configs[pod].log_directory) / "sleeper.log").exists()  # the log stays
+    # Its image lease is released right after the answer, not waited for: soon no lease
+    # names it (a lease left behind would keep the image's layers on disk for ever).
+    images_json = lab.daemon.root_dir / "images" / "images.json"
+    deadline = time.monotonic() + 10
+    while cid in json.loads(images_json.read_text())["leases"]:
+        assert time.monotonic() < deadline, "the removed container's lease stayed"
+        time.sleep(0.01)
     lab.remove_pod(pod)
 
 
