@@ -10,16 +10,21 @@ import sys
 LAZY = ("pyroute2", "httpx", "prometheus_client", "cri_py.nri", "rich", "click")
 
 
-def test_starting_the_daemon_imports_none_of_the_lazy_modules() -> None:
+def modules_loaded_by(code: str) -> list[str]:
+    """The modules a fresh interpreter has loaded after running `code`."""
     probe = (
-        "import json, sys\n"
-        "import cri_py.cli, cri_py.server.daemon\n"
+        f"import json, sys\n{code}\n"
         "print(json.dumps(sorted(m for m in sys.modules if sys.modules[m] is not None)))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], check=True, capture_output=True, text=True
     ).stdout
-    loaded = json.loads(out)
+    loaded: list[str] = json.loads(out)
+    return loaded
+
+
+def test_starting_the_daemon_imports_none_of_the_lazy_modules() -> None:
+    loaded = modules_loaded_by("import cri_py.cli, cri_py.server.daemon")
     assert "cri_py.server.daemon" in loaded
     assert "grpc" in loaded  # needed at start, and the probe did import the daemon
     early = [m for m in loaded if any(m == lazy or m.startswith(f"{lazy}.") for lazy in LAZY)]
@@ -27,15 +32,6 @@ def test_starting_the_daemon_imports_none_of_the_lazy_modules() -> None:
 
 
 def test_the_registry_client_imports_httpx_without_its_command_line_client() -> None:
-    probe = (
-        "import json, sys\n"
-        "import cri_py.images.registry, httpx\n"
-        "httpx.AsyncClient()\n"
-        "print(json.dumps(sorted(m for m in sys.modules if sys.modules[m] is not None)))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], check=True, capture_output=True, text=True
-    ).stdout
-    loaded = json.loads(out)
+    loaded = modules_loaded_by("import cri_py.images.registry, httpx\nhttpx.AsyncClient()")
     assert "httpx" in loaded
     assert not [m for m in loaded if m.split(".")[0] in ("rich", "click", "pygments")]
