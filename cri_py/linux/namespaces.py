@@ -59,21 +59,46 @@ def run_in_netns(netns: Path, fn: Callable[[], T]) -> T:
     setns(CLONE_NEWNET) changes only the calling thread, and a socket keeps the namespace it was
     created in; a throw-away thread means no pooled thread is ever left in a pod's namespace.
     """
+
+    def work() -> T:
+        fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            syscalls.setns(fd, syscalls.CLONE_NEWNET)
+        finally:
+            os.close(fd)
+        return fn()
+
+    return _on_own_thread(f"netns:{netns.parent.parent.name[:12]}", work)
+
+
+def new_netns(pin: Path, inside: Callable[[], None]) -> None:
+    """Makes a network namespace, runs `inside` in it (the pod's net sysctls), then pins it at
+    `pin`; on a throw-away thread, the only one ever in it (unshare changes the calling
+    thread's namespace only). The namespace exists before any process of the pod does, so
+    its network can be set up while the pod's shim starts."""
+
+    def work() -> None:
+        syscalls.unshare(syscalls.CLONE_NEWNET)
+        inside()
+        fd = os.open(pin, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+        syscalls.mount("/proc/thread-self/ns/net", pin, None, syscalls.MS_BIND)
+
+    _on_own_thread(f"netns:{pin.parent.parent.name[:12]}", work)
+
+
+def _on_own_thread(name: str, fn: Callable[[], T]) -> T:
+    """`fn()` on a new thread that ends with it (whatever namespace it joined goes with it)."""
     result: list[T] = []
     failure: list[BaseException] = []
 
     def work() -> None:
         try:
-            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                syscalls.setns(fd, syscalls.CLONE_NEWNET)
-            finally:
-                os.close(fd)
             result.append(fn())
         except BaseException as e:
             failure.append(e)
 
-    thread = threading.Thread(target=work, name=f"netns:{netns.parent.parent.name[:12]}")
+    thread = threading.Thread(target=work, name=name)
     thread.start()
     thread.join()
     if failure:

@@ -15,8 +15,11 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent import futures
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cri_py.config import Config
 from cri_py.errors import (
@@ -26,7 +29,7 @@ from cri_py.errors import (
     InvalidArgument,
 )
 from cri_py.linux import features, syscalls
-from cri_py.linux.namespaces import pin_namespace, unpin_namespace
+from cri_py.linux.namespaces import new_netns, pin_namespace, unpin_namespace
 from cri_py.log import get_logger
 from cri_py.model.network import NetworkState
 from cri_py.model.resources import Resources
@@ -63,7 +66,7 @@ from cri_py.runtime.sandbox_rules import (
     validate_config,
 )
 from cri_py.shim.client import ShimClient, ShimError, ShimTemplate, start_shim, stop_shim
-from cri_py.shim.spec import ShimSpec
+from cri_py.shim.spec import ShimSpec, is_net_sysctl, sysctl_path
 from cri_py.shim.watcher import ShimWatcher
 from cri_py.spec.resources import pod_resources, validate_resources
 from cri_py.spec.userns import map_file
@@ -71,6 +74,8 @@ from cri_py.store.sandboxes import SandboxStore
 from cri_py.store.trash import Trash
 
 log = get_logger("cri_py.sandboxes")
+
+T = TypeVar("T")
 
 HOST_SHM = "/dev/shm"
 # Docker's and containerd's default size of a pod's /dev/shm.
@@ -286,14 +291,32 @@ class SandboxService:
                     syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC,
                     SHM_OPTIONS,
                 )
+            # The pod's network namespace is made here, unless the pod has its own users (then
+            # the shim makes it inside their namespace): its network (CNI ADD, ~15 ms of plugin
+            # runs) is then set up on a thread of its own while the shim starts.
+            early_net = not host_network and not own_users
+            shim_sysctls = dict(config.sysctls)
+            network: Future[tuple[str, ...]] | None = None
+            if early_net:
+                net_sysctls = {k: v for k, v in shim_sysctls.items() if is_net_sysctl(k)}
+                shim_sysctls = {k: v for k, v in shim_sysctls.items() if k not in net_sysctls}
+                undo.callback(unpin_namespace, Path(pins["net"]))
+                new_netns(Path(pins["net"]), lambda: write_sysctls(net_sysctls))
+                undo.callback(self._network.teardown, network_kind, sandbox_id, files)
+                network = _started(
+                    self._network.setup, network_kind, sandbox_id, Path(pins["net"]), files, config
+                )
+                # An undo waits for the ADD to end before the teardown above runs.
+                undo.callback(_settled, network)
             spec = ShimSpec(
                 sandbox_id=sandbox_id,
                 hostname=hostname if not host_network else "",
-                new_net=not host_network,
+                new_net=not host_network and not early_net,
+                net_path=pins["net"] if early_net else "",
                 new_ipc=not host_ipc,
                 new_uts=not host_network,
                 new_pid=ns.pid == NamespaceMode.POD,
-                sysctls=dict(config.sysctls),
+                sysctls=shim_sysctls,
                 uid_map=map_file(ns.user.uids) if own_users else "",
                 gid_map=map_file(ns.user.gids) if own_users else "",
                 user_pin=pins.get("user", ""),
@@ -312,15 +335,18 @@ class SandboxService:
             )
             self._store.save(record, durable=False)  # a restart knows which process to stop
             for kind, path in pins.items():
-                if kind == "user":
-                    continue  # the shim's pin
+                if kind == "user" or (kind == "net" and early_net):
+                    continue  # the shim's pin, or ours from above
                 undo.callback(unpin_namespace, Path(path))
                 pin_namespace(shim.init_pid if kind == "pid" else shim.pid, kind, Path(path))
             if not host_network:
-                undo.callback(self._network.teardown, network_kind, sandbox_id, files)
-                ips = self._network.setup(
-                    network_kind, sandbox_id, Path(pins["net"]), files, config
-                )
+                if network is not None:
+                    ips = network.result()
+                else:
+                    undo.callback(self._network.teardown, network_kind, sandbox_id, files)
+                    ips = self._network.setup(
+                        network_kind, sandbox_id, Path(pins["net"]), files, config
+                    )
                 record = dataclasses.replace(
                     record, ip=ips[0] if ips else "", additional_ips=ips[1:]
                 )
@@ -569,3 +595,34 @@ class SandboxService:
         # A clean stop leaves no trash (bounded: the next start deletes what is left).
         self._bundle_trash.close()
         self._store.trash.close()
+
+
+def write_sysctls(sysctls: Mapping[str, str]) -> None:
+    """Writes namespaced sysctls as seen by the calling thread (/proc/sys/net is its netns')."""
+    for name, value in sysctls.items():
+        try:
+            with open(sysctl_path(name), "w") as f:
+                f.write(value)
+        except OSError as e:
+            # As when the shim writes them: the pod fails and is undone (INTERNAL).
+            raise OSError(e.errno, f"writing sysctl {name}={value}: {e.strerror}") from None
+
+
+def _started(fn: Callable[..., T], *args: Any) -> Future[T]:
+    """`fn(*args)` on a thread of its own (a pool would queue one pod's ADD behind others')."""
+    future: Future[T] = Future()
+    future.set_running_or_notify_cancel()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:
+            future.set_exception(e)
+
+    threading.Thread(target=run, name="cri-py-pod-network", daemon=True).start()
+    return future
+
+
+def _settled(future: Future[Any]) -> None:
+    """Waits for `future` to end, whatever its outcome (its caller undoes what it did)."""
+    futures.wait([future])

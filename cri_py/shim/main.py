@@ -61,9 +61,16 @@ def _detach_stdio(log_path: Path | None) -> None:
 
 
 def create_namespaces(spec: ShimSpec) -> None:
-    """unshare the pod's namespaces (not PID: that one applies to children only) and fill them."""
+    """unshare the pod's namespaces (not PID: that one applies to children only) and fill them;
+    a network namespace the daemon made (`net_path`) is joined instead."""
     flags = 0
-    if spec.new_net:
+    if spec.net_path:
+        fd = os.open(spec.net_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            syscalls.setns(fd, syscalls.CLONE_NEWNET)
+        finally:
+            os.close(fd)
+    elif spec.new_net:
         flags |= syscalls.CLONE_NEWNET
     if spec.new_ipc:
         flags |= syscalls.CLONE_NEWIPC

@@ -26,6 +26,9 @@ class ShimSpec:
     hostname: str = ""
     # Namespaces the shim creates; the others are the host's.
     new_net: bool = True
+    # A network namespace the daemon made and pinned here (its network set up while the shim
+    # starts): joined instead of a new one (then `new_net` is False).
+    net_path: str = ""
     new_ipc: bool = True
     new_uts: bool = True
     new_pid: bool = False
@@ -43,6 +46,7 @@ class ShimSpec:
                 "sandbox_id": self.sandbox_id,
                 "hostname": self.hostname,
                 "new_net": self.new_net,
+                "net_path": self.net_path,
                 "new_ipc": self.new_ipc,
                 "new_uts": self.new_uts,
                 "new_pid": self.new_pid,
@@ -61,6 +65,7 @@ class ShimSpec:
             sandbox_id=str(data["sandbox_id"]),
             hostname=str(data.get("hostname", "")),
             new_net=bool(data.get("new_net", True)),
+            net_path=str(data.get("net_path", "")),
             new_ipc=bool(data.get("new_ipc", True)),
             new_uts=bool(data.get("new_uts", True)),
             new_pid=bool(data.get("new_pid", False)),
@@ -69,6 +74,11 @@ class ShimSpec:
             gid_map=str(data.get("gid_map", "")),
             user_pin=str(data.get("user_pin", "")),
         )
+
+
+def is_net_sysctl(name: str) -> bool:
+    """Whether the sysctl belongs to the network namespace (the others here are IPC's)."""
+    return sysctl_path(name).startswith("/proc/sys/net/")
 
 
 def sysctl_path(name: str) -> str:
