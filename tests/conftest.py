@@ -18,9 +18,17 @@ from tests.host_kind import host_kind_of
 
 # The unit tests run gRPC servers and fork setup processes in one process; gRPC's fork handlers
 # then find "other threads calling into gRPC", skip, and the forked child dies in setup (which
-# test failed depended on the order). Set before anything imports grpc. The daemon itself
-# never forks with Python's fork: its children start through subprocess.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+# test failed depended on the order). Off for this process only, read as grpc is imported: the
+# daemons the tests start get the environment a deployed one has.
+_fork_support = os.environ.get("GRPC_ENABLE_FORK_SUPPORT")
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
+import grpc  # noqa: E402
+import grpc.aio  # noqa: E402,F401
+
+if _fork_support is None:
+    del os.environ["GRPC_ENABLE_FORK_SUPPORT"]
+else:
+    os.environ["GRPC_ENABLE_FORK_SUPPORT"] = _fork_support
 
 SWITCH = "CRI_PY_REQUIRE_LAB"
 _TURNED = pytest.StashKey[list[str]]()
