@@ -36,7 +36,7 @@ from cri_py.network.cni import (
     plugin_env,
     plugin_error,
 )
-from cri_py.store.atomic import read_json, write_json_atomic
+from cri_py.store.atomic import read_json_written, write_json_atomic
 
 log = get_logger("cri_py.network.cni")
 
@@ -228,10 +228,9 @@ def save_cache(state_dir: Path, attachment: CachedAttachment, durable: bool = Tr
 
 
 def load_cache(state_dir: Path) -> CachedAttachment | None:
-    path = state_dir / CACHE_FILE
     # Empty: the intent written before an ADD, lost with the power before it reached the
     # disk; the netns went with it (libcni caches only results, and without an fsync).
-    data = read_json(path) if path.exists() and path.stat().st_size else None
+    data = read_json_written(state_dir / CACHE_FILE)
     if data is None:
         return None
     pod = data["pod"]

@@ -27,6 +27,7 @@ from cri_py.log import get_logger
 from cri_py.model.container import ContainerConfig, ContainerRecord, ContainerState, ExitRecord
 from cri_py.model.sandbox import NamespaceMode, SandboxState
 from cri_py.runtime import handlers, oom
+from cri_py.runtime.background import started
 from cri_py.runtime.container_hooks import (
     check_hooks,
     create_call_seconds,
@@ -55,7 +56,7 @@ from cri_py.spec.build import SpecInputs, build_spec
 from cri_py.spec.devices import devices_unconfined
 from cri_py.spec.mounts import PodFiles
 from cri_py.spec.rootfs import overlay_mount
-from cri_py.store.atomic import BackgroundSync, write_json_atomic
+from cri_py.store.atomic import sync_files, write_json_atomic
 
 log = get_logger("cri_py.containers")
 
@@ -272,7 +273,7 @@ class ContainerLifecycle:
                     f"{sandbox_id} (an older cri-py's) does not run; recreate the pod"
                 )
             # config.json goes to the disk while the shim creates.
-            config_synced = BackgroundSync(directory / "config.json")
+            config_synced = started(sync_files, directory / "config.json")
             try:
                 result = shim.create(
                     request, create_call_seconds(CREATE_TIMEOUT_SECONDS, oci_hooks)
@@ -287,7 +288,7 @@ class ContainerLifecycle:
             if result.oom_score_adj is not None:
                 oom.clamps.note(oom_score_adj, result.oom_score_adj)
             record = dataclasses.replace(record, pid=result.pid, user=container_user(result))
-            config_synced.wait()
+            config_synced.result()
             self._store.save(record)  # durable: the bundle's directory entries with it
             self._registry.put(record)
             undo.pop_all()

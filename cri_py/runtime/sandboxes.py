@@ -15,11 +15,9 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
-from concurrent import futures
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, TypeVar
 
 from cri_py.config import Config
 from cri_py.errors import (
@@ -46,6 +44,7 @@ from cri_py.model.sandbox import (
 from cri_py.network.hostports import HostPorts
 from cri_py.network.selector import BUILTIN, NetworkSelector
 from cri_py.runtime import pod_files
+from cri_py.runtime.background import settled, started
 from cri_py.runtime.cgroups import CgroupManager
 from cri_py.runtime.events import EventType
 from cri_py.runtime.handlers import RuntimeHandlers, check_pod
@@ -66,7 +65,7 @@ from cri_py.runtime.sandbox_rules import (
     validate_config,
 )
 from cri_py.shim.client import ShimClient, ShimError, ShimTemplate, start_shim, stop_shim
-from cri_py.shim.spec import ShimSpec, is_net_sysctl, sysctl_path
+from cri_py.shim.spec import ShimSpec, is_net_sysctl, write_sysctls
 from cri_py.shim.watcher import ShimWatcher
 from cri_py.spec.resources import pod_resources, validate_resources
 from cri_py.spec.userns import map_file
@@ -74,8 +73,6 @@ from cri_py.store.sandboxes import SandboxStore
 from cri_py.store.trash import Trash
 
 log = get_logger("cri_py.sandboxes")
-
-T = TypeVar("T")
 
 HOST_SHM = "/dev/shm"
 # Docker's and containerd's default size of a pod's /dev/shm.
@@ -303,11 +300,11 @@ class SandboxService:
                 undo.callback(unpin_namespace, Path(pins["net"]))
                 new_netns(Path(pins["net"]), lambda: write_sysctls(net_sysctls))
                 undo.callback(self._network.teardown, network_kind, sandbox_id, files)
-                network = _started(
+                network = started(
                     self._network.setup, network_kind, sandbox_id, Path(pins["net"]), files, config
                 )
                 # An undo waits for the ADD to end before the teardown above runs.
-                undo.callback(_settled, network)
+                undo.callback(settled, network)
             spec = ShimSpec(
                 sandbox_id=sandbox_id,
                 hostname=hostname if not host_network else "",
@@ -595,34 +592,3 @@ class SandboxService:
         # A clean stop leaves no trash (bounded: the next start deletes what is left).
         self._bundle_trash.close()
         self._store.trash.close()
-
-
-def write_sysctls(sysctls: Mapping[str, str]) -> None:
-    """Writes namespaced sysctls as seen by the calling thread (/proc/sys/net is its netns')."""
-    for name, value in sysctls.items():
-        try:
-            with open(sysctl_path(name), "w") as f:
-                f.write(value)
-        except OSError as e:
-            # As when the shim writes them: the pod fails and is undone (INTERNAL).
-            raise OSError(e.errno, f"writing sysctl {name}={value}: {e.strerror}") from None
-
-
-def _started(fn: Callable[..., T], *args: Any) -> Future[T]:
-    """`fn(*args)` on a thread of its own (a pool would queue one pod's ADD behind others')."""
-    future: Future[T] = Future()
-    future.set_running_or_notify_cancel()
-
-    def run() -> None:
-        try:
-            future.set_result(fn(*args))
-        except BaseException as e:
-            future.set_exception(e)
-
-    threading.Thread(target=run, name="cri-py-pod-network", daemon=True).start()
-    return future
-
-
-def _settled(future: Future[Any]) -> None:
-    """Waits for `future` to end, whatever its outcome (its caller undoes what it did)."""
-    futures.wait([future])

@@ -68,7 +68,7 @@ class ReplyCache:
         self._reply = Serialized(b"")
 
     def reply(self, key: Hashable, build: Callable[[], Message]) -> Serialized:
-        if key != self._key or self._key is None:
+        if key != self._key:
             reply = Serialized(build().SerializeToString())
             self._key, self._reply = key, reply
         return self._reply

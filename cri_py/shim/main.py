@@ -37,7 +37,7 @@ from cri_py.shim.spec import (
     SHIM_SPEC_FILE,
     SOCKET_FILE,
     ShimSpec,
-    sysctl_path,
+    write_sysctls,
 )
 from cri_py.shim.sync import ContainerError
 
@@ -81,16 +81,9 @@ def create_namespaces(spec: ShimSpec) -> None:
     else:
         if flags:
             syscalls.unshare(flags)
-        write_sysctls(spec)
+        write_sysctls(spec.sysctls)
     if spec.new_uts and spec.hostname:
         socket.sethostname(spec.hostname)
-
-
-def write_sysctls(spec: ShimSpec) -> None:
-    for name, value in spec.sysctls.items():
-        # /proc/sys/net and the IPC sysctls resolve to the writer's own namespaces.
-        with open(sysctl_path(name), "w") as f:
-            f.write(value)
 
 
 def _enter_pod_user_namespace(spec: ShimSpec, flags: int) -> None:
@@ -99,7 +92,9 @@ def _enter_pod_user_namespace(spec: ShimSpec, flags: int) -> None:
     shim itself stays in the host's user namespace: it keeps the host root's powers it needs
     for containers' mounts and cgroups."""
     # The sysctls are the helper's to write: as the namespace's root (see UserNamespaceHelper).
-    helper = UserNamespaceHelper(spec.uid_map, spec.gid_map, flags, lambda: write_sysctls(spec))
+    helper = UserNamespaceHelper(
+        spec.uid_map, spec.gid_map, flags, lambda: write_sysctls(spec.sysctls)
+    )
     try:
         for kind, flag in (
             ("net", syscalls.CLONE_NEWNET),

@@ -76,6 +76,18 @@ class ShimSpec:
         )
 
 
+def write_sysctls(sysctls: Mapping[str, str]) -> None:
+    """Writes namespaced sysctls as the calling thread sees them (/proc/sys/net is its network
+    namespace's, the IPC ones its IPC namespace's): the shim's, and the daemon's thread that
+    makes a pod's network namespace."""
+    for name, value in sysctls.items():
+        try:
+            with open(sysctl_path(name), "w") as f:
+                f.write(value)
+        except OSError as e:
+            raise OSError(e.errno, f"writing sysctl {name}={value}: {e.strerror}") from None
+
+
 def is_net_sysctl(name: str) -> bool:
     """Whether the sysctl belongs to the network namespace (the others here are IPC's)."""
     return sysctl_path(name).startswith("/proc/sys/net/")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -51,29 +50,6 @@ def sync_files(*paths: Path) -> None:
             os.close(fd)
 
 
-class BackgroundSync:
-    """`sync_files` on a thread of its own, so that other work overlaps the disk's; `wait`
-    joins it and raises what it failed with."""
-
-    def __init__(self, *paths: Path) -> None:
-        self._error: OSError | None = None
-        self._thread = threading.Thread(
-            target=self._run, args=paths, name="cri-py-sync", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self, *paths: Path) -> None:
-        try:
-            sync_files(*paths)
-        except OSError as e:
-            self._error = e
-
-    def wait(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-
 def write_json_atomic(path: Path, value: Any, durable: bool = True) -> None:
     write_atomic(path, json.dumps(value, sort_keys=True).encode(), durable=durable)
 
@@ -84,3 +60,13 @@ def read_json(path: Path) -> Any | None:
         return json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
+
+
+def read_json_written(path: Path) -> Any | None:
+    """As `read_json`, for a file whose first write was not durable: empty, as a power loss
+    can leave such a write, reads as no file."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return json.loads(data) if data else None

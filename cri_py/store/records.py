@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from cri_py.log import get_logger
-from cri_py.store.atomic import read_json, sync_directory, write_json_atomic
+from cri_py.store.atomic import read_json_written, sync_directory, write_json_atomic
 from cri_py.store.codec import from_data, to_data
 from cri_py.store.trash import Trash
 
@@ -62,8 +62,7 @@ class RecordStore(Generic[R]):
             if not _ID.match(directory.name):
                 continue
             try:
-                path = directory / f"{self._kind}.json"
-                data: Any = None if _empty(path) else read_json(path)
+                data: Any = read_json_written(directory / f"{self._kind}.json")
                 if data is None:
                     # Crashed between mkdir and the first write (or lost, with the power, a
                     # first write that was not durable): nothing of it runs.
@@ -78,10 +77,3 @@ class RecordStore(Generic[R]):
         """The object's dir is gone from `root` on return (one rename); the worker deletes
         its files later. `trash.drain()` waits for that."""
         self.trash.discard(self.dir_of(object_id))
-
-
-def _empty(path: Path) -> bool:
-    try:
-        return path.stat().st_size == 0
-    except FileNotFoundError:
-        return True

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cri_py.store.atomic import BackgroundSync, read_json, write_json_atomic
+from cri_py.runtime.background import started
+from cri_py.store.atomic import read_json, sync_files, write_json_atomic
 from cri_py.store.records import RecordStore
 
 ID = "a" * 64
@@ -69,6 +70,6 @@ def test_an_empty_record_is_a_first_write_lost_with_the_power(tmp_path: Path) ->
 
 def test_a_background_sync_reports_its_failure_when_waited_for(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
-    BackgroundSync(tmp_path / "f").wait()
+    started(sync_files, tmp_path / "f").result()
     with pytest.raises(FileNotFoundError):
-        BackgroundSync(tmp_path / "missing").wait()
+        started(sync_files, tmp_path / "missing").result()
