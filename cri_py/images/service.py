@@ -270,13 +270,27 @@ class ImageService:
     async def lease_layers(self, owner: str, image: str) -> ImageRootfs:
         """As `rootfs`, and keeps the layers on disk for `owner` (a container ID) until
         `release_layers(owner)`, even if the image is removed meanwhile. Persisted."""
+        rootfs, written = await self.lease_soon(owner, image)
+        await asyncio.wrap_future(written)
+        return rootfs
+
+    async def lease_soon(
+        self, owner: str, image: str
+    ) -> tuple[ImageRootfs, concurrent.futures.Future[None]]:
+        """As `lease_layers`, but answers once the lease holds in memory (no collection takes
+        the layers from then on); the future ends when images.json has it too. Until then the
+        caller makes nothing that outlives a crash of the daemon on these layers (a container's
+        process): a restart knows only the leases on disk. Store writes run in order on one
+        thread, so a later change is written after this one."""
         async with self._lock:
             rootfs = self.rootfs(image)
             record = self._state.images[rootfs.image_id]
             leases = dict(self._state.leases)
             leases[owner] = tuple(layer.chain_id for layer in record.layers)
-            await self._save(dataclasses.replace(self._state, leases=leases))
-        return rootfs
+            state = dataclasses.replace(self._state, leases=leases)
+            written = self._store_io.submit(self._store.save, state)
+            self._set_state(state)
+        return rootfs, written
 
     def lease_owners(self) -> set[str]:
         """Who holds layer leases: container IDs (a volume's `<ID>/...` counts as its ID)."""
@@ -300,7 +314,15 @@ class ImageService:
                 if key not in leases
                 for chain in chains
             }
-            await self._save(dataclasses.replace(self._state, leases=leases))
+            state = dataclasses.replace(self._state, leases=leases)
+            try:
+                await self._save(state)
+            except OSError:
+                # The owner is gone either way (a create that failed, perhaps for this very
+                # disk): a lease left on disk is released by the next start's recovery, which
+                # finds no container of that ID.
+                self._set_state(state)
+                raise
             # Layers an image or another container still keeps cannot be garbage: no scan of
             # every blob and layer on disk then (the usual case, on every RemoveContainer).
             if released - self._kept()[1]:

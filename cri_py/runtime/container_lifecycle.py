@@ -16,7 +16,8 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 
 from cri_py.cdi.edits import apply_injection
 from cri_py.cdi.registry import CdiRegistry
@@ -96,11 +97,15 @@ class ContainerLifecycle:
         container_id = secrets.token_hex(32)
         # The name is released again if the create fails.
         with self._registry.reserving(key, container_id):
-            rootfs = await self._images.lease_layers(container_id, config.image)
+            # The leases go to the disk while the container is prepared (_create waits for
+            # them before the shim makes its process).
+            written: list[Future[None]] = []
             try:
-                volumes = await self._lease_image_volumes(container_id, config)
+                rootfs, lease = await self._images.lease_soon(container_id, config.image)
+                written.append(lease)
+                volumes = await self._lease_image_volumes(container_id, config, written)
                 await asyncio.to_thread(
-                    self._create, container_id, sandbox_id, config, rootfs, volumes
+                    self._create, container_id, sandbox_id, config, rootfs, volumes, written
                 )
             except BaseException:
                 await self._images.release_layers(container_id)
@@ -108,20 +113,22 @@ class ContainerLifecycle:
         return container_id
 
     async def _lease_image_volumes(
-        self, container_id: str, config: ContainerConfig
+        self, container_id: str, config: ContainerConfig, written: list[Future[None]]
     ) -> dict[str, ImageRootfs]:
         """The layers of each image volume's image, leased under `<container ID>/...` (which
-        `release_layers(container ID)` releases too). The image must have been pulled."""
+        `release_layers(container ID)` releases too); each lease's write joins `written`. The
+        image must have been pulled."""
         volumes = {}
         for index, mount in enumerate(config.mounts):
             if not mount.image:
                 continue
             try:
-                volumes[mount.container_path] = await self._images.lease_layers(
+                volumes[mount.container_path], lease = await self._images.lease_soon(
                     f"{container_id}/image-volume/{index}", mount.image
                 )
             except NotFound as e:
                 raise NotFound(f"image volume at {mount.container_path}: {e}") from None
+            written.append(lease)
         return volumes
 
     def _create(
@@ -131,6 +138,7 @@ class ContainerLifecycle:
         config: ContainerConfig,
         rootfs: ImageRootfs,
         volumes: Mapping[str, ImageRootfs],
+        leases_written: Sequence[Future[None]],
     ) -> None:
         sandbox = self._sandboxes.status(sandbox_id).record
         if volumes:
@@ -272,6 +280,14 @@ class ContainerLifecycle:
                     f"container {config.metadata.name}: it has OCI hooks, which the shim of pod "
                     f"{sandbox_id} (an older cri-py's) does not run; recreate the pod"
                 )
+            # A restart knows only the leases on disk: none may be missing once a process
+            # runs on the layers.
+            try:
+                for lease in leases_written:
+                    lease.result()
+            except OSError as e:
+                name = config.metadata.name
+                raise Internal(f"container {name}: recording its image lease: {e}") from e
             # config.json goes to the disk while the shim creates.
             config_synced = started(sync_files, directory / "config.json")
             try:

@@ -7,8 +7,10 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -432,6 +434,37 @@ async def test_leased_layers_outlive_their_image(lab: Lab) -> None:
     lab.service = lab.start()  # leases are persisted
     assert all(layer.is_dir() for layer in rootfs.layers)
     await lab.service.release_layers("container-1")
+    await lab.service.release_layers("container-1")
+    assert not any(layer.exists() for layer in rootfs.layers)
+
+
+async def test_a_lease_holds_before_its_write_ends_and_is_on_disk_after(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CreateContainer prepares the container while images.json is written: the layers must
+    # stay if the image is removed meanwhile, and the lease must be on disk once written.
+    image = simple_image()
+    lab.push(f"{HOST}/team/app", "v1", image)
+    await lab.service.pull(f"{APP}:v1")
+    gate = threading.Event()
+    real_save = lab.service._store.save
+
+    def slow_save(state: Any) -> None:
+        gate.wait(10)
+        real_save(state)
+
+    monkeypatch.setattr(lab.service._store, "save", slow_save)
+    rootfs, written = await lab.service.lease_soon("container-1", f"{APP}:v1")
+    assert not written.done()
+    removal = asyncio.ensure_future(lab.service.remove(image.id))
+    await asyncio.sleep(0.05)
+    gate.set()
+    await removal
+    written.result(10)
+    assert all(layer.is_dir() for layer in rootfs.layers)
+    await lab.service.close()
+    lab.service = lab.start()
+    assert all(layer.is_dir() for layer in rootfs.layers)  # the lease was written
     await lab.service.release_layers("container-1")
     assert not any(layer.exists() for layer in rootfs.layers)
 
