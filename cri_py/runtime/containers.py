@@ -148,6 +148,9 @@ class ContainerService:
     def stop_sandbox_containers(self, sandbox_id: str) -> None:
         self.recovery.stop_sandbox_containers(sandbox_id)
 
+    def sandbox_shim_started(self, sandbox_id: str) -> None:
+        self.table.ensure_subscribed(sandbox_id)
+
     def sandbox_stopped(self, sandbox_id: str) -> None:
         self.recovery.sandbox_stopped(sandbox_id)
 

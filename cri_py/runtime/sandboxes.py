@@ -116,6 +116,9 @@ class SandboxService:
         self.before_stop: Callable[[str], None] = lambda sandbox_id: None
         self.after_stop: Callable[[str], None] = lambda sandbox_id: None
         self.before_remove: Callable[[str], None] = lambda sandbox_id: None
+        # The container service's: its event feed from a new pod's shim, made while the pod's
+        # network is set up rather than in the first CreateContainer (undone by after_stop).
+        self.shim_started: Callable[[str], None] = lambda sandbox_id: None
         # Told of the sandbox's own lifecycle events (GetContainerEvents; containerd sends
         # them too and kubelet's Evented PLEG drops a pod from its cache on DELETED).
         self.on_event: Callable[[EventType, SandboxView], None] = lambda kind, view: None
@@ -260,6 +263,26 @@ class SandboxService:
             # The records before the last are not durable: a crash of the daemon finds them in
             # the page cache; a power loss leaves nothing of the pod running.
             self._store.save(record, durable=False)
+            files = self._store.dir_of(sandbox_id)
+            undo.callback(self._bundle_trash.discard, bundle)
+            (bundle / "ns").mkdir(mode=0o700, parents=True)
+            # The pod's network namespace is made first, unless the pod has its own users (then
+            # the shim makes it inside their namespace): its network (CNI ADD, ~15 ms of plugin
+            # runs) is then set up on a thread of its own while the rest of the pod is made.
+            early_net = not host_network and not own_users
+            shim_sysctls = dict(config.sysctls)
+            network: Future[tuple[str, ...]] | None = None
+            if early_net:
+                net_sysctls = {k: v for k, v in shim_sysctls.items() if is_net_sysctl(k)}
+                shim_sysctls = {k: v for k, v in shim_sysctls.items() if k not in net_sysctls}
+                undo.callback(unpin_namespace, Path(pins["net"]))
+                new_netns(Path(pins["net"]), lambda: write_sysctls(net_sysctls))
+                undo.callback(self._network.teardown, network_kind, sandbox_id, files)
+                network = started(
+                    self._network.setup, network_kind, sandbox_id, Path(pins["net"]), files, config
+                )
+                # An undo waits for the ADD to end before the teardown above runs.
+                undo.callback(settled, network)
             if record.cgroup:
                 undo.callback(self._remove_pod_cgroup, record)
                 self._create_pod_cgroup(record)
@@ -269,9 +292,6 @@ class SandboxService:
                     record = dataclasses.replace(record, made_parent=made)
                     undo.callback(self._release_parent, record)
                     self._store.save(record, durable=False)
-            files = self._store.dir_of(sandbox_id)
-            undo.callback(self._bundle_trash.discard, bundle)
-            (bundle / "ns").mkdir(mode=0o700, parents=True)
             write_pod_file(files / "hostname", pod_files.hostname_file(hostname))
             write_pod_file(files / "hosts", pod_files.hosts_file(hostname, ()))
             write_pod_file(
@@ -288,23 +308,6 @@ class SandboxService:
                     syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC,
                     SHM_OPTIONS,
                 )
-            # The pod's network namespace is made here, unless the pod has its own users (then
-            # the shim makes it inside their namespace): its network (CNI ADD, ~15 ms of plugin
-            # runs) is then set up on a thread of its own while the shim starts.
-            early_net = not host_network and not own_users
-            shim_sysctls = dict(config.sysctls)
-            network: Future[tuple[str, ...]] | None = None
-            if early_net:
-                net_sysctls = {k: v for k, v in shim_sysctls.items() if is_net_sysctl(k)}
-                shim_sysctls = {k: v for k, v in shim_sysctls.items() if k not in net_sysctls}
-                undo.callback(unpin_namespace, Path(pins["net"]))
-                new_netns(Path(pins["net"]), lambda: write_sysctls(net_sysctls))
-                undo.callback(self._network.teardown, network_kind, sandbox_id, files)
-                network = started(
-                    self._network.setup, network_kind, sandbox_id, Path(pins["net"]), files, config
-                )
-                # An undo waits for the ADD to end before the teardown above runs.
-                undo.callback(settled, network)
             spec = ShimSpec(
                 sandbox_id=sandbox_id,
                 hostname=hostname if not host_network else "",
@@ -336,6 +339,8 @@ class SandboxService:
                     continue  # the shim's pin, or ours from above
                 undo.callback(unpin_namespace, Path(path))
                 pin_namespace(shim.init_pid if kind == "pid" else shim.pid, kind, Path(path))
+            undo.callback(self.after_stop, sandbox_id)
+            self.shim_started(sandbox_id)
             if not host_network:
                 if network is not None:
                     ips = network.result()

@@ -256,6 +256,7 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> Non
         sandboxes.before_stop = containers.stop_sandbox_containers
         sandboxes.after_stop = containers.sandbox_stopped
         sandboxes.before_remove = containers.remove_sandbox_containers
+        sandboxes.shim_started = containers.sandbox_shim_started
         sandboxes.on_event = containers.sandbox_event
         await asyncio.to_thread(containers.recover)
         # NRI plugins, when enabled: after recovery, so they synchronize with every pod.
