@@ -47,7 +47,9 @@ class RecordStore(Generic[R]):
 
     def save(self, record: R, durable: bool = True) -> None:
         """`durable=False` for a record that a later durable save replaces before the call
-        that made it returns (`cri_py.store.atomic.write_atomic`)."""
+        that made it returns, or whose news only matters while the machine is up (a started
+        container: after a power loss it is dead either way); see
+        `cri_py.store.atomic.write_atomic`."""
         directory = self.dir_of(record.id)
         directory.mkdir(mode=0o700, exist_ok=True)
         write_json_atomic(directory / f"{self._kind}.json", to_data(record), durable=durable)
