@@ -126,20 +126,18 @@ class Cgroupfs:
         return self._dir(hierarchy, cgroup) / name
 
     def create(self, cgroup: str) -> None:
-        """Makes the cgroup (and missing parents) in every hierarchy."""
+        """Makes the cgroup (and missing parents) in every hierarchy. The usual case (the
+        parents exist) costs one mkdir a hierarchy, and on cpuset four small reads and writes:
+        this runs in every CreateContainer, where path walks and checks of every ancestor
+        took ~3 ms across nine hierarchies."""
         for hierarchy in self.hierarchies:
             target = self._dir(hierarchy, cgroup)
             top = Path(hierarchy.mountpoint)
-            chain = [p for p in reversed([target, *target.parents]) if top in p.parents]
-            for directory in chain:
-                if not directory.exists():
-                    # A concurrent create may make it first (two pods under a new parent).
-                    with contextlib.suppress(FileExistsError):
-                        directory.mkdir(mode=0o755)
-                if "cpuset" in hierarchy.controllers:
-                    # Also for existing ancestors: one a concurrent create just made may not
-                    # have its cpus yet, and a child of it would get none (ENOSPC on join).
-                    _inherit_cpuset(directory)
+            if target == top:
+                continue
+            _make_dir(target, top)
+            if "cpuset" in hierarchy.controllers:
+                _inherit_cpuset(target, top)
 
     def enable_v2_controllers(self, cgroup: str, controllers: Iterable[str]) -> None:
         """cgroup v2: turns controllers on in every ancestor's subtree_control, top down."""
@@ -205,10 +203,34 @@ class Cgroupfs:
                     time.sleep(0.01)
 
 
-def _inherit_cpuset(directory: Path) -> None:
+def _make_dir(directory: Path, top: Path) -> None:
+    """mkdir of `directory` and of its missing parents below `top` (never `top` itself)."""
+    try:
+        os.mkdir(directory, 0o755)
+    except FileNotFoundError:
+        if directory.parent == top:
+            raise
+        _make_dir(directory.parent, top)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o755)
+    except FileExistsError:
+        pass  # a concurrent create made it first (two pods under a new parent)
+
+
+def _inherit_cpuset(directory: Path, top: Path) -> None:
     """cgroup v1 cpuset: a new cgroup starts with empty cpus/mems and refuses tasks; copy the
-    parent's, as the kernel does with cgroup.clone_children."""
+    parent's, as the kernel does with cgroup.clone_children. A parent still empty (a concurrent
+    create just made it and has not copied yet) gets its own first, up to `top`."""
     for name in ("cpuset.cpus", "cpuset.mems"):
         own = directory / name
-        if own.exists() and not own.read_text().strip():
-            own.write_text((directory.parent / name).read_text().strip())
+        try:
+            if own.read_text().strip():
+                continue
+        except FileNotFoundError:
+            return
+        parent = directory.parent
+        value = (parent / name).read_text().strip()
+        if not value and parent != top:
+            _inherit_cpuset(parent, top)
+            value = (parent / name).read_text().strip()
+        own.write_text(value)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,14 +130,14 @@ def test_create_fills_a_cpuset_parent_a_concurrent_create_has_not_filled_yet(
     # but has not copied its parent's yet; ours must not make a child of it with none (the
     # kernel then refuses tasks with ENOSPC; found by `make test-faults`).
     fs = Cgroupfs([Hierarchy(str(tmp_path), "/", frozenset({"cpuset"}), 1)])
-    real_mkdir = Path.mkdir
+    real_mkdir = os.mkdir
 
-    def kernel_mkdir(self: Path, mode: int = 0o777, *args: object, **kwargs: object) -> None:
-        real_mkdir(self, mode, *args, **kwargs)  # type: ignore[arg-type]
+    def kernel_mkdir(path: str | Path, mode: int = 0o777, **kwargs: Any) -> None:
+        real_mkdir(path, mode, **kwargs)
         for name in ("cpuset.cpus", "cpuset.mems"):
-            (self / name).write_text("\n")
+            (Path(path) / name).write_text("\n")
 
-    monkeypatch.setattr(Path, "mkdir", kernel_mkdir)
+    monkeypatch.setattr(os, "mkdir", kernel_mkdir)
     (tmp_path / "cpuset.cpus").write_text("0-3\n")
     (tmp_path / "cpuset.mems").write_text("0\n")
     (tmp_path / "shared").mkdir()  # the other create, half-way
