@@ -259,10 +259,12 @@ class CniNetwork:
         """ADD; the cache is written first, so a failure half-way (or a crash) still leaves
         `teardown` the config to DEL with."""
         # The intent needs no fsync: a crash of the daemon finds it in the page cache, and
-        # a power loss takes the netns with it. The result is durable (DEL needs it).
+        # a power loss takes the netns with it. The result must reach the disk (DEL needs it)
+        # before the pod is answered: the caller syncs it with the pod's record
+        # (`NetworkSelector.unsynced`), the two fsyncs at once.
         save_cache(state_dir, CachedAttachment(network, invocation, None), durable=False)
         result = self.runner.add(network, invocation)
-        save_cache(state_dir, CachedAttachment(network, invocation, result))
+        save_cache(state_dir, CachedAttachment(network, invocation, result), durable=False)
         log.info(
             "CNI ADD done",
             network=network.name,

@@ -29,6 +29,7 @@ from cri_py.network.cni import (
     result_ips,
 )
 from cri_py.network.cni_exec import (
+    CACHE_FILE,
     CniNetwork,
     PluginRunner,
     Signature,
@@ -180,6 +181,12 @@ class NetworkSelector:
         self._loopback_up(netns)
         result = self._cni.setup(choice.config, invocation, state_dir)
         return result_ips(result, invocation.ifname)
+
+    def unsynced(self, kind: str, state_dir: Path) -> tuple[Path, ...]:
+        """Files `setup` wrote without fsync that must reach the disk before the pod is
+        answered (CNI's cache: DEL needs it after a power loss); the caller syncs them while
+        it writes its own record, so that the two fsyncs overlap."""
+        return (state_dir / CACHE_FILE,) if kind == CNI else ()
 
     def teardown(self, kind: str, sandbox_id: str, state_dir: Path) -> None:
         """Detaches the pod from the network it was set up with; idempotent."""

@@ -69,6 +69,7 @@ from cri_py.shim.spec import ShimSpec, is_net_sysctl, write_sysctls
 from cri_py.shim.watcher import ShimWatcher
 from cri_py.spec.resources import pod_resources, validate_resources
 from cri_py.spec.userns import map_file
+from cri_py.store.atomic import sync_files
 from cri_py.store.sandboxes import SandboxStore
 from cri_py.store.trash import Trash
 
@@ -359,7 +360,11 @@ class SandboxService:
             # Plugins see the pod set up but not yet visible; a refusal undoes it all.
             self.hooks.run_pod_sandbox(record)
             record = dataclasses.replace(record, phase=Phase.CREATED)
-            self._store.save(record)
+            unsynced = self._network.unsynced(network_kind, files) if not host_network else ()
+            synced = started(sync_files, *unsynced) if unsynced else None
+            self._store.save(record)  # its directory's fsync takes the CNI cache's entry too
+            if synced is not None:
+                synced.result()
             undo.pop_all()
         return record
 
