@@ -341,7 +341,8 @@ class SandboxService:
                 undo.callback(unpin_namespace, Path(path))
                 pin_namespace(shim.init_pid if kind == "pid" else shim.pid, kind, Path(path))
             undo.callback(self.after_stop, sandbox_id)
-            self.shim_started(sandbox_id)
+            subscribed = started(self.shim_started, sandbox_id)
+            undo.callback(settled, subscribed)  # over before after_stop unsubscribes
             if not host_network:
                 if network is not None:
                     ips = network.result()
@@ -365,6 +366,7 @@ class SandboxService:
             self._store.save(record)  # its directory's fsync takes the CNI cache's entry too
             if synced is not None:
                 synced.result()
+            subscribed.result()
             undo.pop_all()
         return record
 
