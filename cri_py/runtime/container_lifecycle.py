@@ -3,7 +3,8 @@
 Create gathers what the pure spec builder may not read itself, writes the bundle, makes the
 cgroup (`container_resources.py`) and has the pod's shim fork the container's init, blocked
 before execve; start lets it go. Every step registers its undo, so a failed create leaves
-nothing behind. Records and exits are the table's (`container_table.py`).
+nothing behind. Records and exits are the table's (`container_table.py`); what a removal
+undoes, and the cleanup after the answer of an exited container's, `container_removal.py`.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ from cri_py.runtime.container_hooks import (
     check_hooks,
     create_call_seconds,
     read_hooks,
-    run_poststop,
     start_call_seconds,
 )
+from cri_py.runtime.container_removal import KILL_WAIT_SECONDS, Removals
 from cri_py.runtime.container_resources import ContainerResources
 from cri_py.runtime.container_rules import (
     check_image_sub_paths,
@@ -62,8 +63,8 @@ from cri_py.store.atomic import sync_files, write_json_atomic
 log = get_logger("cri_py.containers")
 
 START_ERROR_EXIT_CODE = 128
-# How long to wait for an exit after SIGKILL before giving up (a D-state process).
-KILL_WAIT_SECONDS = 10.0
+# How long a clean stop waits for the image leases of removed containers to be released.
+RELEASE_DRAIN_SECONDS = 10.0
 
 
 class ContainerLifecycle:
@@ -72,6 +73,7 @@ class ContainerLifecycle:
         table: ContainerTable,
         resources: ContainerResources,
         images: ImageService,
+        removals: Removals,
         cdi: CdiRegistry | None = None,
     ) -> None:
         # The node's CDI specs (none: CDI devices are refused as unknown).
@@ -82,6 +84,7 @@ class ContainerLifecycle:
         self._sandboxes = table.sandboxes
         self._resources = resources
         self._images = images
+        self.removals = removals
         # Lease releases still running after their RemoveContainer answered (kept referenced).
         self._releases: set[asyncio.Task[None]] = set()
 
@@ -404,7 +407,7 @@ class ContainerLifecycle:
 
     async def remove(self, container_id: str) -> None:
         full = self._registry.resolve(container_id)
-        if full is None:
+        if full is None or self._remove_exited(full):
             return
         await asyncio.to_thread(self.remove_now, full)
         # The image lease goes after the answer (its store write is durable, ~1.5 ms): nothing
@@ -414,6 +417,31 @@ class ContainerLifecycle:
         self._releases.add(release)
         release.add_done_callback(self._releases.discard)
 
+    def _remove_exited(self, container_id: str) -> bool:
+        """RemoveContainer of an exited container (kubelet stops before it removes), on the
+        event loop: what a client sees is done before the answer (the record gone, the name
+        free, the dir out of the records, DELETED published), the rest after (`Removals`).
+        False, having done nothing, when the container is not exited or another command holds
+        it: the caller removes it on a thread, all before the answer."""
+        with self._registry.operation_nowait(container_id) as (held, record):
+            if not held:
+                return False
+            if record is None:
+                return True  # removed meanwhile
+            if record.state != ContainerState.EXITED:
+                return False
+            try:
+                # One rename: a crash after the answer cannot bring the container back.
+                bundle = self._store.begin_removal(container_id)
+            except OSError as e:
+                log.warning("container dir not moved", container=container_id, error=str(e))
+                return False
+            self._table.forget(container_id)
+            self._table.publish(EventType.DELETED, container_id, record.sandbox_id)
+            self.removals.defer(record, bundle)
+        log.info("container removed", container=container_id)
+        return True
+
     async def _release_layers(self, container_id: str) -> None:
         try:
             await self._images.release_layers(container_id)
@@ -422,24 +450,23 @@ class ContainerLifecycle:
                 "layers of a removed container not released", container=container_id, error=str(e)
             )
 
+    async def drain(self) -> None:
+        """A clean stop: waits (bounded) for the work removals left after their answers."""
+        await asyncio.to_thread(self.removals.drain)
+        if self._releases:
+            await asyncio.wait(set(self._releases), timeout=RELEASE_DRAIN_SECONDS)
+
     def remove_now(self, container_id: str) -> None:
-        """Kills a running container, forgets it in the shim, deletes its dir. The log stays."""
+        """Kills a running container, forgets it in the shim, deletes its dir, all before it
+        returns. The log stays."""
         with self._registry.operation(container_id) as record:
             if record is None:
                 return
             if record.state == ContainerState.RUNNING:
                 self._stop(record, 0)
-            with contextlib.suppress(ShimError):
-                shim = self._table.shim(record.sandbox_id)
-                if record.state == ContainerState.CREATED:
-                    # Never started: its init waits on the sync socket; kill it first.
-                    shim.kill(container_id, signal.SIGKILL)
-                    self._table.wait_exit(container_id, KILL_WAIT_SECONDS)
-                shim.remove(container_id)
-            self._resources.remove(container_id, record.cgroup)
-            # The OCI delete is done: poststop, before the bundle goes.
-            run_poststop(container_id, self._store.dir_of(container_id))
-            self._table.hooks.remove_container(self._registry.get(container_id) or record)
+            self.removals.tear_down(
+                self._registry.get(container_id) or record, self._store.dir_of(container_id)
+            )
             self._store.delete(container_id)
             self._table.forget(container_id)
             self._table.publish(EventType.DELETED, container_id, record.sandbox_id)

@@ -3,13 +3,12 @@
 The sandbox service's hooks: before a pod's shim stops its containers are killed, after it
 their ends are read from the exit files it left, and RemovePodSandbox removes them. Recovery
 rebuilds the registry from the store, the exit files and the live shims, completing records a
-shim got further than, rolling back creates that never reached one, and releasing layer
-leases nobody holds.
+shim got further than, rolling back creates that never reached one, finishing the cleanups of
+removals a crash interrupted, and releasing layer leases nobody holds.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import signal
 import time
@@ -19,6 +18,7 @@ from cri_py.log import get_logger
 from cri_py.model.container import ContainerFilter, ContainerRecord, ContainerState, ExitRecord
 from cri_py.model.sandbox import SandboxState
 from cri_py.runtime.container_lifecycle import ContainerLifecycle
+from cri_py.runtime.container_removal import Removals
 from cri_py.runtime.container_resources import ContainerResources
 from cri_py.runtime.container_rules import container_user
 from cri_py.runtime.container_table import UNKNOWN_EXIT_CODE, ContainerTable
@@ -36,14 +36,14 @@ class ContainerRecovery:
         table: ContainerTable,
         lifecycle: ContainerLifecycle,
         resources: ContainerResources,
+        removals: Removals,
         images: ImageService,
-        loop: asyncio.AbstractEventLoop,
     ) -> None:
         self._table = table
         self._lifecycle = lifecycle
         self._resources = resources
+        self._removals = removals
         self._images = images
-        self._loop = loop
 
     # --- the sandbox service's hooks ------------------------------------------------------
 
@@ -51,7 +51,9 @@ class ContainerRecovery:
         """Before a pod's shim goes: every running container gets SIGKILL at once (kubelet
         has stopped them gracefully already) and we wait, bounded, for their exits. Those not
         seen by then are recorded by the shim as it shuts down, and read back from their exit
-        files when its event connection closes."""
+        files when its event connection closes. Removed containers' cleanups, which still
+        talk to the shim, go first."""
+        self._removals.wait_pod(sandbox_id)
         running = [
             r
             for r in self._table.list(ContainerFilter(sandbox_id=sandbox_id))
@@ -73,20 +75,23 @@ class ContainerRecovery:
         self._table.on_shim_lost(sandbox_id)
 
     def remove_sandbox_containers(self, sandbox_id: str) -> None:
-        """Called from a worker thread by RemovePodSandbox."""
+        """Called from a worker thread by RemovePodSandbox, before the pod's cgroup goes:
+        its containers' cgroups go first, those of containers removed already included."""
         for record in self._table.list(ContainerFilter(sandbox_id=sandbox_id)):
             if record.sandbox_id != sandbox_id:
                 continue
             self._lifecycle.remove_now(record.id)
-            asyncio.run_coroutine_threadsafe(
-                self._images.release_layers(record.id), self._loop
-            ).result(timeout=60)
+            self._removals.release_layers_now(record.id)
+        self._removals.wait_pod(sandbox_id)
 
     # --- after a daemon restart ----------------------------------------------------------
 
     def recover(self) -> None:
         """Rebuilds the index from the store, the exit files and the live shims."""
         registry = self._table.registry
+        # Containers removed just before a crash: their cleanup is finished first, so that
+        # their leases are no longer there to be found below.
+        self._removals.finish_left()
         for record in self._table.store.load_all():
             exit = self._table.store.read_exit(record.id)
             if exit is not None:
@@ -145,10 +150,8 @@ class ContainerRecovery:
         self._release_layers_now(record.id)
 
     def _release_layers_now(self, owner: str) -> None:
-        """release_layers from a worker thread (recovery runs on one)."""
         try:
-            release = self._images.release_layers(owner)
-            asyncio.run_coroutine_threadsafe(release, self._loop).result(timeout=60)
+            self._removals.release_layers_now(owner)
         except Exception as e:
             log.error("leased layers not released", owner=owner, error=str(e))
 

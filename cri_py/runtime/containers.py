@@ -3,6 +3,7 @@ collaborators that each do one kind of work over a shared `ContainerTable`:
 
 - `container_table.py`: records (a `Registry`), names, per-ID locks, exits, events;
 - `container_lifecycle.py`: create, start, stop, remove;
+- `container_removal.py`: what a removal undoes, after the answer for an exited container;
 - `container_io.py`: exec, attach, terminals, closing stdin, reopening the log;
 - `container_resources.py`: the cgroup, its device rules, UpdateContainerResources;
 - `container_stats.py`: container and pod usage;
@@ -30,6 +31,7 @@ from cri_py.runtime.cgroups import CgroupManager
 from cri_py.runtime.container_io import ContainerIO
 from cri_py.runtime.container_lifecycle import ContainerLifecycle
 from cri_py.runtime.container_recovery import ContainerRecovery
+from cri_py.runtime.container_removal import Removals
 from cri_py.runtime.container_resources import ContainerResources
 from cri_py.runtime.container_stats import ContainerStats, ContainerUsage, SandboxUsage
 from cri_py.runtime.container_table import ContainerTable
@@ -53,12 +55,15 @@ class ContainerService:
         self.resources = ContainerResources(
             self.table, cgroups, usage, config.cgroups.default_parent
         )
+        self.removals = Removals(self.table, self.resources, images, loop)
         self.lifecycle = ContainerLifecycle(
-            self.table, self.resources, images, CdiRegistry(config.cdi.spec_dirs)
+            self.table, self.resources, images, self.removals, CdiRegistry(config.cdi.spec_dirs)
         )
         self.io = ContainerIO(self.table)
         self.stats = ContainerStats(self.table, usage, config.root_dir)
-        self.recovery = ContainerRecovery(self.table, self.lifecycle, self.resources, images, loop)
+        self.recovery = ContainerRecovery(
+            self.table, self.lifecycle, self.resources, self.removals, images
+        )
         # GetContainerEvents' source (the table publishes every container and sandbox change).
         self.events: EventHub = self.table.events
 
@@ -164,6 +169,10 @@ class ContainerService:
         # What a crash left in the trash goes first, on the trash's thread.
         self.table.store.trash.sweep()
         self.recovery.recover()
+
+    async def drain(self) -> None:
+        """A clean stop, before `close`: the cleanups removals left after their answers."""
+        await self.lifecycle.drain()
 
     def close(self) -> None:
         self.table.close()

@@ -179,6 +179,22 @@ class Registry(Generic[R, K]):
             yield record
 
     @contextlib.contextmanager
+    def operation_nowait(self, record_id: str) -> Iterator[tuple[bool, R | None]]:
+        """`operation` for a caller that must not wait (the event loop): yields (False, None)
+        without the lock when another command holds it, else (True, the record or None)."""
+        with self._lock:
+            lock = self._op_locks.setdefault(record_id, threading.Lock())
+        if not lock.acquire(blocking=False):
+            yield False, None
+            return
+        try:
+            with self._lock:
+                record = self._records.get(record_id)
+            yield True, record
+        finally:
+            lock.release()
+
+    @contextlib.contextmanager
     def operation_on(self, id_or_prefix: str) -> Iterator[R]:
         """`operation` on what an ID or unique prefix names; NotFound when there is no such
         record, before or once the lock is held."""

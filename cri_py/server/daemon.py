@@ -305,6 +305,9 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> Non
                 await asyncio.to_thread(metrics[1].close)
             await streams.close()
             # Shims (and so pods) keep running: they are not the daemon's to stop.
+            # Removed containers' cleanups and lease releases, still on the loop (bounded:
+            # the next start finishes what is left).
+            await containers.drain()
             if nri is not None:
                 nri.adaptation.stop()
             containers.close()

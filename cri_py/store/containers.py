@@ -3,15 +3,21 @@
 The same directory is the container's bundle: its OCI spec (`config.json`), the overlay's
 `upper`/`work` dirs, the `rootfs` mount point and the shim's `exit.json` (written when the
 process ends, so the exit outlives both the shim and the daemon).
+
+A container RemoveContainer answered for but whose cleanup is not finished lives in
+`<root_dir>/removing/containers/<id>/` (`begin_removal`): out of the records, where the next
+start finds it and finishes the cleanup (`removals`) if the daemon died first.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from cri_py.log import get_logger
 from cri_py.model.container import ContainerRecord, ExitRecord
-from cri_py.store.atomic import read_json
+from cri_py.store.atomic import read_json, read_json_written
 from cri_py.store.codec import from_data
 from cri_py.store.records import RecordStore
 
@@ -23,6 +29,32 @@ EXIT_FILE = "exit.json"
 class ContainerStore(RecordStore[ContainerRecord]):
     def __init__(self, root: Path) -> None:
         super().__init__(root, ContainerRecord, "container")
+        # Same filesystem as the records (a rename), outside `root` (never listed as one).
+        self.removing = root.parent / "removing" / root.name
+        self.removing.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def begin_removal(self, container_id: str) -> Path:
+        """Moves the container's dir out of the records (one rename: a restart no longer
+        finds the container, but finds its cleanup to finish); returns where it is now.
+        OSError when it cannot be moved (then nothing changed)."""
+        target = self.removing / container_id
+        os.rename(self.dir_of(container_id), target)
+        return target
+
+    def removals(self) -> list[tuple[ContainerRecord, Path]]:
+        """The containers whose removal the daemon died in the middle of, with their dirs
+        (an unreadable record is logged and left for a person to see, as `load_all`)."""
+        found = []
+        for directory in sorted(self.removing.iterdir()):
+            try:
+                data = read_json_written(directory / "container.json")
+                if data is None:
+                    self.trash.discard(directory)  # never written: nothing of it ran
+                    continue
+                found.append((from_data(ContainerRecord, data), directory))
+            except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+                log.error("unreadable removed container", path=str(directory), error=str(e))
+        return found
 
     def read_exit(self, container_id: str) -> ExitRecord | None:
         try:
