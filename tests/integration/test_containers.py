@@ -249,6 +249,45 @@ def test_container_runs_with_its_own_pid_namespace_rootfs_and_the_pods_hostname(
     lab.remove_pod(pod)
 
 
+def _cgroups_naming(*ids: str) -> list[str]:
+    """Directories under the tests' cgroup parent, in any hierarchy, that name one of `ids`."""
+    found = []
+    for directory in Cgroupfs.from_host().dirs(CGROUP_PARENT):
+        for path, _, _ in os.walk(directory):
+            if any(i in os.path.basename(path) for i in ids):
+                found.append(path)
+    return found
+
+
+def test_removing_an_exited_container_then_its_pod_at_once_leaves_nothing(lab: Lab) -> None:
+    pod = lab.run_pod("quick-removal")
+    cid = lab.create(pod, "quick", ["true"])
+    lab.start(cid)
+    lab.wait_exited(cid)
+    assert _cgroups_naming(cid)
+    rt = lab.daemon.runtime()
+    rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
+    # At the answer, what a client can see is done: the container is not found, not listed,
+    # its name is free, its dir has left the records.
+    with pytest.raises(grpc.RpcError) as caught:
+        lab.status(cid)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    listed = rt.ListContainers(pb.ListContainersRequest(), timeout=10).containers
+    assert cid not in [c.id for c in listed]
+    assert not (lab.daemon.root_dir / "containers" / cid).exists()
+    again = lab.create(pod, "quick", ["sleep", "1000"])  # never started: RemovePodSandbox's
+    # The pod's stop and removal right after wait for what the removal left to do (the
+    # shim's forget, the cgroup): nothing of either container or the pod is left.
+    lab.remove_pod(pod)
+    assert _cgroups_naming(cid, again, pod) == []
+    assert list((lab.daemon.root_dir / "removing" / "containers").iterdir()) == []
+    images_json = lab.daemon.root_dir / "images" / "images.json"
+    deadline = time.monotonic() + 10
+    while {cid, again} & set(json.loads(images_json.read_text())["leases"]):
+        assert time.monotonic() < deadline, "a removed container's lease stayed"
+        time.sleep(0.01)
+
+
 def test_exec_stop_and_remove_of_a_long_running_container(lab: Lab) -> None:
     pod = lab.run_pod("longrun")
     cid = lab.create(pod, "sleeper", ["sleep", "1000"])

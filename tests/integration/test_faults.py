@@ -34,9 +34,10 @@ from cri_py.api import api_pb2 as pb
 from cri_py.config import Config, parse_layers
 from cri_py.linux import syscalls
 from cri_py.linux.cgroupfs import Cgroupfs
-from cri_py.model.container import ContainerMetadata, ContainerState
+from cri_py.model.container import ContainerMetadata, ContainerRecord, ContainerState
 from cri_py.model.sandbox import Phase
 from cri_py.runtime.leaks import find_leaks
+from cri_py.shim.client import ShimClient, ShimError
 from cri_py.store.containers import ContainerStore
 from cri_py.store.sandboxes import SandboxStore
 
@@ -690,3 +691,92 @@ def test_trash_a_kill_left_goes_at_the_next_start_and_a_clean_stop_empties_it(
     assert lab.daemon.stop(signal.SIGTERM) == 0
     assert _trash_entries(lab) == []
     lab.daemon = start_daemon(lab.daemon.root_dir.parent, lab.config_yaml)
+
+
+# --- RemoveContainer answers before its cleanup: a kill in between -------------------------------
+
+
+def _exited_container(lab: Lab, sandbox_id: str, name: str) -> ContainerRecord:
+    container_id = lab.run_container(sandbox_id, name, "exit 0")
+    wait_for(lambda: lab.container(container_id).state == pb.CONTAINER_EXITED, what="the exit")
+    (record,) = [
+        r
+        for r in ContainerStore(lab.daemon.root_dir / "containers").load_all()
+        if r.id == container_id
+    ]
+    assert _cgroup_dirs(record), "the container's cgroup must exist to begin with"
+    return record
+
+
+def _cgroup_dirs(record: ContainerRecord) -> list[Path]:
+    return [d for d in Cgroupfs.from_host().dirs(record.cgroup) if d.exists()]
+
+
+def _leases(lab: Lab) -> set[str]:
+    images = json.loads((lab.daemon.root_dir / "images" / "images.json").read_text())
+    return set(images["leases"])
+
+
+def _shim_knows(lab: Lab, sandbox_id: str, container_id: str) -> bool:
+    try:
+        ShimClient(lab.daemon.run_dir / "sandboxes" / sandbox_id).container_status(container_id)
+    except ShimError as e:
+        assert e.kind == "not_found", e
+        return False
+    return True
+
+
+def _assert_cleaned_up(lab: Lab, sandbox_id: str, record: ContainerRecord) -> None:
+    """What RemoveContainer leaves for after its answer is done, by the start after a kill."""
+    finishing = [
+        line
+        for line in lab.daemon.log().splitlines()
+        if "finishing the removal of a container a crash interrupted" in line
+    ]
+    assert len(finishing) == 1 and f"container={record.id}" in finishing[0], finishing
+    assert _cgroup_dirs(record) == []
+    assert not _shim_knows(lab, sandbox_id, record.id)
+    assert record.id not in _leases(lab)
+    assert list((lab.daemon.root_dir / "removing" / "containers").iterdir()) == []
+    listed = lab.daemon.runtime().ListContainers(pb.ListContainersRequest(), timeout=10)
+    assert list(listed.containers) == []  # nothing brought it back
+    assert lab.pod_status(sandbox_id).status.state == pb.SANDBOX_READY
+
+
+def test_a_kill_right_after_remove_container_answered_leaves_a_cleanup_the_next_start_finishes(
+    lab: Lab,
+) -> None:
+    sandbox_id = lab.run_pod("half-removed")
+    record = _exited_container(lab, sandbox_id, "gone")
+    shim_pid = json.loads(lab.pod_status(sandbox_id).info["info"])["pid"]
+    # A stopped shim holds the cleanup at its first step (the shim's forget, a call that
+    # times out after 5 s); the answer does not need the shim.
+    os.kill(shim_pid, signal.SIGSTOP)
+    try:
+        runtime = lab.daemon.runtime()
+        runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=record.id), timeout=10)
+        assert (lab.daemon.root_dir / "removing" / "containers" / record.id).is_dir()
+        assert _cgroup_dirs(record) != []
+        lab.daemon.stop(signal.SIGKILL)
+    finally:
+        os.kill(shim_pid, signal.SIGCONT)
+    lab.daemon = start_daemon(lab.daemon.root_dir.parent, lab.config_yaml)
+    _assert_cleaned_up(lab, sandbox_id, record)
+    # The name is free: the client can create the container again.
+    assert lab.container(lab.run_container(sandbox_id, "gone", "sleep 3600")).state == (
+        pb.CONTAINER_RUNNING
+    )
+
+
+def test_the_next_start_finishes_a_removal_whose_cleanup_had_not_begun(lab: Lab) -> None:
+    sandbox_id = lab.run_pod("not-begun")
+    record = _exited_container(lab, sandbox_id, "gone")
+    lab.daemon.stop(signal.SIGKILL)
+    # As RemoveContainer's answer leaves it, before any of the cleanup (the shim still knows
+    # the container, its cgroup and lease are there): the dir moved out of the records.
+    root = lab.daemon.root_dir
+    os.rename(root / "containers" / record.id, root / "removing" / "containers" / record.id)
+    assert _shim_knows(lab, sandbox_id, record.id)
+    assert record.id in _leases(lab)
+    lab.daemon = start_daemon(lab.daemon.root_dir.parent, lab.config_yaml)
+    _assert_cleaned_up(lab, sandbox_id, record)

@@ -119,6 +119,18 @@ def records(log: Path) -> list[tuple[str, tuple[str, str, str], dict[str, Any]]]
     return result
 
 
+def records_once(
+    log: Path, count: int, timeout: float = 10.0
+) -> list[tuple[str, tuple[str, str, str], dict[str, Any]]]:
+    """`records` once `count` hooks have run: poststop hooks run after RemoveContainer's
+    answer (an exited container's cleanup follows it)."""
+    deadline = time.monotonic() + timeout
+    while len(seen := records(log)) < count:
+        assert time.monotonic() < deadline, f"{count} hooks did not run within {timeout}s: {seen}"
+        time.sleep(0.02)
+    return seen
+
+
 def namespaces(pid: int | str) -> tuple[str, str, str]:
     return tuple(os.readlink(f"/proc/{pid}/ns/{kind}") for kind in ("mnt", "pid", "net"))  # type: ignore[return-value]
 
@@ -208,7 +220,7 @@ def test_each_hook_runs_at_its_point_in_its_namespace_with_the_state(
     assert seen[-1][2]["status"] == "running" and seen[-1][2]["pid"] == pid
 
     remove(lab, cid)
-    label, where, state = records(log)[-1]
+    label, where, state = records_once(log, 5)[-1]
     assert (label, where) == ("poststop", host)
     assert state["status"] == "stopped" and state["id"] == cid and "pid" not in state
     assert len(records(log)) == 5
@@ -346,7 +358,7 @@ def test_poststop_of_a_container_that_died_while_the_daemon_was_down_runs_at_rem
         hooked.connect()
     assert lab.wait_exited(cid).exit_code == 137
     lab.daemon.runtime().RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
-    [(label, where, state)] = records(log)
+    [(label, where, state)] = records_once(log, 1)
     assert label == "poststop" and where == namespaces("self")
     assert state["status"] == "stopped" and state["id"] == cid
 
@@ -407,7 +419,7 @@ def test_a_cdi_devices_hooks_run_with_its_other_edits(hooked: Hooked, tmp_path: 
     result = lab.exec(cid, "cat", "/proc/1/environ")
     assert b"GPU=0" in result.stdout.split(b"\0"), result
     remove(lab, cid)
-    assert [label for label, _, _ in records(log)] == ["cdi-createRuntime", "cdi-poststop"]
+    assert [label for label, _, _ in records_once(log, 2)] == ["cdi-createRuntime", "cdi-poststop"]
 
 
 def test_hooks_of_a_pod_with_its_own_users_run_in_the_right_namespaces(
