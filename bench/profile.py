@@ -65,7 +65,8 @@ def top_frames(collapsed: Path, limit: int) -> str:
 CALLS = {
     "RunPodSandbox": "SandboxService._create ",
     "CreateContainer": "ContainerLifecycle._create ",
-    "RemoveContainer": "ContainerLifecycle.remove_now ",
+    "RemoveContainer": "ContainerLifecycle._remove_exited ",
+    "RemoveContainer, after the answer": "Removals._finish ",
     "StopPodSandbox": "SandboxService.stop ",
     "RemovePodSandbox": "SandboxService.remove ",
     "shim: create": "Containers.create ",

@@ -780,3 +780,30 @@ def test_the_next_start_finishes_a_removal_whose_cleanup_had_not_begun(lab: Lab)
     assert record.id in _leases(lab)
     lab.daemon = start_daemon(lab.daemon.root_dir.parent, lab.config_yaml)
     _assert_cleaned_up(lab, sandbox_id, record)
+
+
+def test_a_clean_stop_waits_for_the_cleanups_removals_left(lab: Lab) -> None:
+    sandbox_id = lab.run_pod("drained")
+    record = _exited_container(lab, sandbox_id, "gone")
+    shim_pid = json.loads(lab.pod_status(sandbox_id).info["info"])["pid"]
+    # The cleanup waits for a stopped shim until its call times out (5 s), and the stop for it.
+    os.kill(shim_pid, signal.SIGSTOP)
+    try:
+        runtime = lab.daemon.runtime()
+        runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=record.id), timeout=10)
+        assert (lab.daemon.root_dir / "removing" / "containers" / record.id).is_dir()
+        assert lab.daemon.stop(signal.SIGTERM) == 0
+    finally:
+        os.kill(shim_pid, signal.SIGCONT)
+    assert _cgroup_dirs(record) == []
+    assert record.id not in _leases(lab)
+    assert list((lab.daemon.root_dir / "removing" / "containers").iterdir()) == []
+    # The step that failed is in the log, with the container's ID.
+    failed = [
+        line
+        for line in lab.daemon.log().splitlines()
+        if "a step of a container's removal failed" in line and f"container={record.id}" in line
+    ]
+    assert len(failed) == 1 and "step=shim" in failed[0], failed
+    lab.daemon = start_daemon(lab.daemon.root_dir.parent, lab.config_yaml)
+    assert "finishing the removal" not in lab.daemon.log()
