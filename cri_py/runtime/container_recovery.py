@@ -51,9 +51,9 @@ class ContainerRecovery:
         """Before a pod's shim goes: every running container gets SIGKILL at once (kubelet
         has stopped them gracefully already) and we wait, bounded, for their exits. Those not
         seen by then are recorded by the shim as it shuts down, and read back from their exit
-        files when its event connection closes. Removed containers' cleanups, which still
-        talk to the shim, go first."""
-        self._removals.wait_pod(sandbox_id)
+        files when its event connection closes. Removed containers' cleanups still talking
+        to the shim go first."""
+        self._removals.wait_shim(sandbox_id)
         running = [
             r
             for r in self._table.list(ContainerFilter(sandbox_id=sandbox_id))

@@ -6,8 +6,9 @@ ID and the next step runs.
 
 The answer (`ContainerLifecycle.remove`) has already taken the container out of the registry
 and moved its dir out of the records (`ContainerStore.begin_removal`): that dir is the marker a
-start after a crash finds, and finishes (`finish_left`). A pod waits for its containers'
-cleanups before its shim stops and its cgroup goes (`wait_pod`); a clean stop drains them.
+start after a crash finds, and finishes (`finish_left`). A pod's shim stops once its removed
+containers' calls to it are over (`wait_shim`), its cgroup goes once their cleanups are past
+their cgroups (`wait_pod`); a clean stop drains them.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ KILL_WAIT_SECONDS = 10.0
 WAIT_SECONDS = 30.0
 # How long the release of a removed container's image lease may take.
 RELEASE_SECONDS = 60.0
+# The stages of a cleanup a pod waits for.
+SHIM, POD = "shim", "pod"
 
 
 class Removals:
@@ -56,8 +59,9 @@ class Removals:
         self._changed = threading.Condition()
         self._queue: collections.deque[tuple[ContainerRecord, Path]] = collections.deque()
         self._busy = False  # the worker is cleaning up after a removal it took off the queue
-        # Removals per pod whose cleanup has not yet reached the pod's shim and cgroup.
-        self._pods: collections.Counter[str] = collections.Counter()
+        # Removals per pod whose cleanup has not yet gone past the pod's shim (SHIM) or past
+        # everything of the pod: the container's cgroup above all (POD).
+        self._pending: collections.Counter[tuple[str, str]] = collections.Counter()
         self._worker: threading.Thread | None = None
 
     # --- the steps ----------------------------------------------------------------------------
@@ -65,6 +69,9 @@ class Removals:
     def tear_down(self, record: ContainerRecord, bundle: Path) -> None:
         """Everything of a removed container but its dir and its lease, each step tried."""
         self._step("shim", record, self._forget_in_shim)
+        self._tear_down_after_shim(record, bundle)
+
+    def _tear_down_after_shim(self, record: ContainerRecord, bundle: Path) -> None:
         self._step("cgroup", record, lambda r: self._resources.remove(r.id, r.cgroup))
         # The OCI delete is done: poststop, before the bundle goes.
         self._step("poststop hooks", record, lambda r: run_poststop(r.id, bundle))
@@ -106,16 +113,29 @@ class Removals:
     def _finish(self, record: ContainerRecord, bundle: Path) -> None:
         """The cleanup after the answer (or after the crash that came between)."""
         try:
-            self.tear_down(record, bundle)
+            self._step("shim", record, self._forget_in_shim)
+        finally:
+            self._passed(SHIM, record.sandbox_id)
+        try:
+            self._tear_down_after_shim(record, bundle)
             self._step("dir", record, lambda r: self._table.store.trash.discard(bundle))
         finally:
-            with self._changed:
-                self._pods[record.sandbox_id] -= 1
-                if self._pods[record.sandbox_id] <= 0:
-                    del self._pods[record.sandbox_id]
-                self._changed.notify_all()
+            self._passed(POD, record.sandbox_id)
         self._step("image lease", record, lambda r: self.release_layers_now(r.id))
         log.info("container cleaned up", container=record.id)
+
+    def _expect(self, sandbox_id: str) -> None:
+        """Called with the condition held."""
+        self._pending[(sandbox_id, SHIM)] += 1
+        self._pending[(sandbox_id, POD)] += 1
+
+    def _passed(self, stage: str, sandbox_id: str) -> None:
+        with self._changed:
+            key = (sandbox_id, stage)
+            self._pending[key] -= 1
+            if self._pending[key] <= 0:
+                del self._pending[key]
+            self._changed.notify_all()
 
     # --- after the answer ---------------------------------------------------------------------
 
@@ -123,7 +143,7 @@ class Removals:
         """Queues the cleanup of a container whose dir is now `bundle` (out of the records)."""
         with self._changed:
             self._queue.append((record, bundle))
-            self._pods[record.sandbox_id] += 1
+            self._expect(record.sandbox_id)
             if self._worker is None:
                 self._worker = threading.Thread(
                     target=self._run, name="cri-py-removals", daemon=True
@@ -141,16 +161,24 @@ class Removals:
                 "finishing the removal of a container a crash interrupted", container=record.id
             )
             with self._changed:
-                self._pods[record.sandbox_id] += 1
+                self._expect(record.sandbox_id)
             self._finish(record, bundle)
         return len(left)
 
+    def wait_shim(self, sandbox_id: str, timeout: float = WAIT_SECONDS) -> bool:
+        """Waits until the cleanups of the pod's removed containers are done with its shim
+        (before it stops); False (logged) when `timeout` seconds passed first."""
+        return self._wait_stage(SHIM, sandbox_id, timeout)
+
     def wait_pod(self, sandbox_id: str, timeout: float = WAIT_SECONDS) -> bool:
-        """Waits until the cleanups of the pod's removed containers are past its shim and its
-        cgroups; False (logged) when `timeout` seconds passed first."""
-        if self._wait(lambda: not self._pods.get(sandbox_id), timeout):
+        """Waits until the cleanups of the pod's removed containers are done with everything
+        of the pod (its cgroup can go); False (logged) when `timeout` seconds passed first."""
+        return self._wait_stage(POD, sandbox_id, timeout)
+
+    def _wait_stage(self, stage: str, sandbox_id: str, timeout: float) -> bool:
+        if self._wait(lambda: not self._pending.get((sandbox_id, stage)), timeout):
             return True
-        log.warning("containers' cleanups still running", sandbox=sandbox_id)
+        log.warning("removed containers' cleanups still running", sandbox=sandbox_id, stage=stage)
         return False
 
     def drain(self, timeout: float = WAIT_SECONDS) -> bool:

@@ -106,7 +106,7 @@ def test_breakdown_counts_each_sample_once_for_its_deepest_call(tmp_path: Path) 
     stacks = [
         f"{process};serve (z.py:84);{create};receive_ready (cri_py/shim/sync.py:81) 30",
         f"{process};serve (z.py:84);{create};fork_child (s.py:121);{setup};run_init (l.py:486) 10",
-        f'process 9:"python -m cri_py.cli serve";{"ContainerLifecycle._remove_exited (c.py:403)"} 4',
+        f'process 9:"python -m cri_py.cli serve";{"ContainerLifecycle._remove_exited (c.py:3)"} 4',
     ]
     collapsed = tmp_path / "profile.txt"
     collapsed.write_text("\n".join(stacks) + "\n")

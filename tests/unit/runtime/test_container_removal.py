@@ -187,13 +187,18 @@ async def test_removing_an_exited_container_answers_before_its_cleanup_which_fol
     # A restart now would find the cleanup to finish, not the container.
     assert [r.id for r, _ in lab.store.removals()] == [container.id]
     assert lab.store.load_all() == []
+    # The pod's shim may stop once the cleanup is done with it; its cgroup must wait.
+    assert await asyncio.to_thread(lab.removals.wait_shim, POD, WAIT)
+    assert lab.steps.of(container.id) == ["shim"]
     assert not lab.removals.wait_pod(POD, timeout=0.01)
     assert lab.removals.wait_pod(OTHER_POD, timeout=0.01)
 
     lab.resources.gate[container.id].set()
     await drained(lab)
     assert lab.steps.of(container.id) == ["shim", "cgroup", "extensions", "lease"]
-    assert threading.current_thread().name not in lab.steps.threads  # none on the loop but the lease's
+    assert (
+        threading.current_thread().name not in lab.steps.threads
+    )  # none on the loop but the lease's
     assert lab.removals.wait_pod(POD, timeout=0.01)
     assert lab.store.trash.drain(WAIT)
     assert not moved.exists() and list(lab.store.removing.iterdir()) == []
