@@ -46,7 +46,7 @@ _HOLDING = (Phase.CREATING, Phase.CREATED)
 
 @dataclass(frozen=True, order=True)
 class Leak:
-    kind: str  # mount, veth, ip, cgroup, unit, shim, dir, record, lease
+    kind: str  # mount, veth, ip, cgroup, unit, shim, dir, record, lease, removal
     path: str  # what it is: a mount point, link, address, cgroup, PID, ID or lease owner
     description: str = field(compare=False, default="")
 
@@ -76,6 +76,8 @@ class StoreSnapshot:
     allocations: Mapping[str, str] = field(default_factory=dict)  # address -> sandbox ID
     # Owners of image layer leases (a container ID, or `<container ID>/...` for its volumes).
     leases: frozenset[str] = frozenset()
+    # Removed containers whose cleanup is not finished (`<root_dir>/removing/containers`).
+    removing: Mapping[str, ContainerRecord] = field(default_factory=dict)
 
 
 def compare(host: HostSnapshot, store: StoreSnapshot) -> list[Leak]:
@@ -101,7 +103,11 @@ def compare(host: HostSnapshot, store: StoreSnapshot) -> list[Leak]:
             state = "stopped" if owner in store.sandboxes else "gone"
             leaks.append(Leak("ip", address, f"allocated to sandbox {owner}, which is {state}"))
 
-    known = set(store.sandboxes) | set(store.containers)
+    # A removed container's cgroup, scope and lease are its cleanup's to remove (the daemon's,
+    # or its next start's): the unfinished cleanup is what is reported.
+    known = set(store.sandboxes) | set(store.containers) | set(store.removing)
+    for container_id in store.removing:
+        leaks.append(Leak("removal", container_id, "a removed container's cleanup is not finished"))
     for cgroup in host.cgroups:
         owners = _ID_IN_NAME.findall(posixpath.basename(cgroup))
         if owners and not any(o in known for o in owners):
@@ -140,7 +146,7 @@ def compare(host: HostSnapshot, store: StoreSnapshot) -> list[Leak]:
                 leaks.append(Leak("dir", object_id, f"{kind} without a readable record"))
 
     for owner in store.leases:
-        if owner.split("/", 1)[0] not in store.containers:
+        if owner.split("/", 1)[0] not in {*store.containers, *store.removing}:
             leaks.append(Leak("lease", owner, "image layers leased to a container with no record"))
 
     for container in store.containers.values():
@@ -173,6 +179,7 @@ def read_store(config: Config) -> StoreSnapshot:
     root = Path(config.root_dir)
     sandboxes = _records(root / "sandboxes", "sandbox", SandboxRecord)
     containers = _records(root / "containers", "container", ContainerRecord)
+    removing = _records(root / "removing" / "containers", "container", ContainerRecord)
     allocations: Mapping[str, str] = {}
     with contextlib.suppress(OSError, ValueError):
         stored = read_json(root / "network" / "allocations.json") or {}
@@ -181,7 +188,7 @@ def read_store(config: Config) -> StoreSnapshot:
     with contextlib.suppress(OSError, ValueError, AttributeError):
         stored = read_json(root / "images" / "images.json") or {}
         leases = frozenset(stored.get("leases", {}))
-    return StoreSnapshot(sandboxes, containers, allocations, leases)
+    return StoreSnapshot(sandboxes, containers, allocations, leases, removing)
 
 
 # --- reading the host ----------------------------------------------------------------------
