@@ -45,6 +45,8 @@ SHIM, POD = "shim", "pod"
 
 
 class Removals:
+    """The teardown every removal shares, and the queue of cleanups after answers."""
+
     def __init__(
         self,
         table: ContainerTable,
