@@ -743,23 +743,32 @@ def _assert_cleaned_up(lab: Lab, sandbox_id: str, record: ContainerRecord) -> No
     assert lab.pod_status(sandbox_id).status.state == pb.SANDBOX_READY
 
 
-def test_a_kill_right_after_remove_container_answered_leaves_a_cleanup_the_next_start_finishes(
-    lab: Lab,
-) -> None:
-    sandbox_id = lab.run_pod("half-removed")
-    record = _exited_container(lab, sandbox_id, "gone")
+@contextlib.contextmanager
+def _removed_while_the_shim_is_stopped(
+    lab: Lab, sandbox_id: str, record: ContainerRecord
+) -> Iterator[None]:
+    """RemoveContainer answered while the pod's shim is stopped (SIGSTOP, resumed on the way
+    out): its cleanup is held at its first step, the shim's forget (a call that times out
+    after 5 s); the answer does not need the shim."""
     shim_pid = json.loads(lab.pod_status(sandbox_id).info["info"])["pid"]
-    # A stopped shim holds the cleanup at its first step (the shim's forget, a call that
-    # times out after 5 s); the answer does not need the shim.
     os.kill(shim_pid, signal.SIGSTOP)
     try:
         runtime = lab.daemon.runtime()
         runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=record.id), timeout=10)
         assert (lab.daemon.root_dir / "removing" / "containers" / record.id).is_dir()
-        assert _cgroup_dirs(record) != []
-        lab.daemon.stop(signal.SIGKILL)
+        yield
     finally:
         os.kill(shim_pid, signal.SIGCONT)
+
+
+def test_a_kill_right_after_remove_container_answered_leaves_a_cleanup_the_next_start_finishes(
+    lab: Lab,
+) -> None:
+    sandbox_id = lab.run_pod("half-removed")
+    record = _exited_container(lab, sandbox_id, "gone")
+    with _removed_while_the_shim_is_stopped(lab, sandbox_id, record):
+        assert _cgroup_dirs(record) != []
+        lab.daemon.stop(signal.SIGKILL)
     lab.daemon = start_daemon(lab.daemon.root_dir.parent, lab.config_yaml)
     _assert_cleaned_up(lab, sandbox_id, record)
     # The name is free: the client can create the container again.
@@ -787,16 +796,9 @@ def test_the_next_start_finishes_a_removal_whose_cleanup_had_not_begun(lab: Lab)
 def test_a_clean_stop_waits_for_the_cleanups_removals_left(lab: Lab) -> None:
     sandbox_id = lab.run_pod("drained")
     record = _exited_container(lab, sandbox_id, "gone")
-    shim_pid = json.loads(lab.pod_status(sandbox_id).info["info"])["pid"]
-    # The cleanup waits for a stopped shim until its call times out (5 s), and the stop for it.
-    os.kill(shim_pid, signal.SIGSTOP)
-    try:
-        runtime = lab.daemon.runtime()
-        runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=record.id), timeout=10)
-        assert (lab.daemon.root_dir / "removing" / "containers" / record.id).is_dir()
+    # The cleanup waits for the stopped shim until its call times out (5 s), and the stop for it.
+    with _removed_while_the_shim_is_stopped(lab, sandbox_id, record):
         assert lab.daemon.stop(signal.SIGTERM) == 0
-    finally:
-        os.kill(shim_pid, signal.SIGCONT)
     assert _cgroup_dirs(record) == []
     assert record.id not in _leases(lab)
     assert list((lab.daemon.root_dir / "removing" / "containers").iterdir()) == []
