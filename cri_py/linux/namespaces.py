@@ -29,9 +29,22 @@ NAMESPACE_FLAGS = {
 
 def pin_namespace(pid: int, ns_type: str, path: Path) -> None:
     """Bind-mounts `/proc/<pid>/ns/<ns_type>` onto `path` (created empty if missing)."""
+    _pin(f"/proc/{pid}/ns/{ns_type}", path)
+
+
+def _pin(ns_file: str, path: Path) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     os.close(fd)
-    syscalls.mount(f"/proc/{pid}/ns/{ns_type}", path, None, syscalls.MS_BIND)
+    syscalls.mount(ns_file, path, None, syscalls.MS_BIND)
+
+
+def join_namespace(path: str | Path, flag: int) -> None:
+    """setns into the namespace the file at `path` (a pin or a /proc ns file) refers to."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        syscalls.setns(fd, flag)
+    finally:
+        os.close(fd)
 
 
 def unpin_namespace(path: Path) -> None:
@@ -61,11 +74,7 @@ def run_in_netns(netns: Path, fn: Callable[[], T]) -> T:
     """
 
     def work() -> T:
-        fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            syscalls.setns(fd, syscalls.CLONE_NEWNET)
-        finally:
-            os.close(fd)
+        join_namespace(netns, syscalls.CLONE_NEWNET)
         return fn()
 
     return _on_own_thread(f"netns:{netns.parent.parent.name[:12]}", work)
@@ -80,9 +89,7 @@ def new_netns(pin: Path, inside: Callable[[], None]) -> None:
     def work() -> None:
         syscalls.unshare(syscalls.CLONE_NEWNET)
         inside()
-        fd = os.open(pin, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        os.close(fd)
-        syscalls.mount("/proc/thread-self/ns/net", pin, None, syscalls.MS_BIND)
+        _pin("/proc/thread-self/ns/net", pin)
 
     _on_own_thread(f"netns:{pin.parent.parent.name[:12]}", work)
 

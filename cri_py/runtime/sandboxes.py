@@ -361,7 +361,7 @@ class SandboxService:
             # Plugins see the pod set up but not yet visible; a refusal undoes it all.
             self.hooks.run_pod_sandbox(record)
             record = dataclasses.replace(record, phase=Phase.CREATED)
-            unsynced = self._network.unsynced(network_kind, files) if not host_network else ()
+            unsynced = self._network.unsynced(network_kind, files)
             synced = started(sync_files, *unsynced) if unsynced else None
             self._store.save(record)  # its directory's fsync takes the CNI cache's entry too
             if synced is not None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cri_py.linux import syscalls
+from cri_py.linux.namespaces import join_namespace
 from cri_py.linux.userns import UserNamespaceHelper
 from cri_py.shim import messages, protocol
 from cri_py.shim.containers import Containers, Hooks
@@ -65,11 +66,7 @@ def create_namespaces(spec: ShimSpec) -> None:
     a network namespace the daemon made (`net_path`) is joined instead."""
     flags = 0
     if spec.net_path:
-        fd = os.open(spec.net_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            syscalls.setns(fd, syscalls.CLONE_NEWNET)
-        finally:
-            os.close(fd)
+        join_namespace(spec.net_path, syscalls.CLONE_NEWNET)
     elif spec.new_net:
         flags |= syscalls.CLONE_NEWNET
     if spec.new_ipc:

@@ -11,13 +11,12 @@ start finds it and finishes the cleanup (`removals`) if the daemon died first.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from cri_py.log import get_logger
 from cri_py.model.container import ContainerRecord, ExitRecord
-from cri_py.store.atomic import read_json, read_json_written
+from cri_py.store.atomic import read_json
 from cri_py.store.codec import from_data
 from cri_py.store.records import RecordStore
 
@@ -42,19 +41,8 @@ class ContainerStore(RecordStore[ContainerRecord]):
         return target
 
     def removals(self) -> list[tuple[ContainerRecord, Path]]:
-        """The containers whose removal the daemon died in the middle of, with their dirs
-        (an unreadable record is logged and left for a person to see, as `load_all`)."""
-        found = []
-        for directory in sorted(self.removing.iterdir()):
-            try:
-                data = read_json_written(directory / "container.json")
-                if data is None:
-                    self.trash.discard(directory)  # never written: nothing of it ran
-                    continue
-                found.append((from_data(ContainerRecord, data), directory))
-            except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-                log.error("unreadable removed container", path=str(directory), error=str(e))
-        return found
+        """The containers whose removal the daemon died in the middle of, with their dirs."""
+        return self.read_dirs(self.removing)
 
     def read_exit(self, container_id: str) -> ExitRecord | None:
         try:

@@ -59,21 +59,26 @@ class RecordStore(Generic[R]):
 
     def load_all(self) -> list[R]:
         """Every readable record; an unreadable one is logged and left for a person to see."""
-        records = []
-        for directory in sorted(self.root.iterdir()):
+        return [record for record, _ in self.read_dirs(self.root)]
+
+    def read_dirs(self, parent: Path) -> list[tuple[R, Path]]:
+        """The records of the object dirs in `parent`, with their dirs. A dir whose record was
+        never written (crashed between mkdir and the first write, or lost with the power a
+        first write that was not durable: nothing of it runs) goes to the trash; an
+        unreadable record is logged and left for a person to see."""
+        found = []
+        for directory in sorted(parent.iterdir()):
             if not _ID.match(directory.name):
                 continue
             try:
                 data: Any = read_json_written(directory / f"{self._kind}.json")
                 if data is None:
-                    # Crashed between mkdir and the first write (or lost, with the power, a
-                    # first write that was not durable): nothing of it runs.
                     self.trash.discard(directory)
                     continue
-                records.append(from_data(self._type, data))
+                found.append((from_data(self._type, data), directory))
             except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
                 log.error(f"unreadable {self._kind} record", path=str(directory), error=str(e))
-        return records
+        return found
 
     def delete(self, object_id: str) -> None:
         """The object's dir is gone from `root` on return (one rename); the worker deletes
