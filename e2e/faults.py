@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import random
 import shutil
@@ -323,8 +324,9 @@ class Client:
         with self.outcome.lock:
             self.outcome.removed_pods.add(sandbox_id)
 
-    def run(self, indexes: list[int], keep: set[int]) -> None:
+    def run(self, indexes: list[int], keep: set[int], pace: Pace) -> None:
         for index in indexes:
+            pace.wait_turn(self.outcome)
             try:
                 self.lifecycle(index, index in keep)
             except (grpc.RpcError, AssertionError) as e:
@@ -336,12 +338,34 @@ class Client:
                 self.outcome.lifecycles += 1
 
 
+class Pace:
+    """Keeps the clients from running past the killer: a client starts no new lifecycle while
+    the completed ones number `slack` or more past the point of the next kill still to be made.
+    Without it a fast daemon finishes the run before the schedule's kills are all made (CI saw
+    19 of 30 in a 36 s run); the slack keeps lifecycles in flight when a kill lands."""
+
+    def __init__(self, slack: int) -> None:
+        self.slack = slack
+        self.next_point: float = 0
+        self.changed = threading.Condition()
+
+    def kill_at(self, point: float) -> None:
+        with self.changed:
+            self.next_point = point
+            self.changed.notify_all()
+
+    def wait_turn(self, outcome: Outcome) -> None:
+        with self.changed:
+            self.changed.wait_for(lambda: outcome.lifecycles < self.next_point + self.slack)
+
+
 def killer(
     daemon: Daemon,
     rng: random.Random,
     stop: threading.Event,
     kills: list[str],
     outcome: Outcome,
+    pace: Pace,
     count: int,
     lifecycles: int,
     early: float,
@@ -349,22 +373,26 @@ def killer(
     """`count` SIGKILLs, each followed by an immediate restart. The schedule comes from the
     seeded `rng`: each kill either lands within 1.5 s of the previous restart (in start-up and
     recovery; with probability `early`), or 0.1-1.5 s after the daemon serves again once the
-    clients have completed a drawn number of lifecycles, so kills spread over the whole run
-    however fast the machine is."""
+    clients have completed a drawn number of lifecycles. `pace` holds the clients back until
+    each kill is made, so kills spread over the whole run however fast the machine is."""
     points = sorted(rng.randrange(max(1, lifecycles * 9 // 10)) for _ in range(count))
-    for point in points:
-        during_startup = rng.random() < early
-        delay = rng.uniform(0.0, 1.5) if during_startup else rng.uniform(0.1, 1.5)
-        if not during_startup:
-            while outcome.lifecycles < point and not stop.is_set():
-                time.sleep(0.05)
-            with contextlib.suppress(RuntimeError):
-                daemon.wait_serving()
-        if stop.wait(delay):
-            return
-        daemon.kill()
-        kills.append("startup" if during_startup else "serving")
-        daemon.start()
+    try:
+        for point in points:
+            pace.kill_at(point)
+            during_startup = rng.random() < early
+            delay = rng.uniform(0.0, 1.5) if during_startup else rng.uniform(0.1, 1.5)
+            if not during_startup:
+                while outcome.lifecycles < point and not stop.is_set():
+                    time.sleep(0.05)
+                with contextlib.suppress(RuntimeError):
+                    daemon.wait_serving()
+            if stop.wait(delay):
+                return
+            daemon.kill()
+            kills.append("startup" if during_startup else "serving")
+            daemon.start()
+    finally:
+        pace.kill_at(math.inf)  # no kills left to wait for, or the killer failed
 
 
 def verify_kept(daemon: Daemon, outcome: Outcome) -> None:
@@ -480,10 +508,11 @@ def main() -> int:
             )
         # Lifecycles dealt round-robin; which are kept is part of the seeded schedule.
         keep = {i for i in range(args.lifecycles) if rng.randrange(args.keep_every) == 0}
+        pace = Pace(slack=2 * args.clients)
         clients = [
             threading.Thread(
                 target=Client(daemon, outcome, f"c{n}").run,
-                args=(list(range(n, args.lifecycles, args.clients)), keep),
+                args=(list(range(n, args.lifecycles, args.clients)), keep, pace),
                 daemon=True,
             )
             for n in range(args.clients)
@@ -497,6 +526,7 @@ def main() -> int:
                 stop,
                 kills,
                 outcome,
+                pace,
                 args.kills or args.min_kills * 3 // 2,
                 args.lifecycles,
                 args.early,
