@@ -156,12 +156,19 @@ def processes() -> dict[int, Proc]:
 
 
 def descendants(roots: list[int], procs: dict[int, Proc]) -> list[int]:
+    """The roots and their descendants, each once (cri-py's shims are both roots and the shim
+    template's children)."""
     children: dict[int, list[int]] = {}
     for p in procs.values():
         children.setdefault(p.ppid, []).append(p.pid)
-    out, todo = [], list(roots)
+    out: list[int] = []
+    seen: set[int] = set()
+    todo = list(roots)
     while todo:
         pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
         out.append(pid)
         todo.extend(children.get(pid, []))
     return out

@@ -454,7 +454,10 @@ class Shim:
         os.replace(tmp, self.bundle / EXIT_FILE)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], *, detach: bool = True) -> int:
+    """`detach`: fork the long-lived shim and return, as the exec'd process does so that the
+    shim is nobody's child; the template's child is that already (see zygote.py) and becomes
+    the shim itself, one fork fewer."""
     if len(argv) != 1:
         print("usage: python -m cri_py.shim <sandbox run dir>", file=sys.stderr)
         return 2
@@ -468,7 +471,7 @@ def main(argv: list[str]) -> int:
     except Exception as e:
         _report({"error": f"shim setup: {e}"})
         return 1
-    if os.fork() != 0:
+    if detach and os.fork() != 0:
         # The exec'd process leaves at once: the shim below is re-parented and outlives us.
         return 0
     init_pid = 0

@@ -8,10 +8,12 @@ pays a fork (~2 ms) and shares the template's pages copy-on-write, until it writ
 Protocol, on the SOCK_SEQPACKET socket inherited as fd 0: the daemon sends one datagram per
 shim, `{"bundle": <dir>}` with two fds (SCM_RIGHTS): the write end of the pipe the shim reports
 on, and the shim's log file. The template forks a child that takes them as stdout and stderr and
-runs the shim's `main` exactly as `python -m cri_py.shim <dir>` would (the child plays the
-exec'd process: it forks the long-lived shim and exits); the template reaps it and answers
-`{"pid": <child>}` or `{"error": ..}`. End of file on the socket (the daemon is gone) ends the
-template; shims already forked are not its children and live on.
+runs the shim's `main` as `python -m cri_py.shim <dir>` would, except that it does not fork
+again: the exec'd process forks so that its shim is nobody's child, and the template's child,
+in a session of its own, already is a process the daemon never waits for. The template answers
+`{"pid": <child>}` at once, or `{"error": ..}`; the shim reports on the pipe as always. The
+kernel reaps the template's children (SIGCHLD ignored). End of file on the socket (the daemon
+is gone) ends the template; the shims live on, re-parented.
 
 Imports stay few (stdlib and the shim's own): every pod shares, then copies, these pages.
 """
@@ -49,7 +51,10 @@ def set_cmdline(args: list[str]) -> None:
 
 
 def _child(bundle: str, report_fd: int, log_fd: int) -> int:
-    """In the forked child: become what `python -m cri_py.shim <bundle>` would be."""
+    """In the forked child: become the shim `python -m cri_py.shim <bundle>` would fork."""
+    # The template's ignored SIGCHLD would let the kernel reap the shim's own children,
+    # containers included, before their exit status is read.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
@@ -59,7 +64,7 @@ def _child(bundle: str, report_fd: int, log_fd: int) -> int:
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter
     set_cmdline([sys.executable, "-S", "-m", "cri_py.shim", bundle])
-    return shim_main([bundle])
+    return shim_main([bundle], detach=False)
 
 
 def _answer(control: socket.socket, reply: dict[str, object]) -> None:
@@ -86,9 +91,7 @@ def serve(control: socket.socket) -> int:
                     os.write(2, f"shim template child: {e!r}\n".encode())
                     code = 1
                 os._exit(code)
-            # The child leaves right after forking the shim (or on a setup error).
-            _, status = os.waitpid(pid, 0)
-            _answer(control, {"pid": pid, "exit": os.waitstatus_to_exitcode(status)})
+            _answer(control, {"pid": pid})
         except (ValueError, KeyError, TypeError, OSError) as e:
             _answer(control, {"error": f"shim template: {e}"})
         finally:
@@ -105,6 +108,7 @@ def run() -> int:
     control = socket.socket(fileno=CONTROL_FD)
     # The daemon's process group gets terminal signals; a template outliving it has no use.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # shims are never waited for here
     os.write(1, b"ready\n")
     os.close(1)
     os.open(os.devnull, os.O_WRONLY)  # fd 1 again, so nothing else lands there

@@ -411,7 +411,7 @@ def test_shims_are_forked_from_a_template_that_may_die(pods: Pods) -> None:
     )
     os.kill(template, signal.SIGKILL)
     wait_for(lambda: process_start_time(template) is None)
-    assert pods.shim_alive(first)  # the pod's shim is not the template's child
+    assert pods.shim_alive(first)  # the pod's shim outlives the template that forked it
     second = pods.run(pod_config("after-template"))
     assert pods.status(second).status.state == pb.SANDBOX_READY
     assert pods.status(first).status.state == pb.SANDBOX_READY
