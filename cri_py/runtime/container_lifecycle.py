@@ -324,10 +324,7 @@ class ContainerLifecycle:
     def _forget_in_shim(self, sandbox_id: str, container_id: str) -> None:
         """Undo of a shim create: its init waits on the sync socket; kill and forget it."""
         with contextlib.suppress(ShimError):
-            shim = self._table.shim(sandbox_id)
-            shim.kill(container_id, signal.SIGKILL)
-            self._table.wait_exit(container_id, KILL_WAIT_SECONDS)
-            shim.remove(container_id)
+            self._table.kill_and_forget(sandbox_id, container_id, KILL_WAIT_SECONDS)
 
     # --- start / stop / remove --------------------------------------------------------------
 

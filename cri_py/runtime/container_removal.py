@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -85,12 +84,10 @@ class Removals:
                 return  # the pod's shim is gone, and what it knew with it
         except NotFound:
             return
-        shim = self._table.shim(record.sandbox_id)
         if record.state == ContainerState.CREATED:
-            # Never started: its init waits on the sync socket; kill it first.
-            shim.kill(record.id, signal.SIGKILL)
-            self._table.wait_exit(record.id, KILL_WAIT_SECONDS)
-        shim.remove(record.id)
+            self._table.kill_and_forget(record.sandbox_id, record.id, KILL_WAIT_SECONDS)
+        else:
+            self._table.shim(record.sandbox_id).remove(record.id)
 
     def release_layers_now(self, owner: str) -> None:
         """The image layers leased to `owner`, released from a worker thread (the image

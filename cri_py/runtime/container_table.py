@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import threading
 import time
 from typing import Any
@@ -83,6 +84,14 @@ class ContainerTable:
 
     def shim(self, sandbox_id: str) -> ShimClient:
         return ShimClient(self.sandboxes.shim_bundle(sandbox_id))
+
+    def kill_and_forget(self, sandbox_id: str, container_id: str, wait_seconds: float) -> None:
+        """A created container the pod's shim knows, never started: its init waits on the
+        sync socket, so it is killed, its exit awaited, then the shim forgets it."""
+        shim = self.shim(sandbox_id)
+        shim.kill(container_id, signal.SIGKILL)
+        self.wait_exit(container_id, wait_seconds)
+        shim.remove(container_id)
 
     def ensure_subscribed(self, sandbox_id: str) -> None:
         if not self.shim_events.subscribed(sandbox_id):

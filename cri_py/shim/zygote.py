@@ -10,7 +10,8 @@ shim, `{"bundle": <dir>}` with two fds (SCM_RIGHTS): the write end of the pipe t
 on, and the shim's log file. The template forks a child that takes them as stdout and stderr and
 runs the shim's `main` as `python -m cri_py.shim <dir>` would, except that it does not fork
 again: the exec'd process forks so that its shim is nobody's child, and the template's child,
-in a session of its own, already is a process the daemon never waits for. The template answers
+in a session of its own, already is a process the daemon never waits for. The child is forked
+ahead of its request (`Spare`) and takes the datagram as it came. The template answers
 `{"pid": <child>}` at once, or `{"error": ..}`; the shim reports on the pipe as always. The
 kernel reaps the template's children (SIGCHLD ignored). End of file on the socket (the daemon
 is gone) ends the template; the shims live on, re-parented.
@@ -67,36 +68,91 @@ def _child(bundle: str, report_fd: int, log_fd: int) -> int:
     return shim_main([bundle], detach=False)
 
 
+def _bundle(request: bytes) -> str:
+    return str(json.loads(request)["bundle"])
+
+
 def _answer(control: socket.socket, reply: dict[str, object]) -> None:
     control.send(json.dumps(reply).encode())
 
 
+class Spare:
+    """The next shim, forked ahead of its request and waiting on a socket of its own for the
+    datagram the daemon sent: the fork (copying the template's page tables) and its first
+    page faults happen while nobody waits. Forked again after each hand-over, once the
+    request's fds are closed here, so that no spare holds another pod's pipe."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                ours.close()
+                code = _wait_for_request(theirs)
+            except BaseException as e:  # the child must never return into the template
+                os.write(2, f"shim template child: {e!r}\n".encode())
+            os._exit(code)
+        theirs.close()
+        self.pid = pid
+        self.channel = ours
+
+    def hand_over(self, request: bytes, fds: list[int]) -> None:
+        try:
+            socket.send_fds(self.channel, [request], fds)
+        finally:
+            self.channel.close()
+
+
+def _wait_for_request(channel: socket.socket) -> int:
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(channel, MAX_REQUEST_BYTES, 2)
+            break
+        except InterruptedError:
+            continue
+    if not data:
+        return 0  # the template is gone
+    return _child(_bundle(data), fds[0], fds[1])
+
+
+def _spare() -> Spare | None:
+    try:
+        return Spare()
+    except OSError as e:  # no process to spare now (EAGAIN): forked when a request comes
+        os.write(2, f"shim template: no spare shim: {e}\n".encode())
+        return None
+
+
 def serve(control: socket.socket) -> int:
+    spare = _spare()
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(control, MAX_REQUEST_BYTES, 2)
         except InterruptedError:
             continue
         if not data:
-            return 0
+            return 0  # the spare sees its socket close with this process
         try:
-            bundle = str(json.loads(data)["bundle"])
+            _bundle(data)  # checked here: a request the spare cannot take is answered now
             if len(fds) != 2:
                 raise ValueError(f"expected 2 fds, got {len(fds)}")
-            pid = os.fork()
-            if pid == 0:
+            for attempt in (1, 2):
+                taker, spare = spare or Spare(), None
                 try:
-                    code = _child(bundle, fds[0], fds[1])
-                except BaseException as e:  # the child must never return into this loop
-                    os.write(2, f"shim template child: {e!r}\n".encode())
-                    code = 1
-                os._exit(code)
-            _answer(control, {"pid": pid})
+                    taker.hand_over(data, fds)
+                    break
+                except OSError:  # the spare died waiting (killed): a fresh one takes it
+                    if attempt == 2:
+                        raise
+            _answer(control, {"pid": taker.pid})
         except (ValueError, KeyError, TypeError, OSError) as e:
             _answer(control, {"error": f"shim template: {e}"})
         finally:
             for fd in fds:
                 os.close(fd)
+        if spare is None:
+            spare = _spare()
 
 
 def run() -> int:

@@ -395,6 +395,47 @@ def template_pids(daemon: Daemon) -> list[int]:
     return found
 
 
+def spares(template: int) -> list[int]:
+    """The template's children that still show its command line: the next shim, waiting."""
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{name}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().rstrip(b"\0")
+            if fields[0] not in "ZX" and int(fields[1]) == template:
+                if cmdline.endswith(b"cri_py.shim.zygote"):
+                    found.append(int(name))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def test_a_killed_spare_shim_is_replaced_and_goes_with_its_template(pods: Pods) -> None:
+    """The template forks each pod's shim ahead of its request. A spare killed while it
+    waits costs nothing but a fork: the next pod starts. A spare never outlives its template."""
+    first = pods.run(pod_config("spare-first"))
+    [template] = template_pids(pods.daemon)
+    wait_for(lambda: len(spares(template)) == 1)
+    [spare] = spares(template)
+    os.kill(spare, signal.SIGKILL)
+    wait_for(lambda: not running(spare))
+    second = pods.run(pod_config("spare-second"))
+    assert pods.status(second).status.state == pb.SANDBOX_READY
+    assert spare not in (pods.shims[first][0], pods.shims[second][0])
+    wait_for(lambda: len(spares(template)) == 1)
+    [spare] = spares(template)
+    os.kill(template, signal.SIGKILL)
+    wait_for(lambda: not running(spare))
+    assert pods.shim_alive(first) and pods.shim_alive(second)
+
+
 def test_shims_are_forked_from_a_template_that_may_die(pods: Pods) -> None:
     first = pods.run(pod_config("forked"))
     shim_pid = pods.shims[first][0]
