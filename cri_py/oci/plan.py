@@ -238,9 +238,13 @@ class LaunchPlan:
     hooks: Hooks = field(default_factory=lambda: Hooks())
 
     @property
+    def joins_pid(self) -> bool:
+        return any(kind == "pid" for kind, _ in self.join)
+
+    @property
     def forks_for_pid(self) -> bool:
         """A PID namespace applies to children only: the init must be forked after entering."""
-        return self.new_pid_ns or any(kind == "pid" for kind, _ in self.join)
+        return self.new_pid_ns or self.joins_pid
 
     def env_value(self, key: str) -> str | None:
         for entry in self.env:

@@ -224,11 +224,21 @@ class Containers:
             limits = launcher.Limits(container.cgroup_procs, request.oom_score_adj)
             ours, theirs = sync_pair()
             undo.callback(ours.close)
+            # A PID namespace of its own: the init is forked into it at once. In a pod-wide one
+            # (the shim's children are born there) a setup process enters, then forks.
+            born_in_pid_ns = plan.new_pid_ns and not plan.joins_pid and not self._mirror_exits
             try:
                 child = fork_child(
                     lambda: launcher.run_init(
-                        plan, rootfs, child_fds, theirs.fileno(), self._mirror_exits, limits
-                    )
+                        plan,
+                        rootfs,
+                        child_fds,
+                        theirs.fileno(),
+                        self._mirror_exits,
+                        limits,
+                        born_in_pid_ns,
+                    ),
+                    new_pid_namespace=born_in_pid_ns,
                 )
             finally:
                 theirs.close()

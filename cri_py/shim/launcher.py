@@ -446,8 +446,11 @@ def run_init(
     sync_fd: int,
     mirror_exit: bool = False,
     limits: Limits = Limits(),
+    born_in_pid_ns: bool = False,
 ) -> NoReturn:
-    """The container's init, from the shim's fork to execve. Never returns."""
+    """The container's init, from the shim's fork to execve. Never returns. `born_in_pid_ns`:
+    the shim forked this process as PID 1 of the container's new PID namespace; otherwise
+    this process makes or enters it and forks the init (`_parent_of_init`)."""
     # First: until execve, nothing in a container may ptrace this process, read its memory,
     # take its descriptors or open its /proc/<pid>/exe (the host's interpreter).
     syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
@@ -468,11 +471,11 @@ def run_init(
             userns_fd = os.open(plan.user_namespace, os.O_RDONLY | os.O_CLOEXEC)
         join_namespaces(plan.join)
         flags = syscalls.CLONE_NEWNS if plan.new_mount_ns else 0
-        if plan.new_pid_ns:
+        if plan.new_pid_ns and not born_in_pid_ns:
             flags |= syscalls.CLONE_NEWPID
         if flags:
             syscalls.unshare(flags)
-        if plan.forks_for_pid:
+        if plan.forks_for_pid and not born_in_pid_ns:
             child = os.fork()
             if child != 0:
                 host.close()

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cri_py.linux import syscalls
 from cri_py.linux.poll import wait_readable
 from cri_py.shim import launcher
 
@@ -112,8 +113,25 @@ def sync_pair() -> tuple[socket.socket, socket.socket]:
     return ours, theirs
 
 
-def fork_child(run: Callable[[], None]) -> int:
-    """Forks a child that runs `run` (which execs or exits) and never returns to the shim."""
+def fork_child(run: Callable[[], None], new_pid_namespace: bool = False) -> int:
+    """Forks a child that runs `run` (which execs or exits) and never returns to the shim.
+    `new_pid_namespace`: the child is born PID 1 of a PID namespace of its own, so that no
+    setup process has to fork it there. The shim's later children go to its own namespace
+    again (setns to it is allowed: it is the shim's active one)."""
+    if not new_pid_namespace:
+        return _fork_running(run)
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        syscalls.unshare(syscalls.CLONE_NEWPID)
+        try:
+            return _fork_running(run)
+        finally:
+            syscalls.setns(own, syscalls.CLONE_NEWPID)
+    finally:
+        os.close(own)
+
+
+def _fork_running(run: Callable[[], None]) -> int:
     pid = os.fork()
     if pid == 0:
         try:
