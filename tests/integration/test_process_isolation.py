@@ -196,6 +196,32 @@ def test_an_exec_gets_the_containers_oom_score_adj_and_cgroup(lab: Lab) -> None:
     lab.remove_pod(pod)
 
 
+def shim_pid(lab: Lab, sandbox_id: str) -> int:
+    status = lab.daemon.runtime().PodSandboxStatus(
+        pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id, verbose=True), timeout=10
+    )
+    return int(json.loads(status.info["info"])["pid"])
+
+
+def test_an_init_in_a_pid_namespace_of_its_own_is_forked_there_by_the_shim(lab: Lab) -> None:
+    """A container with its own PID namespace (kubelet's default): its init is PID 1 there,
+    forked by the pod's shim straight into it, no setup process left between them; each
+    container gets a namespace of its own, and the shim's own children stay in the host's."""
+    pod = run_pod(lab, "own-pid")
+    inits = [host_pid(lab, create(lab, pod, name, ["sleep", "1000"])) for name in ("a", "b")]
+    shim = shim_pid(lab, pod)
+    for pid in inits:
+        fields = proc_status(pid)
+        assert fields["NSpid"].split()[1:] == ["1"]  # the host's PID, then 1 in its own
+        assert int(fields["PPid"]) == shim
+    namespaces = {os.readlink(f"/proc/{pid}/ns/pid") for pid in inits}
+    assert len(namespaces) == 2
+    host = os.readlink("/proc/self/ns/pid")
+    assert host not in namespaces
+    assert os.readlink(f"/proc/{shim}/ns/pid_for_children") == host
+    lab.remove_pod(pod)
+
+
 def test_a_setup_process_cannot_be_reached_from_a_container(lab: Lab) -> None:
     """A created (not started) container's init waits before execve, already its user. A
     container of the same user in the same PID namespace can neither read its environment nor

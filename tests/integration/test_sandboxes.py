@@ -403,9 +403,9 @@ def spares(template: int) -> list[int]:
             stat = Path(f"/proc/{name}/stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
             cmdline = Path(f"/proc/{name}/cmdline").read_bytes().rstrip(b"\0")
-            if fields[0] not in "ZX" and int(fields[1]) == template:
-                if cmdline.endswith(b"cri_py.shim.zygote"):
-                    found.append(int(name))
+            waiting = fields[0] not in "ZX" and cmdline.endswith(b"cri_py.shim.zygote")
+            if waiting and int(fields[1]) == template:
+                found.append(int(name))
     return found
 
 
