@@ -29,6 +29,7 @@ import socket
 import sys
 from pathlib import Path
 
+from cri_py.shim.launcher import last_capability
 from cri_py.shim.main import main as shim_main
 from cri_py.shim.spec import TEMPLATE_MODULE
 
@@ -157,6 +158,8 @@ def serve(control: socket.socket) -> int:
 
 def run() -> int:
     set_cmdline([sys.executable, "-S", "-m", TEMPLATE_MODULE])
+    # The kernel's answer (41 prctl calls) is inherited by every shim and setup process.
+    last_capability()
     # What is alive now (the imported shim) moves out of the collector's reach: a collection
     # in a shim would otherwise write to every object's header and unshare those pages.
     gc.collect()
