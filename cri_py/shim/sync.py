@@ -141,11 +141,22 @@ def _fork_running(run: Callable[[], None]) -> int:
     return pid
 
 
-def kill_and_reap(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+def kill_and_reap(pid: int, patience: float = 1.0) -> None:
+    """SIGKILL, then reaped once it is gone, for up to `patience` seconds. A child that cannot
+    die yet is left to the shim's SIGCHLD loop: one frozen in its cgroup (v1 keeps a killed
+    task until it is thawed) would otherwise hold the shim, and every pod call with it."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        if wait_readable(pidfd, patience):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+    finally:
+        os.close(pidfd)
 
 
 def nonblocking(fd: int) -> int:
