@@ -161,7 +161,7 @@ class Cgroupfs:
         for w in writes:
             path = self.file(cgroup, w.controller, w.file)
             try:
-                path.write_text(w.value)
+                _write(path, w.value)
             except OSError as e:
                 raise OSError(e.errno, f"writing {w.value!r} to {path}: {e.strerror}") from None
 
@@ -201,6 +201,16 @@ class Cgroupfs:
                             e.errno, f"removing cgroup {directory}: {e.strerror}"
                         ) from None
                     time.sleep(0.01)
+
+
+def _write(path: Path, value: str) -> None:
+    """`path.write_text(value)` as three system calls: a container's create writes ~20 of
+    these (limits, device rules), where Python's text I/O layers cost ~4 more each."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
 def _make_dir(directory: Path, top: Path) -> None:
