@@ -2,7 +2,8 @@
 
 Started by the daemon as `python -m cri_py.shim <sandbox run dir>` in its own session. The exec'd
 process creates the namespaces, forks the long-lived shim and exits, so the shim is nobody's
-child but init's (or a subreaper's) and survives the daemon. The shim reports one JSON line on
+child but init's (or a subreaper's) and survives the daemon; forked by the shim template
+(`zygote.py`) instead, the process is the shim itself. The shim reports one JSON line on
 the stdout it inherited (`{"pid": ..}` or `{"error": ..}`), then points stdout/stderr at
 `shim.log`. It is a child subreaper so that container processes orphaned inside the pod are
 reaped here. With a pod-wide PID namespace it forks that namespace's init (PID 1), which only
