@@ -395,26 +395,32 @@ def template_pids(daemon: Daemon) -> list[int]:
     return found
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """/proc/<pid>/stat after the command name (state first, then the parent's PID); None
+    when the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def running(pid: int) -> bool:
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] not in "ZX"
+
+
 def spares(template: int) -> list[int]:
     """The template's children that still show its command line: the next shim, waiting."""
     found = []
     for name in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):
-            stat = Path(f"/proc/{name}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
             cmdline = Path(f"/proc/{name}/cmdline").read_bytes().rstrip(b"\0")
-            waiting = fields[0] not in "ZX" and cmdline.endswith(b"cri_py.shim.zygote")
-            if waiting and int(fields[1]) == template:
+            state, parent = (stat_fields(name) or ["X", "0"])[:2]
+            waiting = state not in "ZX" and cmdline.endswith(b"cri_py.shim.zygote")
+            if waiting and int(parent) == template:
                 found.append(int(name))
     return found
-
-
-def running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
 
 
 def test_a_killed_spare_shim_is_replaced_and_goes_with_its_template(pods: Pods) -> None:
