@@ -207,13 +207,23 @@ class Runtime:
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     extra_cgroups: list[str] = field(default_factory=list)  # also counted for CPU
+    _channel: grpc.Channel | None = field(default=None, repr=False)
 
     @property
     def pod_cgroup_parent(self) -> str:
         return f"{CGROUP_ROOT}/pods-{self.name}"
 
     def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(f"unix://{self.socket}")
+        """One connection for the runtime's life, as kubelet keeps one. A channel made per use
+        would time a connection's setup in the first call on it (~0.4 ms more, both runtimes)."""
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(f"unix://{self.socket}")
+        return self._channel
+
+    def drop_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
 
     def runtime_stub(self) -> pb_grpc.RuntimeServiceStub:
         return pb_grpc.RuntimeServiceStub(self.channel())
@@ -280,10 +290,12 @@ class Runtime:
                 env=env,
                 cwd=cwd,  # `python -m` puts the cwd first on sys.path
             )
+        self.drop_channel()  # a channel to the last start would wait out its reconnect backoff
         self.wait_serving()
 
     def stop(self) -> None:
         """SIGTERM by PID, then SIGKILL; then every shim left (by PID) and their children."""
+        self.drop_channel()
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
