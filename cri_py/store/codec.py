@@ -17,9 +17,27 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+# Exact types that are their own data (an enum deriving from str or int is not: its value is).
+_PLAIN: frozenset[type] = frozenset({str, int, float, bool, type(None)})
+# Field names by dataclass: every record save converts each of its dataclasses, and
+# `dataclasses.fields` builds a tuple of Field objects at every call.
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(kind: type) -> tuple[str, ...] | None:
+    names = _FIELD_NAMES.get(kind)
+    if names is None and dataclasses.is_dataclass(kind):
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(kind))
+    return names
+
+
 def to_data(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    names = _field_names(kind)
+    if names is not None:
+        return {name: to_data(getattr(value, name)) for name in names}
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, Mapping):
