@@ -379,14 +379,26 @@ class SandboxService:
             self._alive.discard(sandbox_id)
         if self._hostports:
             self._hostports.close(sandbox_id)
+        # The network's teardown (CNI DEL: the bridge plugin waits for the kernel to delete
+        # the veth) and the shim's stop overlap: the namespaces are pinned, not held by the
+        # shim, and unpinned only once both are done.
+        teardown: Future[None] | None = None
         if record.config.namespaces.network != NamespaceMode.NODE:
-            self._network.teardown(record.network, sandbox_id, self._store.dir_of(sandbox_id))
-        if record.shim is not None:
-            stop_shim(bundle, shim_process(record.shim))
-        else:
-            # Crashed between starting the shim and recording it, maybe before it served its
-            # socket: its processes are the ones started for this bundle.
-            kill_unrecorded_shim(bundle)
+            teardown = started(
+                self._network.teardown, record.network, sandbox_id, self._store.dir_of(sandbox_id)
+            )
+        try:
+            if record.shim is not None:
+                stop_shim(bundle, shim_process(record.shim))
+            else:
+                # Crashed between starting the shim and recording it, maybe before it served
+                # its socket: its processes are the ones started for this bundle.
+                kill_unrecorded_shim(bundle)
+        finally:
+            if teardown is not None:
+                settled(teardown)
+        if teardown is not None:
+            teardown.result()
         for path in record.namespaces.values():
             unpin_namespace(Path(path))
         if record.shm_path and record.shm_path != HOST_SHM:
@@ -406,7 +418,9 @@ class SandboxService:
             self.after_stop(full)
             if record.phase != Phase.STOPPED:
                 record = dataclasses.replace(record, phase=Phase.STOPPED)
-                self._store.save(record)
+                # Not durable: a power loss stops every pod, and a pod recorded as running
+                # whose shim is gone is reported not ready and released again when stopped.
+                self._store.save(record, durable=False)
                 self._registry.put(record)
                 log.info("sandbox stopped", sandbox=full)
                 self.on_event(EventType.STOPPED, SandboxView(record, SandboxState.NOTREADY))

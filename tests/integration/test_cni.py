@@ -287,6 +287,26 @@ def test_failing_plugin_leaves_nothing_behind(lab: CniLab, behaviour: str) -> No
     assert [c["command"] for c in calls(lab.base / "calls.log")] == ["ADD", "DEL"]
 
 
+def test_a_failed_del_fails_the_stop_and_a_retry_releases_everything(lab: CniLab) -> None:
+    log = lab.base / "calls.log"
+    lab.conflist({"type": "fake-fail", "log": str(log), "on": {"DEL": "failonce"}})
+    sandbox_id = lab.pods.run(pod_config("delonce"))
+    ip = lab.pods.status(sandbox_id).status.network.ip
+    assert lab.allocated() == {ip: sandbox_id}
+    with pytest.raises(grpc.RpcError) as excinfo:
+        lab.pods.stop(sandbox_id)
+    assert "fake-fail DEL failed" in (excinfo.value.details() or "")
+    assert lab.pods.status(sandbox_id).status.state == pb.SANDBOX_NOTREADY
+    # kubelet retries: the DEL succeeds this time and the pod is released, shim and all.
+    lab.pods.stop(sandbox_id)
+    assert [c["command"] for c in calls(log)] == ["ADD", "DEL", "DEL"]
+    assert lab.allocated() == {}
+    assert lab.bridge_ports() == []
+    assert lab.pods.status(sandbox_id).status.state == pb.SANDBOX_NOTREADY
+    lab.pods.remove(sandbox_id)
+    assert lab.pods.leftovers(sandbox_id) == []
+
+
 def test_cni_pods_survive_a_daemon_restart_and_are_deleted_after(lab: CniLab) -> None:
     lab.conflist()
     ids = [lab.pods.run(pod_config(f"cnikeep-{i}")) for i in range(2)]

@@ -1,7 +1,8 @@
 """A fake CNI plugin for tests: an executable Python script that appends what it got (command,
 stdin config, CNI_ environment) as one JSON line to the file named by its config's `log` key.
 
-Its config steers it: `"on": {"ADD": "hang" | "fail" | "fail3", "DEL": ...}`; on ADD it answers
+Its config steers it: `"on": {"ADD": "hang" | "fail" | "fail3" | "failonce", "DEL": ...}`
+("failonce": the first such call fails, the next ones succeed); on ADD it answers
 its `prevResult` (or an empty result) with its `ip` key, if any, appended to `ips`.
 """
 
@@ -26,6 +27,10 @@ record = {{
 with open(config["log"], "a") as log:
     log.write(json.dumps(record) + "\\n")
 behaviour = config.get("on", {{}}).get(command, "ok")
+if behaviour == "failonce":
+    marker = f"{{config['log']}}.{{command}}.failed"
+    behaviour = "ok" if os.path.exists(marker) else "fail"
+    open(marker, "a").close()
 if behaviour == "hang":
     time.sleep(600)
 if behaviour.startswith("fail"):
