@@ -65,6 +65,7 @@ def top_frames(collapsed: Path, limit: int) -> str:
 CALLS = {
     "RunPodSandbox": "SandboxService._create ",
     "CreateContainer": "ContainerLifecycle._create ",
+    "StartContainer": "ContainerLifecycle.start ",
     "RemoveContainer": "ContainerLifecycle._remove_exited ",
     "RemoveContainer, after the answer": "Removals._finish ",
     "StopPodSandbox": "SandboxService.stop ",
