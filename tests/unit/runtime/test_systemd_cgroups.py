@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -119,6 +120,15 @@ class FakeSystemd:
         return [(name, str(unit.get("Description", ""))) for name, unit in self.units.items()]
 
 
+def command_line(pid: int) -> list[bytes]:
+    """/proc/<pid>/cmdline, once it has one: Popen returns when the holder's execve has
+    replaced its memory, a moment before the kernel has set its arguments up there."""
+    deadline = time.monotonic() + 10
+    while not (raw := Path(f"/proc/{pid}/cmdline").read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return raw.split(b"\0")
+
+
 @pytest.fixture
 def fake(tmp_path: Path) -> Iterator[tuple[SystemdCgroupManager, FakeSystemd]]:
     (tmp_path / "cgroup.subtree_control").write_text("")
@@ -163,7 +173,7 @@ def test_create_starts_a_delegated_scope_held_until_removal(fake: Any) -> None:
     assert (directory / "cpu.max").read_text() == "50000 100000"
     assert (directory / "memory.max").read_text() == str(1 << 26)
     (holder,) = unit["PIDs"]
-    assert Path(f"/proc/{holder}/cmdline").read_bytes().split(b"\0")[:2] == [
+    assert command_line(holder)[:2] == [
         b"cri-py-scope-holder",
         b"infinity",
     ]
